@@ -1,0 +1,37 @@
+"""FastAGI for asyncio: the protocol, a session, and a server that routes by script path.
+
+This package knows the protocol Asterisk speaks and nothing about what a route does with it;
+it imports nothing from the rest of the project (``tests/agi/test_imports.py`` checks).
+"""
+
+from .errors import (
+    AGIError,
+    AGITimeout,
+    CommandRejected,
+    HangupError,
+    ProtocolError,
+    UnknownRoute,
+)
+from .protocol import Environment, Reply, is_clean_text, parse_environment, parse_reply, quote
+from .server import Limits, Router, Server
+from .session import LineTooLong, Session
+
+__all__ = [
+    "AGIError",
+    "AGITimeout",
+    "CommandRejected",
+    "Environment",
+    "HangupError",
+    "Limits",
+    "LineTooLong",
+    "ProtocolError",
+    "Reply",
+    "Router",
+    "Server",
+    "Session",
+    "UnknownRoute",
+    "is_clean_text",
+    "parse_environment",
+    "parse_reply",
+    "quote",
+]

@@ -1,0 +1,254 @@
+"""The FastAGI server: accepts Asterisk's connections, reads the environment, routes by script
+path, and always ends the connection within bounded time.
+
+The handler never sees the socket, only a :class:`~agi.session.Session`; whatever it raises is
+logged here and the connection is closed, so a broken handler cannot leave a call hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+from .errors import AGIError, AGITimeout, HangupError, ProtocolError, UnknownRoute
+from .protocol import Environment, parse_environment, parse_environment_line
+from .session import LineReader, LineTooLong, Session
+
+log = logging.getLogger("agi.server")
+
+Handler = Callable[[Session], Awaitable[None]]
+ErrorHandler = Callable[[Session, AGIError], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what one connection may cost. Times are seconds."""
+
+    max_line_bytes: int = 8192
+    max_environment_bytes: int = 65536
+    environment_timeout: float = 5.0
+    reply_timeout: float = 10.0
+    session_timeout: float = 30.0
+    close_timeout: float = 2.0
+    max_sessions: int = 4096
+    backlog: int = 4096
+
+
+class Router:
+    """Maps a script path (``recording/start``) to its handler.
+
+    ``on_error`` is called with a usable session when a request cannot be served: an unknown
+    route, or an environment that is malformed but complete (so the dialplan can still be told).
+    """
+
+    def __init__(self, on_error: ErrorHandler | None = None):
+        self._routes: dict[str, Handler] = {}
+        self.on_error = on_error
+
+    def add(self, script: str, handler: Handler) -> None:
+        self._routes[script.strip("/")] = handler
+
+    def route(self, script: str) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.add(script, handler)
+            return handler
+
+        return register
+
+    @property
+    def scripts(self) -> tuple[str, ...]:
+        return tuple(sorted(self._routes))
+
+    def resolve(self, script: str) -> Handler:
+        """The handler for ``script``; raises :class:`UnknownRoute`."""
+        try:
+            return self._routes[script]
+        except KeyError:
+            raise UnknownRoute(script, self.scripts) from None
+
+
+async def read_environment(lines: LineReader, limits: Limits) -> Environment:
+    """Reads the block up to its empty line within the size limits.
+
+    Raises :class:`HangupError` if the peer closes first and :class:`ProtocolError` for a
+    malformed block; the error's ``env`` holds what could be parsed and its ``framed`` is True
+    when the empty line was reached, so the session can still answer the dialplan.
+    """
+    raw: list[bytes] = []
+    budget = limits.max_environment_bytes
+    first_error: ProtocolError | None = None
+    while True:
+        try:
+            line = await lines.readline(max_skip=budget)
+        except LineTooLong as exc:
+            if not exc.framed:
+                raise
+            first_error = first_error or exc
+            budget -= limits.max_line_bytes
+            if budget < 0:
+                raise ProtocolError("AGI environment larger than the limit") from None
+            continue
+        if line in (b"", b"\r"):
+            break
+        budget -= len(line) + 1
+        if budget < 0:
+            raise ProtocolError("AGI environment larger than the limit")
+        raw.append(line)
+    if first_error is None:
+        try:
+            return parse_environment(raw)
+        except ProtocolError as exc:
+            first_error = exc
+    first_error.env = _lenient_environment(raw)
+    first_error.framed = True
+    raise first_error
+
+
+def _lenient_environment(raw: list[bytes]) -> Environment:
+    """What can be read of a malformed block: the well-formed lines, for logs and replies."""
+    variables = {}
+    for line in raw:
+        try:
+            key, value = parse_environment_line(line)
+        except ProtocolError:
+            continue
+        variables.setdefault(key[4:], value)
+    return Environment(variables, ())
+
+
+class Server:
+    """Serves FastAGI on ``host:port`` (port 0 picks a free one; see :attr:`port`)."""
+
+    def __init__(
+        self,
+        router: Router,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 4573,
+        limits: Limits = Limits(),
+        reuse_port: bool = False,
+    ):
+        self.router = router
+        self.host = host
+        self.requested_port = port
+        self.limits = limits
+        self.reuse_port = reuse_port
+        self._server: asyncio.base_events.Server | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self.sessions_refused = 0
+
+    @property
+    def active_sessions(self) -> int:
+        return len(self._tasks)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "server not started"
+        return self._server.sockets[0].getsockname()[1]
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._accept,
+            self.host,
+            self.requested_port,
+            backlog=self.limits.backlog,
+            reuse_address=True,
+            reuse_port=self.reuse_port or None,
+        )
+        for sock in self._server.sockets:
+            # NOTE: replies are small and the caller's channel waits on each one.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        log.info("FastAGI listening on %s:%d", self.host, self.port)
+
+    async def serve_forever(self) -> None:
+        if self._server is None:
+            await self.start()
+        await self._server.serve_forever()
+
+    async def stop(self, grace: float = 10.0) -> int:
+        """Stops accepting, lets sessions in flight finish for up to ``grace`` seconds, then
+        cancels the rest. Returns how many had to be cancelled."""
+        if self._server is not None:
+            self._server.close()
+        pending = set(self._tasks)
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=self.limits.close_timeout + 1)
+        return len(pending)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if len(self._tasks) >= self.limits.max_sessions:
+            self.sessions_refused += 1
+            log.warning("refusing a FastAGI connection: %d sessions already open", len(self._tasks))
+            writer.close()
+            return
+        self._tasks.add(task)
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self._tasks.discard(task)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        limits = self.limits
+        lines = LineReader(reader, limits.max_line_bytes)
+        started = time.monotonic()
+        session: Session | None = None
+        try:
+            try:
+                async with asyncio.timeout(limits.environment_timeout):
+                    env = await read_environment(lines, limits)
+            except TimeoutError:
+                raise AGITimeout(
+                    f"no complete AGI environment within {limits.environment_timeout:g}s"
+                ) from None
+            except ProtocolError as exc:
+                if not getattr(exc, "framed", False):
+                    raise
+                session = Session(lines, writer, exc.env, reply_timeout=limits.reply_timeout)
+                await self._report(session, exc)
+                return
+            session = Session(lines, writer, env, reply_timeout=limits.reply_timeout)
+            try:
+                handler = self.router.resolve(env.script)
+            except UnknownRoute as exc:
+                await self._report(session, exc)
+                return
+            remaining = limits.session_timeout - (time.monotonic() - started)
+            try:
+                async with asyncio.timeout(remaining):
+                    await handler(session)
+            except TimeoutError:
+                log.warning(
+                    "FastAGI session %s (%s) ran past %gs and was ended",
+                    env.uniqueid, env.script, limits.session_timeout,
+                )
+        except HangupError as exc:
+            log.info("FastAGI connection from %s ended early: %s", _peer(writer), exc)
+        except AGIError as exc:
+            log.warning("FastAGI connection from %s failed: %s", _peer(writer), exc)
+        except Exception:
+            log.exception("FastAGI handler failed on a connection from %s", _peer(writer))
+        finally:
+            if session is None:
+                writer.close()
+            else:
+                await session.close(limits.close_timeout)
+
+    async def _report(self, session: Session, error: AGIError) -> None:
+        log.warning("FastAGI request from %s not served: %s", session.peer, error)
+        if self.router.on_error is not None:
+            async with asyncio.timeout(self.limits.session_timeout):
+                await self.router.on_error(session, error)
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)

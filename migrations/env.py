@@ -1,0 +1,39 @@
+"""Alembic's entry point. The database URL comes from the service's own settings
+(RECORDING_DATABASE_URL), unless the caller hands over a connection, as the CLI does."""
+
+from alembic import context
+
+from recording.config import Settings
+from recording.models import Base
+from recording.store import make_engine, normalize_url
+
+config = context.config
+
+
+def run(connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=Base.metadata,
+        # NOTE: SQLite cannot ALTER most things; batch mode rebuilds the table instead.
+        render_as_batch=connection.dialect.name == "sqlite",
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def url() -> str:
+    return normalize_url(config.get_main_option("sqlalchemy.url") or Settings.load().database_url)
+
+
+if context.is_offline_mode():
+    context.configure(url=url(), target_metadata=Base.metadata, literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+elif config.attributes.get("connection") is not None:
+    run(config.attributes["connection"])
+else:
+    engine = make_engine(url())
+    with engine.begin() as connection:
+        run(connection)
+    engine.dispose()

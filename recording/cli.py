@@ -1,0 +1,185 @@
+"""``recording-agi``: run the service and administer its database.
+
+Every command reads RECORDING_DATABASE_URL (or ``--database-url``). Exit status: 0 done,
+1 the work failed (database unavailable, unknown user...), 2 bad usage or settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Sequence
+
+from . import apikey
+from .config import Settings
+from .errors import ConfigError, RecordingFailure
+from .logs import configure
+from .store import Store, redact_url
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "command"):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        settings = Settings.load(database_url=args.database_url, agi_listen=getattr(args, "listen", None))
+        configure(settings.log_level)
+        return args.command(args, settings)
+    except ConfigError as exc:
+        print(f"recording-agi: {exc}", file=sys.stderr)
+        return 2
+    except RecordingFailure as exc:
+        print(f"recording-agi: {exc}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recording-agi", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database-url", help="SQLAlchemy database URL (default: RECORDING_DATABASE_URL, "
+                        "else sqlite:///recording.sqlite3)")
+    commands = parser.add_subparsers(metavar="COMMAND")
+
+    db = commands.add_parser("db", help="the database schema").add_subparsers(metavar="ACTION", required=True)
+    db.add_parser("upgrade", help="apply the migrations up to the newest").set_defaults(command=db_upgrade)
+    db.add_parser("current", help="print the schema's migration").set_defaults(command=db_current)
+
+    key = commands.add_parser("apikey", help="the apiKey").add_subparsers(metavar="ACTION", required=True)
+    set_key = key.add_parser("set", help="store KEY (only its hash is kept); '-' reads it from stdin")
+    set_key.add_argument("key")
+    set_key.set_defaults(command=apikey_set)
+    key.add_parser("generate", help="make a new key, store its hash, print it once").set_defaults(
+        command=apikey_generate
+    )
+
+    users = commands.add_parser("users", help="users who own legs").add_subparsers(metavar="ACTION", required=True)
+    add = users.add_parser("add", help="add a user (or add groups to one)")
+    add.add_argument("login")
+    add.add_argument("--group", action="append", default=[], help="a group, e.g. 'Recording Manager' (repeatable)")
+    add.set_defaults(command=users_add)
+
+    exts = commands.add_parser("extensions", help="who is at which extension").add_subparsers(
+        metavar="ACTION", required=True
+    )
+    attach = exts.add_parser("attach", help="attach LOGIN to EXTEN (replacing whoever was there)")
+    attach.add_argument("extension")
+    attach.add_argument("login")
+    attach.set_defaults(command=extensions_attach)
+    detach = exts.add_parser("detach", help="leave EXTEN with nobody attached")
+    detach.add_argument("extension")
+    detach.set_defaults(command=extensions_detach)
+
+    serve_cmd = commands.add_parser("serve", help="run the FastAGI server")
+    serve_cmd.add_argument("--listen", help="HOST:PORT (default: RECORDING_AGI_LISTEN, else 127.0.0.1:4573)")
+    serve_cmd.set_defaults(command=serve)
+
+    rec = commands.add_parser("recordings", help="recording legs").add_subparsers(metavar="ACTION", required=True)
+    find = rec.add_parser("find", help="list legs by tag and/or unique call id")
+    find.add_argument("--tag")
+    find.add_argument("--unique-id")
+    find.add_argument("--as", dest="as_login", metavar="LOGIN",
+                      help="only the legs LOGIN may see (own legs; all for 'Recording Manager')")
+    find.add_argument("--json", action="store_true", help="a JSON array instead of a table")
+    find.set_defaults(command=recordings_find)
+    return parser
+
+
+def _store(settings: Settings) -> Store:
+    return Store(settings.database_url)
+
+
+def db_upgrade(args, settings: Settings) -> int:
+    store = _store(settings)
+    before = store.schema_revision()
+    store.upgrade()
+    after = store.schema_revision()
+    print(f"{redact_url(store.url)}: schema {before or 'empty'} -> {after}")
+    return 0
+
+
+def db_current(args, settings: Settings) -> int:
+    store = _store(settings)
+    current, head = store.schema_revision(), store.head_revision()
+    print(f"{current or 'empty'} (newest: {head})")
+    return 0 if current == head else 1
+
+
+def apikey_set(args, settings: Settings) -> int:
+    key = sys.stdin.readline().strip() if args.key == "-" else args.key
+    if not key:
+        raise ConfigError("the apiKey cannot be empty")
+    _store(settings).set_api_key_hash(apikey.hash_key(key))
+    print("apiKey stored (as a hash); the running service takes it within its refresh interval")
+    return 0
+
+
+def apikey_generate(args, settings: Settings) -> int:
+    key = apikey.generate()
+    _store(settings).set_api_key_hash(apikey.hash_key(key))
+    print(key)
+    return 0
+
+
+def users_add(args, settings: Settings) -> int:
+    user = _store(settings).add_user(args.login, args.group)
+    groups = ", ".join(sorted(user.groups)) or "no groups"
+    print(f"user {user.login} ({groups})")
+    return 0
+
+
+def extensions_attach(args, settings: Settings) -> int:
+    user = _store(settings).attach_extension(args.extension, args.login)
+    print(f"extension {args.extension}: {user.login}")
+    return 0
+
+
+def extensions_detach(args, settings: Settings) -> int:
+    detached = _store(settings).detach_extension(args.extension)
+    print(f"extension {args.extension}: {'nobody attached now' if detached else 'nobody was attached'}")
+    return 0
+
+
+def recordings_find(args, settings: Settings) -> int:
+    store = _store(settings)
+    legs = store.find_legs(tag=args.tag, unique_id=args.unique_id)
+    if args.as_login:
+        user = store.find_user(args.as_login)
+        if user is None:
+            print(f"recording-agi: unknown user {args.as_login!r}", file=sys.stderr)
+            return 1
+        legs = [leg for leg in legs if leg.visible_to(user)]
+    if args.json:
+        json.dump([leg.as_json() for leg in legs], sys.stdout, indent=2)
+        print()
+        return 0
+    for leg in legs:
+        print("\t".join((
+            leg.unique_id, str(leg.leg), leg.state, leg.ownership, leg.owner or "-", leg.tag or "-",
+            leg.start.isoformat(timespec="seconds"), leg.file,
+        )))
+    if not legs:
+        print("no recording legs found", file=sys.stderr)
+    return 0
+
+
+def serve(args, settings: Settings) -> int:
+    from .app import Application, prepare_database
+
+    store = _store(settings)
+    new_key = prepare_database(store)
+    if new_key is not None:
+        print(
+            "No apiKey was configured, so one was generated. It is shown only this once:\n\n"
+            f"    {new_key}\n\nPut it in the dialplan (apiKey=...) or the channel variable "
+            f"{settings.api_key_variable}.\n",
+            flush=True,
+        )
+    asyncio.run(Application(settings, store).run_until_signalled())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

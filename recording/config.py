@@ -1,0 +1,159 @@
+"""Every setting of the service in one frozen object: its default, its environment variable,
+and what it means. The CLI, the README's table and ``recording-agi check`` read them from here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+DEFAULT_DATABASE_URL = "sqlite:///recording.sqlite3"
+DEFAULT_MONITOR_TEMPLATE = "/var/spool/asterisk/monitor/{date:%Y/%m/%d}/{uniqueid}-{leg}.wav"
+_OPTIONS = re.compile(r"^[A-Za-z0-9()_.:/-]*$")
+_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _setting(env: str, help: str, default: Any) -> Any:
+    return field(default=default, metadata={"env": env, "help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = _setting(
+        "RECORDING_DATABASE_URL",
+        "SQLAlchemy URL of the database: a SQLite file (the default, no server needed) or "
+        "postgresql+psycopg://user:password@host/dbname",
+        DEFAULT_DATABASE_URL,
+    )
+    agi_listen: str = _setting(
+        "RECORDING_AGI_LISTEN",
+        "HOST:PORT the FastAGI server listens on; only loopback unless told otherwise",
+        "127.0.0.1:4573",
+    )
+    monitor_template: str = _setting(
+        "RECORDING_MONITOR_TEMPLATE",
+        "file MixMonitor writes, on the Asterisk host; fields {uniqueid} {leg} {extension} "
+        "{date:strftime} (UTC); MixMonitor creates missing directories",
+        DEFAULT_MONITOR_TEMPLATE,
+    )
+    mixmonitor_options: str = _setting(
+        "RECORDING_MIXMONITOR_OPTIONS",
+        "MixMonitor options (b: only while bridged, so no ringing or queue music); i() is "
+        "always added",
+        "b",
+    )
+    api_key_variable: str = _setting(
+        "RECORDING_API_KEY_VARIABLE",
+        "channel variable read for the apiKey when the AGI URL does not carry one",
+        "RECORDING_API_KEY",
+    )
+    directory_refresh: float = _setting(
+        "RECORDING_DIRECTORY_REFRESH",
+        "seconds between reloads of the apiKey hash and the users held in memory",
+        5.0,
+    )
+    environment_timeout: float = _setting(
+        "RECORDING_ENVIRONMENT_TIMEOUT", "seconds for Asterisk to send the AGI environment", 5.0
+    )
+    reply_timeout: float = _setting(
+        "RECORDING_REPLY_TIMEOUT", "seconds for Asterisk to answer one AGI command", 10.0
+    )
+    session_timeout: float = _setting(
+        "RECORDING_SESSION_TIMEOUT", "seconds a whole FastAGI session may last", 30.0
+    )
+    max_line_bytes: int = _setting(
+        "RECORDING_MAX_LINE_BYTES", "longest line accepted from Asterisk", 8192
+    )
+    max_environment_bytes: int = _setting(
+        "RECORDING_MAX_ENVIRONMENT_BYTES", "largest AGI environment block accepted", 65536
+    )
+    max_sessions: int = _setting(
+        "RECORDING_MAX_SESSIONS", "FastAGI sessions served at once; more are refused", 4096
+    )
+    backlog: int = _setting("RECORDING_BACKLOG", "listen backlog of the FastAGI socket", 4096)
+    log_level: str = _setting("RECORDING_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", "INFO")
+
+    def __post_init__(self) -> None:
+        parse_listen(self.agi_listen, "RECORDING_AGI_LISTEN")
+        if not _OPTIONS.match(self.mixmonitor_options) or "i(" in self.mixmonitor_options:
+            raise ConfigError(
+                f"RECORDING_MIXMONITOR_OPTIONS {self.mixmonitor_options!r}: letters and "
+                "option arguments only, without i() (the service adds its own)"
+            )
+        if not _VARIABLE.match(self.api_key_variable):
+            raise ConfigError(f"RECORDING_API_KEY_VARIABLE {self.api_key_variable!r} is not a variable name")
+        render_file(self.monitor_template, uniqueid="1795825765.3", leg=1, extension="100",
+                    when=datetime(2026, 1, 1, tzinfo=timezone.utc))
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+                raise ConfigError(f"{spec.metadata['env']} must be greater than 0, not {value}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"RECORDING_LOG_LEVEL {self.log_level!r} is not a log level")
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Defaults, then the environment, then ``overrides`` (command-line options; ``None``
+        values are ignored). Raises :class:`ConfigError` naming the faulty setting."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            raw = environ.get(spec.metadata["env"])
+            if raw is not None and raw != "":
+                values[spec.name] = _convert(spec.metadata["env"], raw, type(spec.default))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> "Settings":
+        return replace(self, **changes)
+
+    @property
+    def agi_address(self) -> tuple[str, int]:
+        return parse_listen(self.agi_listen, "RECORDING_AGI_LISTEN")
+
+
+def describe() -> list[tuple[str, str, Any, str]]:
+    """``(field, environment variable, default, help)`` for every setting."""
+    return [(s.name, s.metadata["env"], s.default, s.metadata["help"]) for s in fields(Settings)]
+
+
+def _convert(env: str, raw: str, kind: type) -> Any:
+    try:
+        if kind is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{env}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def parse_listen(value: str, name: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:4573`` for IPv6) as ``(host, port)``; raises ConfigError."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{name} {value!r} is not HOST:PORT (for example 127.0.0.1:4573)")
+    return host, int(port)
+
+
+def render_file(template: str, *, uniqueid: str, leg: int, extension: str, when: datetime) -> str:
+    """The recording's file name from the template. Raises ConfigError for a template that
+    cannot be rendered, or that would leave ``${...}`` for Asterisk (which does not expand it)."""
+    try:
+        path = template.format(uniqueid=uniqueid, leg=leg, extension=extension, date=when)
+    except (KeyError, IndexError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"RECORDING_MONITOR_TEMPLATE {template!r} cannot be rendered: {exc}") from None
+    if "${" in path or "," in path or not path.strip():
+        raise ConfigError(
+            f"RECORDING_MONITOR_TEMPLATE {template!r} gives {path!r}: Asterisk would not expand "
+            "${...}, and a comma would end MixMonitor's file argument"
+        )
+    return path

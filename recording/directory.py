@@ -1,0 +1,93 @@
+"""The apiKey hash and the users, held in memory and refreshed, so that a session's checks cost
+no database round trip. A login not in memory is looked up in the database before it is called
+unknown, so a user added a moment ago is found at once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Executor
+
+from . import apikey
+from .domain import DirectorySnapshot, UserRef
+from .errors import Denied, StorageUnavailable
+from .store import Store
+
+log = logging.getLogger("recording.directory")
+
+
+class Directory:
+    def __init__(self, store: Store, *, refresh: float, executor: Executor | None = None):
+        self._store = store
+        self._refresh = refresh
+        self._executor = executor
+        self._snapshot = DirectorySnapshot(None, {})
+        self._keys = apikey.KeyCache()
+        self._task: asyncio.Task | None = None
+
+    @property
+    def snapshot(self) -> DirectorySnapshot:
+        return self._snapshot
+
+    async def _call(self, function, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    async def load(self) -> None:
+        """Reads the directory now; raises StorageUnavailable."""
+        self._snapshot = await self._call(self._store.directory)
+
+    async def start(self) -> None:
+        await self.load()
+        self._task = asyncio.create_task(self._refresher(), name="directory-refresh")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _refresher(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh)
+            try:
+                await self.load()
+            except StorageUnavailable as exc:
+                log.debug("directory not refreshed: %s", exc)
+
+    async def check_key(self, presented: str | None) -> None:
+        """Returns when ``presented`` is the apiKey; raises Denied otherwise.
+
+        A key that does not match the hash in memory is checked once more against the hash in
+        the database, since the key may have been changed since the last refresh.
+        """
+        if not presented:
+            raise Denied("no apiKey was given")
+        stored = self._snapshot.api_key_hash
+        if stored is not None and await self._verify(presented, stored):
+            return
+        fresh = await self._call(self._store.api_key_hash)
+        if fresh is None:
+            raise Denied("no apiKey is configured on the service (recording-agi apikey generate)")
+        if fresh != stored:
+            self._snapshot = DirectorySnapshot(fresh, self._snapshot.users)
+            if await self._verify(presented, fresh):
+                return
+        raise Denied("the apiKey is not valid")
+
+    async def _verify(self, presented: str, stored: str) -> bool:
+        verdict = self._keys.lookup(presented, stored)
+        if verdict is None:
+            # NOTE: scrypt takes tens of milliseconds: off the event loop.
+            verdict = await self._call(apikey.verify, presented, stored)
+            self._keys.remember(presented, stored, verdict)
+        return verdict
+
+    async def user(self, login: str) -> UserRef | None:
+        """The user with that login (any case), or None if there is none."""
+        found = self._snapshot.user(login)
+        if found is None:
+            found = await self._call(self._store.find_user, login)
+        return found

@@ -1,0 +1,177 @@
+"""The values the service, the store and the front doors pass between them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Mapping, Protocol
+
+from .models import RECORDING_MANAGER
+
+
+def channel_extension(channel: str) -> str:
+    """The extension of a channel name: the part between the technology and the last ``-``
+    (``PJSIP/410-0000001a`` gives ``410``); for a Local channel its ``@context`` and ``;N``
+    half go too (``Local/410@ctx-00000001;2`` gives ``410``). '' if there is none."""
+    _, _, device = channel.partition("/")
+    device = device.split(";", 1)[0]
+    if "-" in device:
+        device = device.rpartition("-")[0]
+    return device.split("@", 1)[0]
+
+
+@dataclass(frozen=True)
+class UserRef:
+    id: int
+    login: str
+    groups: frozenset[str] = frozenset()
+
+    @property
+    def is_manager(self) -> bool:
+        return RECORDING_MANAGER in self.groups
+
+
+@dataclass(frozen=True)
+class DirectorySnapshot:
+    """What the service keeps in memory: the apiKey hash and the users by folded login."""
+
+    api_key_hash: str | None
+    users: Mapping[str, UserRef] = field(default_factory=dict)
+
+    def user(self, login: str) -> UserRef | None:
+        return self.users.get(login.casefold())
+
+
+@dataclass(frozen=True)
+class NewLeg:
+    """A leg to write: everything about a MixMonitor that was started.
+
+    ``agent`` set means the AGENT rule; ``None`` means the store resolves the user attached to
+    ``extension`` inside the write's transaction (EXTENSION), or DEFAULT if there is none.
+    """
+
+    id: str
+    unique_id: str
+    leg: int
+    channel: str
+    extension: str
+    file: str
+    mixmonitor_id: str | None
+    tag: str | None
+    agent: UserRef | None
+    source: str
+    state: str
+    started_at: datetime
+    ended_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class TagUpdate:
+    """A new tag for a call already being recorded: written to its call record."""
+
+    unique_id: str
+    tag: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class LegView:
+    """A leg as read back from the store."""
+
+    id: str
+    unique_id: str
+    leg: int
+    call_record_id: int
+    tag: str | None
+    external_reference: str | None
+    owner: str | None
+    ownership: str
+    file: str
+    channel: str
+    extension: str
+    mixmonitor_id: str | None
+    source: str
+    state: str
+    start: datetime
+    end: datetime | None
+
+    def visible_to(self, user: UserRef) -> bool:
+        """Owners see their own legs; 'Recording Manager' members see every leg, including
+        DEFAULT ones, which have no owner."""
+        return user.is_manager or (self.owner is not None and self.owner.casefold() == user.login.casefold())
+
+    def as_json(self) -> dict:
+        return {
+            "id": self.id,
+            "uniqueId": self.unique_id,
+            "leg": self.leg,
+            "tag": self.tag,
+            "externalReference": self.external_reference,
+            "owner": self.owner,
+            "ownership": self.ownership,
+            "file": self.file,
+            "channel": self.channel,
+            "extension": self.extension,
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat() if self.end else None,
+            "state": self.state,
+        }
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """What became of one write.
+
+    ``status`` is STARTED (the leg was written), ALREADY_RECORDING (another leg of that call
+    is active, and the other fields describe that one), APPLIED (this very leg was written
+    before: a replay) or TAGGED (a TagUpdate, which has no leg fields).
+    """
+
+    status: str
+    unique_id: str
+    leg_id: str | None = None
+    leg: int | None = None
+    file: str | None = None
+    ownership: str | None = None
+    owner_id: int | None = None
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    unique_id: str
+    channel: str
+    agent_login: str | None
+    tag: str | None
+    source: str
+
+
+@dataclass(frozen=True)
+class StartOutcome:
+    """STARTED or ALREADY_RECORDING, with the leg the caller should know about."""
+
+    status: str
+    leg_id: str
+    file: str
+    leg: int
+
+
+@dataclass(frozen=True)
+class MixMonitorStart:
+    """What a channel says after being asked to record: the MixMonitor id (None if Asterisk
+    gave none), and whether the channel was found hung up on the way."""
+
+    mixmonitor_id: str | None
+    hung_up: bool = False
+
+
+class Channel(Protocol):
+    """The live channel a recording is started on (over FastAGI or AMI)."""
+
+    unique_id: str
+    name: str
+
+    async def start_mixmonitor(self, file: str, options: str) -> MixMonitorStart:
+        """Starts MixMonitor writing ``file``; raises AsteriskFailure when Asterisk refuses."""
+
+    async def stop_mixmonitor(self, mixmonitor_id: str) -> None:
+        """Stops the MixMonitor with that id (never 'the most recent one')."""

@@ -1,0 +1,36 @@
+"""The ways a recording request can fail, each with the status the dialplan or the HTTP caller
+sees. Raised by the service and the store, translated once at each front door."""
+
+from __future__ import annotations
+
+
+class ConfigError(Exception):
+    """A setting has a value the service cannot run with; the message names the setting."""
+
+
+class RecordingFailure(Exception):
+    """Base of the failures reported to the caller. ``status`` is the RECORDING_STATUS value
+    and the message is the one clear sentence put in RECORDING_ERROR."""
+
+    status = "ERROR"
+
+
+class Denied(RecordingFailure):
+    """The apiKey is missing or wrong, or the user may not do this. Nothing was recorded."""
+
+    status = "DENIED"
+
+
+class Invalid(RecordingFailure):
+    """The request itself is wrong: a bad or missing argument, an unknown agent, a channel
+    that is not this one. Nothing was recorded."""
+
+    status = "INVALID"
+
+
+class AsteriskFailure(RecordingFailure):
+    """Asterisk did not do what was asked (MixMonitor missing or refused, the channel gone)."""
+
+
+class StorageUnavailable(RecordingFailure):
+    """The database could not be reached or refused the write."""

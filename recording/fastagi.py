@@ -1,0 +1,197 @@
+"""The FastAGI front door: routes the dialplan calls, reads their arguments, and tells the
+dialplan the outcome in channel variables before the connection closes.
+
+    same => n,AGI(agi://127.0.0.1:4573/recording/start?tag=${CRM_REF}&apiKey=${KEY})
+    same => n,GotoIf($["${RECORDING_STATUS}" = "STARTED"]?talk)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Awaitable, Callable, Mapping
+from urllib.parse import parse_qsl
+
+from agi import AGIError, CommandRejected, HangupError, Router, Session, UnknownRoute, quote
+
+from .domain import MixMonitorStart, StartRequest, channel_extension
+from .errors import AsteriskFailure, Invalid, RecordingFailure
+from .service import RecordingService
+
+log = logging.getLogger("recording.fastagi")
+audit = logging.getLogger("recording.audit")
+
+# The seed's argument names, matched without regard to case.
+ARGUMENTS = {name.lower(): name for name in ("extenOrUniqueId", "agentLoginName", "tag", "apiKey")}
+MIXMONITOR_ID_VARIABLE = "RECORDING_MIXMONITOR_ID"
+RESULT_VARIABLES = ("RECORDING_STATUS", "RECORDING_ERROR", "RECORDING_ID", "RECORDING_FILE")
+
+
+def parse_arguments(env) -> dict[str, str]:
+    """The seed's arguments from the URL-encoded query of ``agi_network_script`` and from
+    ``key=value`` extra ``AGI()`` arguments (``agi_arg_N``), by canonical name.
+
+    Raises Invalid for an unknown name, an argument that is not ``key=value``, or the same
+    argument given twice with different values.
+    """
+    pairs: list[tuple[str, str, str]] = []
+    try:
+        for key, value in parse_qsl(env.query, keep_blank_values=True, errors="surrogateescape"):
+            pairs.append((key, value, "the URL"))
+    except ValueError as exc:
+        raise Invalid(f"the AGI URL's query string cannot be read: {exc}") from None
+    for number, arg in enumerate(env.args, 1):
+        if arg == "":
+            continue
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise Invalid(f"AGI argument {number} is not key=value (one of {', '.join(ARGUMENTS.values())})")
+        pairs.append((key.strip(), value, f"AGI argument {number}"))
+    found: dict[str, str] = {}
+    for key, value, origin in pairs:
+        name = ARGUMENTS.get(key.lower())
+        if name is None:
+            shown = key if len(key) <= 40 else key[:40] + "..."
+            raise Invalid(f"unknown argument {shown!r} in {origin} (expected {', '.join(ARGUMENTS.values())})")
+        if name in found and found[name] != value:
+            raise Invalid(f"{name} is given twice with different values")
+        found[name] = value
+    return found
+
+
+class AGIChannel:
+    """The channel running the AGI, as the service sees it."""
+
+    def __init__(self, session: Session):
+        self._session = session
+        self.unique_id = session.env.uniqueid
+        self.name = session.env.channel
+
+    async def start_mixmonitor(self, file: str, options: str) -> MixMonitorStart:
+        data = f"{file},{options}i({MIXMONITOR_ID_VARIABLE})"
+        # NOTE: the id variable is cleared first: a stale id from an earlier leg on this
+        # channel must not pass for the id of a MixMonitor that failed to start.
+        commands = (
+            f"SET VARIABLE {MIXMONITOR_ID_VARIABLE} \"\"",
+            f"EXEC MixMonitor {quote(data)}",
+            f"GET VARIABLE {MIXMONITOR_ID_VARIABLE}",
+        )
+        session = self._session
+        try:
+            _, started, variable = await session.send(*commands)
+        except HangupError:
+            # The command was sent; whether it ran is unknown, and the channel is gone.
+            return MixMonitorStart(None, hung_up=True)
+        if started.code != 200:
+            raise AsteriskFailure(f"Asterisk rejected MixMonitor ({started.code} {started.text})")
+        if started.value == -2:
+            raise AsteriskFailure("Asterisk has no MixMonitor application (is app_mixmonitor loaded?)")
+        if started.value != 0 and not session.hung_up:
+            raise AsteriskFailure(f"MixMonitor failed to start (result {started.result})")
+        mixmonitor_id = variable.data if variable.ok and variable.value == 1 and variable.data else None
+        if mixmonitor_id is None and not session.hung_up:
+            raise AsteriskFailure("MixMonitor did not start: Asterisk gave no MixMonitor id")
+        return MixMonitorStart(mixmonitor_id, hung_up=session.hung_up)
+
+    async def stop_mixmonitor(self, mixmonitor_id: str) -> None:
+        try:
+            await self._session.exec("StopMixMonitor", mixmonitor_id)
+        except (AGIError, ValueError) as exc:
+            log.warning("could not stop MixMonitor %s on %s: %s", mixmonitor_id, self.name, exc)
+
+
+async def report(session: Session, values: Mapping[str, str]) -> None:
+    """Sets the result variables in one round trip; a channel that is gone is only logged."""
+    try:
+        await session.set_variables(values)
+    except (AGIError, ValueError) as exc:
+        log.warning("could not tell the dialplan of %s (%s): %s", session.env.uniqueid, values.get("RECORDING_STATUS"), exc)
+
+
+def outcome(status: str, error: str = "", leg_id: str = "", file: str = "") -> dict[str, str]:
+    return dict(zip(RESULT_VARIABLES, (status, error, leg_id, file)))
+
+
+Route = Callable[[Session, dict[str, str]], Awaitable[dict[str, str]]]
+
+
+def build_router(service: RecordingService, api_key_variable: str) -> Router:
+    """The FastAGI routes of the recording service."""
+
+    async def api_key(session: Session, args: dict[str, str]) -> None:
+        key = args.get("apiKey")
+        if key is None:
+            # NOTE: reading the key from a channel variable keeps it out of agi_request,
+            # which Asterisk writes to its own logs and to the CDR.
+            key = await session.get_variable(api_key_variable)
+        await service.authorize(key)
+
+    async def start(session: Session, args: dict[str, str]) -> dict[str, str]:
+        env = session.env
+        if not env.uniqueid or not env.channel:
+            raise Invalid("the AGI environment has no agi_uniqueid or agi_channel")
+        target = args.get("extenOrUniqueId")
+        if target and target not in (env.uniqueid, channel_extension(env.channel)):
+            raise Invalid(
+                f"extenOrUniqueId {target!r} is not this channel ({env.channel}, {env.uniqueid}); "
+                "to record another channel use the HTTP API"
+            )
+        request = StartRequest(
+            unique_id=env.uniqueid, channel=env.channel, agent_login=args.get("agentLoginName"),
+            tag=args.get("tag"), source="agi",
+        )
+        result = await service.start(request, AGIChannel(session))
+        return outcome(result.status, "", result.leg_id, result.file)
+
+    routes: dict[str, Route] = {"recording/start": start}
+
+    def serve(name: str, route: Route):
+        async def handler(session: Session) -> None:
+            await run(session, name, route, api_key)
+
+        return handler
+
+    async def on_error(session: Session, error: AGIError) -> None:
+        if isinstance(error, UnknownRoute):
+            message = str(error)
+        else:
+            message = f"the AGI request is malformed: {error}"
+        await report(session, outcome("INVALID", message))
+
+    router = Router(on_error=on_error)
+    for name, route in routes.items():
+        router.add(name, serve(name, route))
+    return router
+
+
+async def run(session: Session, name: str, route: Route, api_key) -> None:
+    """Runs one route and always reports: every failure becomes a status and one sentence in
+    RECORDING_ERROR, and one log line per session says what happened."""
+    started = time.monotonic()
+    env = session.env
+    try:
+        args = parse_arguments(env)
+        await api_key(session, args)
+        values = await route(session, args)
+    except RecordingFailure as exc:
+        values = outcome(exc.status, str(exc))
+        if exc.status == "DENIED":
+            audit.warning("denied %s for %s on %s from %s: %s", name, env.uniqueid, env.channel, session.peer, exc)
+    except HangupError:
+        log.info("%s %s: Asterisk closed the connection", name, env.uniqueid)
+        return
+    except CommandRejected as exc:
+        values = outcome("ERROR", f"Asterisk rejected a command: {exc}")
+    except AGIError as exc:
+        values = outcome("ERROR", f"the conversation with Asterisk failed: {exc}")
+    except Exception:
+        log.exception("%s %s failed", name, env.uniqueid)
+        values = outcome("ERROR", "internal error in the recording service (see its log)")
+    await report(session, values)
+    log.info(
+        "%s %s status=%s leg=%s %.1fms%s%s",
+        name, env.uniqueid, values["RECORDING_STATUS"], values["RECORDING_ID"] or "-",
+        (time.monotonic() - started) * 1000,
+        " hungup" if session.hung_up else "",
+        f" error={values['RECORDING_ERROR']!r}" if values["RECORDING_ERROR"] else "",
+    )

@@ -1,0 +1,47 @@
+"""Logging set-up, with the apiKey taken out of every line.
+
+Asterisk puts the whole AGI URL, apiKey included, in ``agi_request``; whatever part of the
+service ends up quoting it (an exception message, a malformed line), the key must not reach a
+log. The filter sits on the handlers, so it also covers other libraries' records.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+
+_KEY = re.compile(r"(?i)(api_?key\s*[=:]\s*\"?)[^&\s,\"')]+")
+REDACTED = r"\1[redacted]"
+
+
+def redact(text: str) -> str:
+    return _KEY.sub(REDACTED, text)
+
+
+class RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if clean != message or record.args:
+            record.msg, record.args = clean, None
+        return True
+
+
+def configure(level: str = "INFO", stream=None) -> logging.Handler:
+    """One handler on the root logger, to stderr (journald takes it from there)."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())
+    handler.recording_handler = True
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, "recording_handler", False):
+            root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    return handler

@@ -1,0 +1,165 @@
+"""The tables, as SQLAlchemy 2 models. The schema itself is made only by the Alembic
+migrations in ``migrations/``; these classes describe it for queries and for autogenerate."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Every constraint gets a predictable name, so migrations can refer to them on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+OWNERSHIP_RULES = ("AGENT", "EXTENSION", "DEFAULT")
+LEG_STATES = ("recording", "paused", "stopped", "ended", "lost")
+ACTIVE_STATES = ("recording", "paused")
+RECORDING_MANAGER = "Recording Manager"
+API_KEY_VARIABLE = "apiKey"
+
+
+class UTCDateTime(TypeDecorator):
+    """A timestamp that is always timezone-aware UTC in Python, whatever the backend stores
+    (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        if value is not None and dialect.name == "sqlite":
+            return value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class SystemVariable(Base):
+    """Site-wide values; the apiKey is kept here as a hash only (name ``apiKey``)."""
+
+    __tablename__ = "system_variables"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class User(Base):
+    """An agent or supervisor who can own recording legs. Logins match without regard to case."""
+
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    login: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+# NOTE: an expression index, so "Fred" and "fred" cannot both exist on either backend.
+Index("uq_users_login_lower", func.lower(User.login), unique=True)
+
+
+class Group(Base):
+    __tablename__ = "groups"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+
+
+class UserGroup(Base):
+    __tablename__ = "user_groups"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True)
+
+
+class ExtensionAttachment(Base):
+    """Which user is currently logged in at an extension (at most one)."""
+
+    __tablename__ = "extension_attachments"
+
+    extension: Mapped[str] = mapped_column(String(80), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    attached_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class CallRecord(Base):
+    """One call, by its Asterisk unique id; ``external_reference`` is the caller's tag."""
+
+    __tablename__ = "call_records"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    unique_id: Mapped[str] = mapped_column(String(150), unique=True)
+    external_reference: Mapped[str | None] = mapped_column(String(255), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class RecordingLeg(Base):
+    """One MixMonitor run on one channel of a call.
+
+    ``id`` is made by the service before the row is written (so the dialplan can be told it
+    even when the write is deferred); ``leg`` numbers the legs of a call from 1. At most one
+    leg of a unique id is active (recording or paused) at a time.
+    """
+
+    __tablename__ = "recording_legs"
+    __table_args__ = (
+        UniqueConstraint("call_record_id", "leg"),
+        CheckConstraint(
+            "ownership IN ('AGENT', 'EXTENSION', 'DEFAULT')", name="ownership_rule"
+        ),
+        CheckConstraint(
+            "state IN ('recording', 'paused', 'stopped', 'ended', 'lost')", name="state"
+        ),
+        CheckConstraint("(ownership = 'DEFAULT') = (owner_id IS NULL)", name="owner_matches_rule"),
+        Index(
+            "uq_recording_legs_active_unique_id",
+            "unique_id",
+            unique=True,
+            postgresql_where="state IN ('recording', 'paused')",
+            sqlite_where="state IN ('recording', 'paused')",
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    call_record_id: Mapped[int] = mapped_column(ForeignKey("call_records.id", ondelete="CASCADE"))
+    leg: Mapped[int] = mapped_column(Integer)
+    unique_id: Mapped[str] = mapped_column(String(150), index=True)
+    channel: Mapped[str] = mapped_column(String(255))
+    extension: Mapped[str] = mapped_column(String(80))
+    file: Mapped[str] = mapped_column(String(1024))
+    mixmonitor_id: Mapped[str | None] = mapped_column(String(64))
+    tag: Mapped[str | None] = mapped_column(String(255), index=True)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    ownership: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(8))
+    state: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

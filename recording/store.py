@@ -1,0 +1,442 @@
+"""The only module that talks to the database: engines, transactions, and the translation of
+database errors into :class:`~recording.errors.StorageUnavailable`.
+
+Every method is synchronous and thread-safe; the asyncio side calls them from worker threads
+(see :mod:`recording.writer` for the grouped commits of the hot path).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Sequence
+
+from sqlalchemy import Engine, create_engine, event, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from .domain import (
+    CommitResult,
+    DirectorySnapshot,
+    LegView,
+    NewLeg,
+    TagUpdate,
+    UserRef,
+)
+from .errors import ConfigError, Invalid, StorageUnavailable
+from .models import (
+    ACTIVE_STATES,
+    API_KEY_VARIABLE,
+    CallRecord,
+    ExtensionAttachment,
+    Group,
+    RecordingLeg,
+    SystemVariable,
+    User,
+    UserGroup,
+)
+
+log = logging.getLogger("recording.store")
+
+_legs = RecordingLeg.__table__
+_calls = CallRecord.__table__
+
+
+def migrations_path() -> Path:
+    """Where the Alembic scripts are: ``migrations/`` in a checkout, ``recording/migrations``
+    once installed (setup.cfg maps one onto the other)."""
+    import importlib
+
+    return Path(importlib.import_module("recording.migrations").__file__).resolve().parent
+
+
+def normalize_url(url: str) -> str:
+    """PostgreSQL URLs without a driver mean psycopg 3 here (psycopg2 is not installed)."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password hidden, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable database URL>"
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url`` with the settings the service relies on."""
+    url = normalize_url(url)
+    try:
+        parsed = make_url(url)
+    except Exception:
+        raise ConfigError(f"RECORDING_DATABASE_URL {url!r} is not a database URL") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            raise ConfigError("RECORDING_DATABASE_URL: an in-memory SQLite database cannot be shared; name a file")
+        engine = create_engine(parsed, connect_args={"timeout": 10}, isolation_level=None)
+        event.listen(engine, "connect", _sqlite_connect)
+        # NOTE: pysqlite's own BEGIN is deferred, so a transaction that reads before it writes
+        # can fail with SQLITE_BUSY when another process wrote meanwhile; take the write lock
+        # up front instead (readers are not blocked in WAL mode).
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        return engine
+    if backend == "postgresql":
+        if parsed.get_driver_name() != "psycopg":
+            raise ConfigError("RECORDING_DATABASE_URL: use postgresql+psycopg:// (psycopg 3)")
+        return create_engine(
+            parsed,
+            pool_size=8,
+            max_overflow=8,
+            pool_pre_ping=True,
+            pool_timeout=10,
+            connect_args={"connect_timeout": 5},
+        )
+    raise ConfigError(f"RECORDING_DATABASE_URL: {backend} is not supported (SQLite or PostgreSQL)")
+
+
+def _sqlite_connect(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    # NOTE: FULL, not NORMAL: in WAL mode NORMAL may lose the last commits on power loss, and a
+    # STARTED reported to the dialplan must mean the leg is on disk.
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.close()
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Store:
+    """The database of call records, recording legs, users and the apiKey hash."""
+
+    def __init__(self, url: str):
+        self.url = normalize_url(url)
+        self.engine = make_engine(self.url)
+        self.dialect = self.engine.dialect.name
+        self._insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _unavailable(self, exc: Exception) -> StorageUnavailable:
+        reason = getattr(exc, "orig", None) or exc
+        text = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__
+        return StorageUnavailable(f"database {redact_url(self.url)} unavailable: {text}")
+
+    # -- schema -------------------------------------------------------------------------
+
+    def _alembic(self, connection: Connection):
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(migrations_path()))
+        config.attributes["connection"] = connection
+        return config
+
+    def schema_revision(self) -> str | None:
+        """The migration the database is at; None for an empty database."""
+        from alembic.runtime.migration import MigrationContext
+
+        try:
+            with self.engine.connect() as conn:
+                return MigrationContext.configure(conn).get_current_revision()
+        except SQLAlchemyError as exc:
+            raise self._unavailable(exc) from exc
+
+    def head_revision(self) -> str:
+        from alembic.script import ScriptDirectory
+
+        with self.engine.connect() as conn:
+            return ScriptDirectory.from_config(self._alembic(conn)).get_current_head()
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Applies the migrations up to ``revision``: the only way the schema is made."""
+        from alembic import command
+
+        try:
+            with self.engine.begin() as conn:
+                command.upgrade(self._alembic(conn), revision)
+        except SQLAlchemyError as exc:
+            raise self._unavailable(exc) from exc
+
+    # -- the apiKey and the directory -----------------------------------------------------
+
+    def api_key_hash(self) -> str | None:
+        with self._read() as conn:
+            return conn.scalar(select(SystemVariable.value).where(SystemVariable.name == API_KEY_VARIABLE))
+
+    def set_api_key_hash(self, value: str) -> None:
+        stmt = self._insert(SystemVariable.__table__).values(name=API_KEY_VARIABLE, value=value, updated_at=_now())
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["name"], set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at}
+        )
+        with self._write() as conn:
+            conn.execute(stmt)
+
+    def add_user(self, login: str, groups: Iterable[str] = ()) -> UserRef:
+        """Creates the user if absent (logins match without regard to case) and adds it to
+        ``groups``, creating those too. Returns the user with all its groups."""
+        login = login.strip()
+        if not login:
+            raise Invalid("a login cannot be empty")
+        with self._write() as conn:
+            user_id = conn.scalar(select(User.id).where(func.lower(User.login) == login.lower()))
+            if user_id is None:
+                user_id = conn.scalar(
+                    User.__table__.insert().values(login=login, created_at=_now()).returning(User.id)
+                )
+            for name in groups:
+                group_id = conn.scalar(select(Group.id).where(Group.name == name))
+                if group_id is None:
+                    group_id = conn.scalar(Group.__table__.insert().values(name=name).returning(Group.id))
+                stmt = self._insert(UserGroup.__table__).values(user_id=user_id, group_id=group_id)
+                conn.execute(stmt.on_conflict_do_nothing())
+            return self._user_by_id(conn, user_id)
+
+    def attach_extension(self, extension: str, login: str) -> UserRef:
+        """Attaches the user to the extension, replacing whoever was attached."""
+        with self._write() as conn:
+            user = self._user_by_login(conn, login)
+            if user is None:
+                raise Invalid(f"unknown user {login!r}")
+            stmt = self._insert(ExtensionAttachment.__table__).values(
+                extension=extension, user_id=user.id, attached_at=_now()
+            )
+            conn.execute(stmt.on_conflict_do_update(
+                index_elements=["extension"],
+                set_={"user_id": stmt.excluded.user_id, "attached_at": stmt.excluded.attached_at},
+            ))
+            return user
+
+    def detach_extension(self, extension: str) -> bool:
+        with self._write() as conn:
+            deleted = conn.execute(
+                ExtensionAttachment.__table__.delete().where(ExtensionAttachment.extension == extension)
+            )
+            return deleted.rowcount > 0
+
+    def find_user(self, login: str) -> UserRef | None:
+        with self._read() as conn:
+            return self._user_by_login(conn, login)
+
+    def directory(self) -> DirectorySnapshot:
+        """The apiKey hash and every user with its groups, in one read."""
+        with self._read() as conn:
+            key = conn.scalar(select(SystemVariable.value).where(SystemVariable.name == API_KEY_VARIABLE))
+            groups: dict[int, set[str]] = {}
+            for user_id, name in conn.execute(
+                select(UserGroup.user_id, Group.name).join(Group, Group.id == UserGroup.group_id)
+            ):
+                groups.setdefault(user_id, set()).add(name)
+            users = {
+                login.casefold(): UserRef(user_id, login, frozenset(groups.get(user_id, ())))
+                for user_id, login in conn.execute(select(User.id, User.login))
+            }
+        return DirectorySnapshot(key, users)
+
+    def _user_by_login(self, conn: Connection, login: str) -> UserRef | None:
+        user_id = conn.scalar(select(User.id).where(func.lower(User.login) == login.strip().lower()))
+        return None if user_id is None else self._user_by_id(conn, user_id)
+
+    def _user_by_id(self, conn: Connection, user_id: int) -> UserRef:
+        login = conn.scalar(select(User.login).where(User.id == user_id))
+        groups = conn.scalars(
+            select(Group.name).join(UserGroup, UserGroup.group_id == Group.id).where(UserGroup.user_id == user_id)
+        )
+        return UserRef(user_id, login, frozenset(groups))
+
+    # -- the hot path: legs and tags --------------------------------------------------------
+
+    def commit(self, writes: Sequence[NewLeg | TagUpdate]) -> list[CommitResult]:
+        """Writes a batch in one transaction and returns one result per write, in order.
+
+        If the batch fails on a constraint nobody expected, each write is retried alone so
+        that one bad write cannot take the others down with it.
+        """
+        try:
+            with self._write() as conn:
+                return self._commit(conn, writes)
+        except IntegrityError as exc:
+            if len(writes) == 1:
+                raise StorageUnavailable(f"the database refused the write: {_first_line(exc)}") from exc
+        except SQLAlchemyError as exc:
+            raise self._unavailable(exc) from exc
+        log.warning("a batch of %d writes hit a constraint; writing them one by one", len(writes))
+        return [self._commit_alone(write) for write in writes]
+
+    def _commit_alone(self, write: NewLeg | TagUpdate) -> CommitResult | StorageUnavailable:
+        try:
+            return self.commit([write])[0]
+        except StorageUnavailable as exc:
+            return exc
+
+    def _commit(self, conn: Connection, writes: Sequence[NewLeg | TagUpdate]) -> list[CommitResult]:
+        call_ids = self._upsert_calls(conn, writes)
+        legs = [w for w in writes if isinstance(w, NewLeg)]
+        owners = self._attached_owners(conn, [w.extension for w in legs if w.agent is None])
+        rows = {leg.id: self._leg_row(leg, call_ids[leg.unique_id], owners) for leg in legs}
+        inserted: set[str] = set()
+        if rows:
+            stmt = self._insert(_legs).values(list(rows.values())).on_conflict_do_nothing().returning(_legs.c.id)
+            inserted = set(conn.scalars(stmt))
+        results = []
+        for write in writes:
+            if isinstance(write, TagUpdate):
+                results.append(CommitResult("TAGGED", write.unique_id))
+            elif write.id in inserted:
+                results.append(_result("STARTED", rows[write.id]))
+            else:
+                results.append(self._resolve_conflict(conn, write, call_ids[write.unique_id], owners))
+        return results
+
+    def _upsert_calls(self, conn: Connection, writes: Sequence[NewLeg | TagUpdate]) -> dict[str, int]:
+        tags: dict[str, str | None] = {}
+        stamps: dict[str, datetime] = {}
+        for write in writes:
+            tags[write.unique_id] = write.tag or tags.get(write.unique_id)
+            stamps[write.unique_id] = write.at if isinstance(write, TagUpdate) else write.started_at
+        rows = [
+            {"unique_id": uid, "external_reference": tags[uid], "created_at": stamps[uid], "updated_at": stamps[uid]}
+            for uid in tags
+        ]
+        stmt = self._insert(_calls).values(rows)
+        # NOTE: a start without a tag keeps the reference a previous start wrote.
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["unique_id"],
+            set_={
+                "external_reference": func.coalesce(stmt.excluded.external_reference, _calls.c.external_reference),
+                "updated_at": stmt.excluded.updated_at,
+            },
+        ).returning(_calls.c.id, _calls.c.unique_id)
+        return {uid: call_id for call_id, uid in conn.execute(stmt)}
+
+    def _attached_owners(self, conn: Connection, extensions: list[str]) -> dict[str, int]:
+        if not extensions:
+            return {}
+        rows = conn.execute(
+            select(ExtensionAttachment.extension, ExtensionAttachment.user_id).where(
+                ExtensionAttachment.extension.in_(set(extensions))
+            )
+        )
+        return dict(rows.all())
+
+    @staticmethod
+    def _leg_row(leg: NewLeg, call_id: int, owners: dict[str, int]) -> dict:
+        if leg.agent is not None:
+            owner_id, ownership = leg.agent.id, "AGENT"
+        elif leg.extension in owners:
+            owner_id, ownership = owners[leg.extension], "EXTENSION"
+        else:
+            owner_id, ownership = None, "DEFAULT"
+        return {
+            "id": leg.id,
+            "call_record_id": call_id,
+            "leg": leg.leg,
+            "unique_id": leg.unique_id,
+            "channel": leg.channel,
+            "extension": leg.extension,
+            "file": leg.file,
+            "mixmonitor_id": leg.mixmonitor_id,
+            "tag": leg.tag,
+            "owner_id": owner_id,
+            "ownership": ownership,
+            "source": leg.source,
+            "state": leg.state,
+            "started_at": leg.started_at,
+            "ended_at": leg.ended_at,
+        }
+
+    def _resolve_conflict(self, conn: Connection, leg: NewLeg, call_id: int, owners: dict[str, int]) -> CommitResult:
+        """Why a leg was not inserted: written before (a replay), another leg of the call is
+        active, or its number is taken (a leg another process wrote): then it gets the next."""
+        for _ in range(5):
+            same = conn.execute(select(_legs).where(_legs.c.id == leg.id)).mappings().first()
+            if same is not None:
+                return _result("APPLIED", same)
+            active = conn.execute(
+                select(_legs).where(_legs.c.unique_id == leg.unique_id, _legs.c.state.in_(ACTIVE_STATES))
+            ).mappings().first()
+            if active is not None and leg.state in ACTIVE_STATES:
+                return _result("ALREADY_RECORDING", active)
+            number = 1 + (conn.scalar(select(func.max(_legs.c.leg)).where(_legs.c.call_record_id == call_id)) or 0)
+            row = self._leg_row(leg, call_id, owners) | {"leg": number}
+            stmt = self._insert(_legs).values(row).on_conflict_do_nothing().returning(_legs.c.id)
+            if conn.scalar(stmt) is not None:
+                log.info("leg %s of %s renumbered %d -> %d (another process wrote leg %d)",
+                         leg.id, leg.unique_id, leg.leg, number, leg.leg)
+                return _result("STARTED", row)
+        raise StorageUnavailable(f"could not find a free leg number for {leg.unique_id}")
+
+    # -- reading legs -------------------------------------------------------------------------
+
+    @staticmethod
+    def _leg_query():
+        return (
+            select(_legs, _calls.c.external_reference, User.login.label("owner"))
+            .join(_calls, _calls.c.id == _legs.c.call_record_id)
+            .outerjoin(User, User.id == _legs.c.owner_id)
+        )
+
+    @staticmethod
+    def _view(row) -> LegView:
+        return LegView(
+            id=row.id, unique_id=row.unique_id, leg=row.leg, call_record_id=row.call_record_id,
+            tag=row.tag, external_reference=row.external_reference, owner=row.owner,
+            ownership=row.ownership, file=row.file, channel=row.channel, extension=row.extension,
+            mixmonitor_id=row.mixmonitor_id, source=row.source, state=row.state,
+            start=row.started_at, end=row.ended_at,
+        )
+
+    def find_legs(self, *, tag: str | None = None, unique_id: str | None = None) -> list[LegView]:
+        """Legs whose tag (or whose call's external reference) is ``tag`` and/or whose unique
+        id is ``unique_id``, oldest first."""
+        query = self._leg_query()
+        if tag is not None:
+            query = query.where(or_(_legs.c.tag == tag, _calls.c.external_reference == tag))
+        if unique_id is not None:
+            query = query.where(_legs.c.unique_id == unique_id)
+        query = query.order_by(_legs.c.started_at, _legs.c.unique_id, _legs.c.leg)
+        with self._read() as conn:
+            return [self._view(row) for row in conn.execute(query)]
+
+    def active_legs(self) -> list[LegView]:
+        """Legs still recording or paused, for the service's memory at start-up."""
+        with self._read() as conn:
+            return [self._view(row) for row in conn.execute(self._leg_query().where(_legs.c.state.in_(ACTIVE_STATES)))]
+
+    # -- transactions -------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A transaction; connection failures come out as StorageUnavailable, integrity errors
+        pass through so that callers can tell a conflict from an outage."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except IntegrityError:
+            raise
+        except SQLAlchemyError as exc:
+            raise self._unavailable(exc) from exc
+
+    _read = _write
+
+
+def _result(status: str, row) -> CommitResult:
+    return CommitResult(
+        status, row["unique_id"], leg_id=row["id"], leg=row["leg"], file=row["file"],
+        ownership=row["ownership"], owner_id=row["owner_id"],
+    )
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(getattr(exc, "orig", exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

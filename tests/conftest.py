@@ -1,0 +1,103 @@
+"""Fixtures: a real database per backend (SQLite file, PostgreSQL over psycopg), migrated once
+with the project's own migrations and emptied before each test, and the running service.
+
+The suite runs once per backend. RECORDING_TEST_BACKENDS=sqlite (or postgresql) narrows it;
+RECORDING_TEST_POSTGRES names the server (default: the local one, as root, trust auth).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import psycopg
+import pytest
+from sqlalchemy import text
+
+from recording import apikey
+from recording.config import Settings
+from recording.store import Store
+
+from tests.fake_asterisk import FakeAsterisk
+from tests.service_runner import RunningService
+
+BACKENDS = [b.strip() for b in os.environ.get("RECORDING_TEST_BACKENDS", "sqlite,postgresql").split(",") if b.strip()]
+POSTGRES = os.environ.get("RECORDING_TEST_POSTGRES", "postgresql://root@127.0.0.1:5432/postgres")
+API_KEY = "k1-test-key"
+TABLES = ("recording_legs", "call_records", "extension_attachments", "user_groups", "groups", "users",
+          "system_variables")
+
+
+@pytest.fixture(scope="session")
+def key_hash() -> str:
+    return apikey.hash_key(API_KEY)
+
+
+def _postgres_database():
+    name = f"recording_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(POSTGRES, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    base = POSTGRES.rsplit("/", 1)[0]
+    return name, f"{base}/{name}".replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+def _drop_postgres_database(name: str) -> None:
+    with psycopg.connect(POSTGRES, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def database_url(request, tmp_path_factory):
+    """A migrated, empty database of each backend, for the whole run."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('sqlite')}/recording.sqlite3"
+        name = None
+    elif request.param == "postgresql":
+        name, url = _postgres_database()
+    else:
+        raise ValueError(f"unknown backend {request.param}")
+    store = Store(url)
+    store.upgrade()
+    store.close()
+    yield url
+    if name:
+        _drop_postgres_database(name)
+
+
+@pytest.fixture
+def store(database_url, key_hash):
+    """The database, emptied, with the test apiKey stored."""
+    store = Store(database_url)
+    with store.engine.begin() as conn:
+        if store.dialect == "postgresql":
+            conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+        else:
+            for table in TABLES:
+                conn.execute(text(f"DELETE FROM {table}"))
+    store.set_api_key_hash(key_hash)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def settings(database_url) -> Settings:
+    return Settings(
+        database_url=database_url,
+        agi_listen="127.0.0.1:0",
+        monitor_template="/var/spool/asterisk/monitor/{date:%Y/%m/%d}/{uniqueid}-{leg}.wav",
+        environment_timeout=2.0,
+        reply_timeout=2.0,
+        session_timeout=10.0,
+        directory_refresh=0.5,
+    )
+
+
+@pytest.fixture
+def service(store, settings):
+    with RunningService(settings) as running:
+        yield running
+
+
+@pytest.fixture
+def asterisk(service) -> FakeAsterisk:
+    return FakeAsterisk(service.port)

@@ -1,0 +1,239 @@
+"""A fake Asterisk 22 that plays the channel's side of FastAGI against a real server socket.
+
+It behaves as the captures in ``../shared/asterisk`` show: the environment in Asterisk's
+order with ``\\n`` line ends, one reply per command in the same forms (``200 result=1 (x)``,
+``200 result=0``, ``510``, ``511``, ``520``), EXEC taking one data word split as res_agi's
+``parse_args()`` does, MixMonitor's ``i(VAR)`` id, an unprompted ``HANGUP`` when the caller
+hangs up followed by dead-channel mode, and ``HANGUP`` then close when the server half-closes.
+Everything runs on blocking sockets in the calling thread, so tests assert from the peer's side.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import socket
+import threading
+from dataclasses import dataclass, field
+
+from agi.protocol import split_command
+
+# The commands this fake knows: those res_agi.c marks dead=1 keep working after a hangup, the
+# media ones get 511 then; anything else is 510, dead or alive (as in the captures).
+_DEAD_OK = {"GET VARIABLE", "GET FULL VARIABLE", "SET VARIABLE", "EXEC", "VERBOSE", "NOOP"}
+_MEDIA = {"ANSWER", "STREAM FILE", "WAIT FOR DIGIT", "SAY DIGITS", "RECORD FILE", "GET DATA", "HANGUP"}
+_VAR = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
+_ids = itertools.count(0x7FCDBC008FC0, 0x340)
+_unique = itertools.count(1)
+_lock = threading.Lock()
+
+
+def new_unique_id() -> str:
+    with _lock:
+        return f"1795825765.{next(_unique)}"
+
+
+@dataclass
+class MixMonitor:
+    id: str
+    file: str
+    options: str
+    data: str
+
+
+@dataclass
+class Call:
+    """What happened on one fake call, as Asterisk saw it."""
+
+    uniqueid: str
+    channel: str
+    variables: dict[str, str]
+    commands: list[str] = field(default_factory=list)
+    replies: list[str] = field(default_factory=list)
+    mixmonitors: list[MixMonitor] = field(default_factory=list)
+    stopped: list[MixMonitor] = field(default_factory=list)
+    hung_up: bool = False
+    server_closed: bool = False
+    ended_by: str = ""
+
+    @property
+    def status(self) -> str | None:
+        return self.variables.get("RECORDING_STATUS")
+
+    @property
+    def error(self) -> str | None:
+        return self.variables.get("RECORDING_ERROR")
+
+
+def environment(
+    script: str,
+    *,
+    port: int = 4573,
+    channel: str = "Local/100@acceptance-00000001;2",
+    uniqueid: str = "1795825765.3",
+    extension: str = "100",
+    args: tuple[str, ...] = (),
+    request_host: str = "127.0.0.1",
+    threadid: str = "140521815484096",
+) -> bytes:
+    """The environment block exactly as Asterisk 22.10.1 sends it (see the ext100 capture)."""
+    tech = channel.split("/", 1)[0]
+    lines = [
+        "agi_network: yes",
+        f"agi_network_script: {script}",
+        f"agi_request: agi://{request_host}:{port}/{script}",
+        f"agi_channel: {channel}",
+        "agi_language: en",
+        f"agi_type: {tech}",
+        f"agi_uniqueid: {uniqueid}",
+        "agi_version: 22.10.1",
+        "agi_callerid: unknown",
+        "agi_calleridname: unknown",
+        "agi_callingpres: 67",
+        "agi_callingani2: 0",
+        "agi_callington: 0",
+        "agi_callingtns: 0",
+        "agi_dnid: unknown",
+        "agi_rdnis: unknown",
+        "agi_context: acceptance",
+        f"agi_extension: {extension}",
+        "agi_priority: 2",
+        "agi_enhanced: 0.0",
+        "agi_accountcode: ",
+        f"agi_threadid: {threadid}",
+    ]
+    lines += [f"agi_arg_{n}: {value}" for n, value in enumerate(args, 1)]
+    return ("\n".join(lines) + "\n\n").encode("utf-8")
+
+
+class FakeAsterisk:
+    """Places calls that run ``AGI(agi://host:port/<script>)`` against the server."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", *, timeout: float = 10.0):
+        self.port = port
+        self.host = host
+        self.timeout = timeout
+        self.mixmonitor_loaded = True
+
+    def connect(self) -> socket.socket:
+        sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        sock.settimeout(self.timeout)
+        return sock
+
+    def call(
+        self,
+        script: str,
+        *,
+        args: tuple[str, ...] = (),
+        channel: str = "PJSIP/410-0000001a",
+        uniqueid: str | None = None,
+        variables: dict[str, str] | None = None,
+        hangup_after: int | None = None,
+        drop_after: int | None = None,
+        mixmonitor_result: int | None = None,
+    ) -> Call:
+        """Runs one AGI session to its end and returns what Asterisk saw.
+
+        ``hangup_after=N``: the caller hangs up after the Nth reply (0: before the first
+        command): Asterisk sends ``HANGUP`` unprompted and goes on in dead-channel mode.
+        ``drop_after=N``: the connection is cut after N replies, as when Asterisk dies.
+        ``mixmonitor_result``: what EXEC MixMonitor answers instead of a working MixMonitor.
+        """
+        uniqueid = uniqueid or new_unique_id()
+        call = Call(uniqueid, channel, {"UNIQUEID": uniqueid, "CHANNEL": channel, **(variables or {})})
+        extension = channel.split("/", 1)[-1].split("-", 1)[0].split("@", 1)[0]
+        with self.connect() as sock:
+            sock.sendall(environment(
+                script, port=self.port, channel=channel, uniqueid=uniqueid, extension=extension, args=args,
+            ))
+            if hangup_after == 0:
+                self._hangup(sock, call)
+            reader = sock.makefile("rb")
+            while True:
+                try:
+                    raw = reader.readline()
+                except (ConnectionError, socket.timeout) as exc:
+                    call.ended_by = f"error: {exc}"
+                    break
+                if not raw:
+                    call.server_closed = True
+                    call.ended_by = "server closed"
+                    # NOTE: Asterisk answers the server's half-close with HANGUP, then closes.
+                    try:
+                        sock.sendall(b"HANGUP\n")
+                    except OSError:
+                        pass
+                    break
+                line = raw.decode("utf-8", "surrogateescape").rstrip("\n")
+                call.commands.append(line)
+                reply = self.answer(call, line, mixmonitor_result)
+                call.replies.append(reply)
+                sock.sendall(reply.encode("utf-8", "surrogateescape") + b"\n")
+                if drop_after is not None and len(call.replies) >= drop_after:
+                    call.ended_by = "dropped"
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    break
+                if hangup_after is not None and len(call.replies) == hangup_after and not call.hung_up:
+                    self._hangup(sock, call)
+        return call
+
+    @staticmethod
+    def _hangup(sock: socket.socket, call: Call) -> None:
+        call.hung_up = True
+        sock.sendall(b"HANGUP\n")
+
+    def answer(self, call: Call, line: str, mixmonitor_result: int | None = None) -> str:
+        """Asterisk's reply to one command line."""
+        words = split_command(line)
+        name = next((n for n in sorted(_DEAD_OK | _MEDIA, key=len, reverse=True)
+                     if [w.upper() for w in words[: n.count(" ") + 1]] == n.split()), None)
+        if name is None:
+            return "510 Invalid or unknown command"
+        if call.hung_up and name in _MEDIA:
+            return "511 Command Not Permitted on a dead channel or intercept routine"
+        if name == "GET VARIABLE":
+            if len(words) != 3:
+                return "520 Invalid command syntax.  Proper usage not available."
+            value = call.variables.get(words[2])
+            return "200 result=0" if value is None else f"200 result=1 ({value})"
+        if name == "GET FULL VARIABLE":
+            value = _VAR.sub(lambda m: call.variables.get(m.group(1), ""), words[3] if len(words) > 3 else "")
+            return f"200 result=1 ({value})"
+        if name == "SET VARIABLE":
+            if len(words) != 4:
+                return "520 Invalid command syntax.  Proper usage not available."
+            call.variables[words[2]] = words[3]
+            return "200 result=1"
+        if name == "EXEC":
+            if len(words) < 2:
+                return "520 Invalid command syntax.  Proper usage not available."
+            # NOTE: only one data word; anything after it is dropped, as res_agi does.
+            return self._exec(call, words[1], words[2] if len(words) > 2 else "", mixmonitor_result)
+        if name == "VERBOSE":
+            return "200 result=1"
+        if name == "STREAM FILE":
+            return "200 result=0 endpos=0"
+        return "200 result=0"
+
+    def _exec(self, call: Call, application: str, data: str, mixmonitor_result: int | None) -> str:
+        app = application.lower()
+        if app == "mixmonitor":
+            if not self.mixmonitor_loaded:
+                return "200 result=-2"
+            if mixmonitor_result is not None:
+                return f"200 result={mixmonitor_result}"
+            file, _, options = data.partition(",")
+            with _lock:
+                monitor = MixMonitor(hex(next(_ids)), file, options, data)
+            call.mixmonitors.append(monitor)
+            for variable in re.findall(r"i\(([^)]*)\)", options):
+                call.variables[variable] = monitor.id
+            return "200 result=0"
+        if app == "stopmixmonitor":
+            running = [m for m in call.mixmonitors if m not in call.stopped]
+            target = [m for m in running if m.id == data] if data else running[-1:]
+            call.stopped.extend(target)
+            return "200 result=0"
+        if app == "wait":
+            return "200 result=0"
+        return "200 result=-2"
