@@ -147,6 +147,11 @@ def parse_listen(value: str, name: str) -> tuple[str, int]:
 def render_file(template: str, *, uniqueid: str, leg: int, extension: str, when: datetime) -> str:
     """The recording's file name from the template. Raises ConfigError for a template that
     cannot be rendered, or that would leave ``${...}`` for Asterisk (which does not expand it)."""
+    if "${" in template:
+        raise ConfigError(
+            f"RECORDING_MONITOR_TEMPLATE {template!r}: Asterisk would not expand ${{...}} in EXEC data; "
+            "use {uniqueid}, {leg}, {extension} and {date:%Y/%m/%d}"
+        )
     try:
         path = template.format(uniqueid=uniqueid, leg=leg, extension=extension, date=when)
     except (KeyError, IndexError, ValueError, AttributeError) as exc:

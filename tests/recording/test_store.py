@@ -1,0 +1,178 @@
+"""The store against each real backend: the schema the migrations make, and the rules the
+database itself enforces (one active leg per call, leg numbers, replays, tags)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+
+from recording.domain import NewLeg, TagUpdate, UserRef
+from recording.errors import Invalid
+from recording.models import Base
+from recording.store import Store, normalize_url, redact_url
+
+NOW = datetime(2026, 11, 28, 9, 30, tzinfo=timezone.utc)
+
+
+def leg(unique_id="1795825765.3", number=1, *, tag="T", agent=None, state="recording", extension="410", leg_id=None):
+    return NewLeg(
+        id=leg_id or uuid.uuid4().hex, unique_id=unique_id, leg=number, channel=f"PJSIP/{extension}-0000001a",
+        extension=extension, file=f"/rec/{unique_id}-{number}.wav", mixmonitor_id="0x7f01", tag=tag,
+        agent=agent, source="agi", state=state, started_at=NOW,
+    )
+
+
+def test_migrations_make_exactly_the_schema_the_models_describe(store):
+    with store.engine.connect() as conn:
+        differences = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    assert differences == []
+    assert store.schema_revision() == store.head_revision()
+
+
+def test_a_started_leg_and_its_call_record_are_written_together(store):
+    (result,) = store.commit([leg(tag="CRM-1")])
+
+    assert (result.status, result.leg, result.ownership, result.owner_id) == ("STARTED", 1, "DEFAULT", None)
+    (view,) = store.find_legs(tag="CRM-1")
+    assert (view.id, view.external_reference, view.start) == (result.leg_id, "CRM-1", NOW)
+
+
+def test_the_database_allows_one_active_leg_per_call(store):
+    first = leg()
+    (a,) = store.commit([first])
+    (b,) = store.commit([leg(number=2)])
+
+    assert a.status == "STARTED"
+    assert (b.status, b.leg_id) == ("ALREADY_RECORDING", first.id)
+    with pytest.raises(IntegrityError):
+        with store.engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO recording_legs (id, call_record_id, leg, unique_id, channel, extension, file,"
+                " ownership, source, state, started_at) SELECT 'x', call_record_id, 9, unique_id, channel,"
+                " extension, file, ownership, source, 'recording', started_at FROM recording_legs"
+            ))
+
+
+def test_a_taken_leg_number_gets_the_next_one(store):
+    store.commit([leg(state="ended")])
+
+    (result,) = store.commit([leg(number=1)])
+
+    assert (result.status, result.leg) == ("STARTED", 2)
+
+
+def test_writing_the_same_leg_again_is_a_no_op(store):
+    once = leg()
+    store.commit([once])
+
+    (again,) = store.commit([once])
+
+    assert (again.status, again.leg_id) == ("APPLIED", once.id)
+    assert len(store.find_legs()) == 1
+
+
+def test_a_batch_mixes_legs_tags_and_conflicts(store):
+    existing = leg("1.1")
+    store.commit([existing])
+
+    results = store.commit([leg("1.2", tag=None), TagUpdate("1.1", "NEW", NOW), leg("1.1", 2, tag=None), leg("1.3")])
+
+    assert [r.status for r in results] == ["STARTED", "TAGGED", "ALREADY_RECORDING", "STARTED"]
+    assert [v.unique_id for v in store.find_legs(tag="NEW")] == ["1.1"]
+
+
+def test_a_start_without_tag_keeps_the_reference_of_an_earlier_one(store):
+    store.commit([leg("2.1", tag="KEEP", state="ended")])
+    store.commit([leg("2.1", 2, tag=None)])
+
+    assert [v.leg for v in store.find_legs(tag="KEEP")] == [1, 2]
+
+
+def test_extension_ownership_is_resolved_inside_the_write(store):
+    alice = store.add_user("alice")
+    store.attach_extension("410", "alice")
+    bob = store.add_user("Bob")
+
+    results = store.commit([leg("3.1"), leg("3.2", extension="411"), leg("3.3", agent=bob)])
+
+    assert [(r.ownership, r.owner_id) for r in results] == [
+        ("EXTENSION", alice.id), ("DEFAULT", None), ("AGENT", bob.id)
+    ]
+
+
+def test_logins_are_unique_without_regard_to_case(store):
+    fred = store.add_user("Fred", ["Recording Manager"])
+    again = store.add_user("FRED", ["Sales"])
+
+    assert again.id == fred.id
+    assert again.groups == {"Recording Manager", "Sales"}
+    assert store.find_user("fred").login == "Fred"
+    with pytest.raises(IntegrityError):
+        with store.engine.begin() as conn:
+            conn.execute(text("INSERT INTO users (login, created_at) VALUES ('fReD', :t)"), {"t": NOW})
+
+
+def test_attaching_an_unknown_user_is_invalid(store):
+    with pytest.raises(Invalid):
+        store.attach_extension("410", "ghost")
+
+
+def test_directory_holds_key_hash_users_and_groups(store, key_hash):
+    store.add_user("Mia", ["Recording Manager"])
+
+    snapshot = store.directory()
+
+    assert snapshot.api_key_hash == key_hash
+    assert snapshot.user("MIA").is_manager
+
+
+def test_visibility_follows_the_ownership_rule(store):
+    owner = store.add_user("owner")
+    store.add_user("other")
+    manager = store.add_user("boss", ["Recording Manager"])
+    store.commit([leg("4.1", agent=owner), leg("4.2")])
+    legs = {v.unique_id: v for v in store.find_legs()}
+
+    def sees(login):
+        user = store.find_user(login)
+        return sorted(uid for uid, v in legs.items() if v.visible_to(user))
+
+    assert sees("owner") == ["4.1"]
+    assert sees("other") == []
+    assert sees("boss") == ["4.1", "4.2"]
+    assert manager.is_manager
+
+
+def test_timestamps_come_back_in_utc(store):
+    local = NOW.astimezone(timezone(timedelta(hours=2)))
+    store.commit([replace(leg("5.1"), started_at=local)])
+
+    (view,) = store.find_legs(unique_id="5.1")
+    assert view.start == NOW and view.start.tzinfo == timezone.utc
+
+
+def test_urls_default_to_psycopg_and_hide_passwords():
+    assert normalize_url("postgresql://u:p@h/db") == "postgresql+psycopg://u:p@h/db"
+    assert normalize_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert "secret" not in redact_url("postgresql+psycopg://u:secret@h/db")
+
+
+def test_an_unreachable_database_is_reported_as_unavailable(tmp_path):
+    from recording.errors import StorageUnavailable
+
+    store = Store("postgresql+psycopg://root:pw@127.0.0.1:1/none")
+    with pytest.raises(StorageUnavailable) as error:
+        store.commit([leg()])
+    assert "unavailable" in str(error.value) and "pw" not in str(error.value)
+
+
+def test_user_refs_know_managers():
+    assert UserRef(1, "x", frozenset({"Recording Manager"})).is_manager
+    assert not UserRef(1, "x", frozenset({"Sales"})).is_manager
