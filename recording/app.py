@@ -1,4 +1,4 @@
-"""Puts the service together and runs it: store, directory, writer, service, FastAGI server."""
+"""Puts the service together and runs it: store, journal, directory, service, FastAGI server."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from .errors import ConfigError
 from .fastagi import build_router
 from .service import ActiveLeg, RecordingService
 from .store import Store
-from .writer import CommitWriter
+from .journal import Journal
+from .persist import Persister
 
 log = logging.getLogger("recording.app")
 
@@ -60,8 +61,11 @@ class Application:
         self.store = store or Store(settings.database_url)
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="recording-db")
         self.directory = Directory(self.store, refresh=settings.directory_refresh, executor=self.executor)
-        self.writer = CommitWriter(self.store)
-        self.service = RecordingService(settings, self.directory, self.writer)
+        self.journal = Journal(settings.journal_dir)
+        self.persister = Persister(
+            self.store, self.journal, budget=settings.database_budget, executor=self.executor
+        )
+        self.service = RecordingService(settings, self.directory, self.persister)
         host, port = settings.agi_address
         self.agi = Server(
             build_router(self.service, settings.api_key_variable), host=host, port=port, limits=limits_of(settings)
@@ -73,18 +77,19 @@ class Application:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.writer.start()
+        await self.persister.start()
         await self.directory.start()
         for leg in await loop.run_in_executor(self.executor, self.store.active_legs):
             self.service.remember(leg.unique_id, leg.leg, ActiveLeg(leg.id, leg.leg, leg.file, leg.external_reference))
         await self.agi.start()
 
-    async def stop(self, grace: float = 10.0) -> None:
+    async def stop(self, grace: float | None = None) -> None:
+        grace = self.settings.shutdown_grace if grace is None else grace
         cancelled = await self.agi.stop(grace)
         if cancelled:
             log.warning("%d sessions did not finish within %gs and were cancelled", cancelled, grace)
         await self.directory.stop()
-        await asyncio.get_running_loop().run_in_executor(None, self.writer.stop)
+        await self.persister.stop()
         self.executor.shutdown(wait=True)
         self.store.close()
 

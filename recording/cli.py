@@ -76,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--listen", help="HOST:PORT (default: RECORDING_AGI_LISTEN, else 127.0.0.1:4573)")
     serve_cmd.set_defaults(command=serve)
 
+    journal = commands.add_parser("journal", help="writes waiting for the database").add_subparsers(
+        metavar="ACTION", required=True
+    )
+    status = journal.add_parser("status", help="what the journal holds")
+    status.add_argument("--journal-dir", help="default: RECORDING_JOURNAL_DIR, else ./recording-journal")
+    status.set_defaults(command=journal_status)
+
     rec = commands.add_parser("recordings", help="recording legs").add_subparsers(metavar="ACTION", required=True)
     find = rec.add_parser("find", help="list legs by tag and/or unique call id")
     find.add_argument("--tag")
@@ -162,6 +169,22 @@ def recordings_find(args, settings: Settings) -> int:
         )))
     if not legs:
         print("no recording legs found", file=sys.stderr)
+    return 0
+
+
+def journal_status(args, settings: Settings) -> int:
+    from .journal import Journal
+
+    journal = Journal(args.journal_dir or settings.journal_dir)
+    segments = journal.status()
+    waiting = sum(s.entries for s in segments)
+    print(f"{journal.directory}: {waiting} writes wait for the database in {len(segments)} files")
+    for segment in segments:
+        print(f"  {segment.name}\t{segment.entries}\t{segment.oldest or '-'}\t{segment.newest or '-'}")
+    rejected = journal.directory / "rejected.jsonl"
+    if rejected.exists():
+        count = rejected.read_bytes().count(b"\n")
+        print(f"{rejected}: {count} writes the database refused at replay (kept for inspection)")
     return 0
 
 

@@ -52,6 +52,21 @@ class Settings:
         "channel variable read for the apiKey when the AGI URL does not carry one",
         "RECORDING_API_KEY",
     )
+    journal_dir: str = _setting(
+        "RECORDING_JOURNAL_DIR",
+        "directory of the local journal that keeps legs and tags while the database is away",
+        "recording-journal",
+    )
+    database_budget: float = _setting(
+        "RECORDING_DATABASE_BUDGET",
+        "seconds a session waits for its database write before journaling it instead",
+        0.25,
+    )
+    shutdown_grace: float = _setting(
+        "RECORDING_SHUTDOWN_GRACE",
+        "seconds sessions in flight get to finish after SIGTERM",
+        10.0,
+    )
     directory_refresh: float = _setting(
         "RECORDING_DIRECTORY_REFRESH",
         "seconds between reloads of the apiKey hash and the users held in memory",

@@ -68,7 +68,13 @@ class Directory:
         stored = self._snapshot.api_key_hash
         if stored is not None and await self._verify(presented, stored):
             return
-        fresh = await self._call(self._store.api_key_hash)
+        try:
+            fresh = await self._call(self._store.api_key_hash)
+        except StorageUnavailable:
+            if stored is None:
+                raise
+            # The database is away: the hash in memory is the best knowledge there is.
+            raise Denied("the apiKey is not valid") from None
         if fresh is None:
             raise Denied("no apiKey is configured on the service (recording-agi apikey generate)")
         if fresh != stored:

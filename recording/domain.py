@@ -46,8 +46,10 @@ class DirectorySnapshot:
 class NewLeg:
     """A leg to write: everything about a MixMonitor that was started.
 
-    ``agent`` set means the AGENT rule; ``None`` means the store resolves the user attached to
-    ``extension`` inside the write's transaction (EXTENSION), or DEFAULT if there is none.
+    ``agent`` set means the AGENT rule; ``agent_login`` set instead means AGENT by a login
+    that could not be looked up when the recording started (the database was away): the store
+    resolves it when the write reaches the database. Neither means the store resolves the user
+    attached to ``extension`` inside the write's transaction (EXTENSION), or DEFAULT.
     """
 
     id: str
@@ -63,6 +65,7 @@ class NewLeg:
     state: str
     started_at: datetime
     ended_at: datetime | None = None
+    agent_login: str | None = None
 
 
 @dataclass(frozen=True)
@@ -147,12 +150,14 @@ class StartRequest:
 
 @dataclass(frozen=True)
 class StartOutcome:
-    """STARTED or ALREADY_RECORDING, with the leg the caller should know about."""
+    """STARTED or ALREADY_RECORDING, with the leg the caller should know about. ``deferred``:
+    the leg is in the local journal, on its way to the database."""
 
     status: str
     leg_id: str
     file: str
     leg: int
+    deferred: bool = False
 
 
 @dataclass(frozen=True)

@@ -33,4 +33,10 @@ class AsteriskFailure(RecordingFailure):
 
 
 class StorageUnavailable(RecordingFailure):
-    """The database could not be reached or refused the write."""
+    """The database (or the journal that stands in for it) cannot be reached or written now;
+    the same write may succeed later."""
+
+
+class StorageRefused(RecordingFailure):
+    """The database is up but refused this very write (a constraint, a trigger, bad data):
+    trying again would not help."""

@@ -24,7 +24,7 @@ audit = logging.getLogger("recording.audit")
 # The seed's argument names, matched without regard to case.
 ARGUMENTS = {name.lower(): name for name in ("extenOrUniqueId", "agentLoginName", "tag", "apiKey")}
 MIXMONITOR_ID_VARIABLE = "RECORDING_MIXMONITOR_ID"
-RESULT_VARIABLES = ("RECORDING_STATUS", "RECORDING_ERROR", "RECORDING_ID", "RECORDING_FILE")
+RESULT_VARIABLES = ("RECORDING_STATUS", "RECORDING_ERROR", "RECORDING_ID", "RECORDING_FILE", "RECORDING_DEFERRED")
 
 
 def parse_arguments(env) -> dict[str, str]:
@@ -108,8 +108,10 @@ async def report(session: Session, values: Mapping[str, str]) -> None:
         log.warning("could not tell the dialplan of %s (%s): %s", session.env.uniqueid, values.get("RECORDING_STATUS"), exc)
 
 
-def outcome(status: str, error: str = "", leg_id: str = "", file: str = "") -> dict[str, str]:
-    return dict(zip(RESULT_VARIABLES, (status, error, leg_id, file)))
+def outcome(status: str, error: str = "", leg_id: str = "", file: str = "", deferred: bool = False) -> dict[str, str]:
+    """The result variables; all of them are always set, so none is left over from an earlier
+    AGI() on the same channel."""
+    return dict(zip(RESULT_VARIABLES, (status, error, leg_id, file, "1" if deferred else "0")))
 
 
 Route = Callable[[Session, dict[str, str]], Awaitable[dict[str, str]]]
@@ -141,7 +143,7 @@ def build_router(service: RecordingService, api_key_variable: str) -> Router:
             tag=args.get("tag"), source="agi",
         )
         result = await service.start(request, AGIChannel(session))
-        return outcome(result.status, "", result.leg_id, result.file)
+        return outcome(result.status, "", result.leg_id, result.file, result.deferred)
 
     routes: dict[str, Route] = {"recording/start": start}
 

@@ -1,6 +1,6 @@
 """The recording service: the rules for starting a recording, whichever door the request came in
 by. It knows a channel only through :class:`~recording.domain.Channel` and the database only
-through the writer and the directory, so FastAGI and HTTP/AMI share every rule here."""
+through the persister and the directory, so FastAGI and HTTP/AMI share every rule here."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from agi.protocol import is_clean_text
 from .config import Settings, render_file
 from .directory import Directory
 from .domain import Channel, CommitResult, NewLeg, StartOutcome, StartRequest, TagUpdate, UserRef, channel_extension
-from .errors import Invalid, StorageUnavailable
-from .writer import CommitWriter
+from .errors import Invalid, StorageRefused, StorageUnavailable
+from .persist import Persister
 
 log = logging.getLogger("recording.service")
 
@@ -52,10 +52,10 @@ def check_text(name: str, value: str | None, limit: int) -> str | None:
 
 
 class RecordingService:
-    def __init__(self, settings: Settings, directory: Directory, writer: CommitWriter):
+    def __init__(self, settings: Settings, directory: Directory, persister: Persister):
         self.settings = settings
         self.directory = directory
-        self.writer = writer
+        self.persister = persister
         self._active: OrderedDict[str, ActiveLeg] = OrderedDict()
         self._last_leg: OrderedDict[str, int] = OrderedDict()
         self._starting: dict[str, asyncio.Future] = {}
@@ -83,16 +83,22 @@ class RecordingService:
         """Raises Denied unless ``api_key`` is the configured key."""
         await self.directory.check_key(api_key)
 
-    async def agent(self, login: str | None) -> UserRef | None:
-        """The user named by agentLoginName; None when none was given. Raises Invalid for
-        a login nobody has: a leg is never recorded for an owner that does not exist."""
+    async def agent(self, login: str | None) -> tuple[UserRef | None, str | None]:
+        """The user named by agentLoginName, as ``(user, None)``; ``(None, None)`` when none was
+        given; ``(None, login)`` when the login cannot be looked up now (the database is away
+        and the user is not in memory): the store resolves it when the leg reaches it.
+        Raises Invalid for a login nobody has: no leg is recorded for an owner who does not exist.
+        """
         login = check_text("agentLoginName", login, MAX_LOGIN)
         if not login:
-            return None
-        user = await self.directory.user(login)
+            return None, None
+        try:
+            user = await self.directory.user(login)
+        except StorageUnavailable:
+            return None, login
         if user is None:
             raise Invalid(f"unknown agent {login!r}: no user has that agentLoginName")
-        return user
+        return user, None
 
     # -- start -----------------------------------------------------------------------------
 
@@ -121,13 +127,14 @@ class RecordingService:
             done.set_result(None)
 
     async def _already(self, unique_id: str, active: ActiveLeg, tag: str | None) -> StartOutcome:
+        deferred = False
         if tag is not None and tag != active.tag:
-            await self.writer.submit(TagUpdate(unique_id, tag, utcnow()))
+            deferred = (await self.persister.write(TagUpdate(unique_id, tag, utcnow()))).deferred
             self.remember(unique_id, active.leg, ActiveLeg(active.leg_id, active.leg, active.file, tag))
-        return StartOutcome("ALREADY_RECORDING", active.leg_id, active.file, active.leg)
+        return StartOutcome("ALREADY_RECORDING", active.leg_id, active.file, active.leg, deferred)
 
     async def _start_new(
-        self, request: StartRequest, channel: Channel, agent: UserRef | None, tag: str | None
+        self, request: StartRequest, channel: Channel, agent: tuple[UserRef | None, str | None], tag: str | None
     ) -> StartOutcome:
         unique_id = request.unique_id
         extension = channel_extension(request.channel)
@@ -142,16 +149,20 @@ class RecordingService:
         leg = NewLeg(
             id=uuid.uuid4().hex, unique_id=unique_id, leg=number, channel=request.channel,
             extension=extension, file=file, mixmonitor_id=mixmonitor.mixmonitor_id, tag=tag,
-            agent=agent, source=request.source, state=state, started_at=started,
+            agent=agent[0], agent_login=agent[1], source=request.source, state=state, started_at=started,
             ended_at=utcnow() if mixmonitor.hung_up else None,
         )
         try:
-            result = await self.writer.submit(leg)
-        except StorageUnavailable as exc:
+            persisted = await self.persister.write(leg)
+        except (StorageRefused, StorageUnavailable) as exc:
             # No recording without its record: a file nobody can find by its tag is lost.
             if mixmonitor.mixmonitor_id:
                 await channel.stop_mixmonitor(mixmonitor.mixmonitor_id)
-            raise StorageUnavailable(f"the recording was stopped because it could not be stored: {exc}") from exc
+            raise type(exc)(f"the recording was stopped because it could not be stored: {exc}") from exc
+        if persisted.deferred:
+            self.remember(unique_id, number, ActiveLeg(leg.id, number, file, tag) if state == "recording" else None)
+            return StartOutcome("STARTED", leg.id, file, number, deferred=True)
+        result = persisted.result
         if result.status == "ALREADY_RECORDING":
             return await self._lost_race(unique_id, channel, leg, result, tag)
         active = ActiveLeg(result.leg_id, result.leg, result.file, tag) if state == "recording" else None

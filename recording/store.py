@@ -2,7 +2,7 @@
 database errors into :class:`~recording.errors.StorageUnavailable`.
 
 Every method is synchronous and thread-safe; the asyncio side calls them from worker threads
-(see :mod:`recording.writer` for the grouped commits of the hot path).
+(see :mod:`recording.persist` for the grouped commits of the hot path).
 """
 
 from __future__ import annotations
@@ -16,7 +16,14 @@ from typing import Iterable, Iterator, Sequence
 from sqlalchemy import Engine, create_engine, event, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import (
+    DisconnectionError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from .domain import (
     CommitResult,
@@ -26,7 +33,7 @@ from .domain import (
     TagUpdate,
     UserRef,
 )
-from .errors import ConfigError, Invalid, StorageUnavailable
+from .errors import ConfigError, Invalid, StorageRefused, StorageUnavailable
 from .models import (
     ACTIVE_STATES,
     API_KEY_VARIABLE,
@@ -96,7 +103,12 @@ def make_engine(url: str) -> Engine:
             max_overflow=8,
             pool_pre_ping=True,
             pool_timeout=10,
-            connect_args={"connect_timeout": 5},
+            # NOTE: keepalives and a TCP user timeout notice a database host that vanished
+            # from the network, which would otherwise hold a connection open for ever.
+            connect_args={
+                "connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 3,
+                "keepalives_count": 3, "tcp_user_timeout": 15000,
+            },
         )
     raise ConfigError(f"RECORDING_DATABASE_URL: {backend} is not supported (SQLite or PostgreSQL)")
 
@@ -127,10 +139,13 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
-    def _unavailable(self, exc: Exception) -> StorageUnavailable:
-        reason = getattr(exc, "orig", None) or exc
-        text = str(reason).strip().splitlines()[0] if str(reason).strip() else type(reason).__name__
-        return StorageUnavailable(f"database {redact_url(self.url)} unavailable: {text}")
+    def _failure(self, exc: Exception) -> StorageUnavailable | StorageRefused:
+        """The failure as the service sees it: the database is away (unavailable: try again
+        later), or it refused this write (refused: trying again will not help)."""
+        away = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
+        if isinstance(exc, away) or getattr(exc, "connection_invalidated", False):
+            return StorageUnavailable(f"database {redact_url(self.url)} unavailable: {_first_line(exc)}")
+        return StorageRefused(f"the database refused the write: {_first_line(exc)}")
 
     # -- schema -------------------------------------------------------------------------
 
@@ -150,7 +165,7 @@ class Store:
             with self.engine.connect() as conn:
                 return MigrationContext.configure(conn).get_current_revision()
         except SQLAlchemyError as exc:
-            raise self._unavailable(exc) from exc
+            raise self._failure(exc) from exc
 
     def head_revision(self) -> str:
         from alembic.script import ScriptDirectory
@@ -166,7 +181,7 @@ class Store:
             with self.engine.begin() as conn:
                 command.upgrade(self._alembic(conn), revision)
         except SQLAlchemyError as exc:
-            raise self._unavailable(exc) from exc
+            raise self._failure(exc) from exc
 
     # -- the apiKey and the directory -----------------------------------------------------
 
@@ -256,34 +271,39 @@ class Store:
 
     # -- the hot path: legs and tags --------------------------------------------------------
 
-    def commit(self, writes: Sequence[NewLeg | TagUpdate]) -> list[CommitResult]:
-        """Writes a batch in one transaction and returns one result per write, in order.
+    def commit(self, writes: Sequence[NewLeg | TagUpdate], *, replay: bool = False) -> list:
+        """Writes a batch in one transaction and returns one outcome per write, in order: a
+        CommitResult, or the StorageRefused of a write the database would not take.
 
-        If the batch fails on a constraint nobody expected, each write is retried alone so
-        that one bad write cannot take the others down with it.
+        If the batch is refused as a whole, each write is tried alone, so that one bad write
+        cannot take the others down with it. ``replay``: the writes come from the journal, so
+        their recordings exist whatever the database says now (see _resolve_conflict).
+        Raises StorageUnavailable when the database is away.
         """
         try:
             with self._write() as conn:
-                return self._commit(conn, writes)
+                return self._commit(conn, writes, replay)
         except IntegrityError as exc:
-            if len(writes) == 1:
-                raise StorageUnavailable(f"the database refused the write: {_first_line(exc)}") from exc
-        except SQLAlchemyError as exc:
-            raise self._unavailable(exc) from exc
-        log.warning("a batch of %d writes hit a constraint; writing them one by one", len(writes))
-        return [self._commit_alone(write) for write in writes]
+            refused = StorageRefused(f"the database refused the write: {_first_line(exc)}")
+        except StorageRefused as exc:
+            refused = exc
+        if len(writes) == 1:
+            raise refused
+        log.warning("a batch of %d writes was refused (%s); writing them one by one", len(writes), refused)
+        return [self._commit_alone(write, replay) for write in writes]
 
-    def _commit_alone(self, write: NewLeg | TagUpdate) -> CommitResult | StorageUnavailable:
+    def _commit_alone(self, write: NewLeg | TagUpdate, replay: bool):
         try:
-            return self.commit([write])[0]
-        except StorageUnavailable as exc:
+            return self.commit([write], replay=replay)[0]
+        except StorageRefused as exc:
             return exc
 
-    def _commit(self, conn: Connection, writes: Sequence[NewLeg | TagUpdate]) -> list[CommitResult]:
+    def _commit(self, conn: Connection, writes: Sequence[NewLeg | TagUpdate], replay: bool) -> list:
         call_ids = self._upsert_calls(conn, writes)
         legs = [w for w in writes if isinstance(w, NewLeg)]
-        owners = self._attached_owners(conn, [w.extension for w in legs if w.agent is None])
-        rows = {leg.id: self._leg_row(leg, call_ids[leg.unique_id], owners) for leg in legs}
+        owners = self._attached_owners(conn, [w.extension for w in legs if w.agent is None and not w.agent_login])
+        agents = self._agents_by_login(conn, [w.agent_login for w in legs if w.agent is None and w.agent_login])
+        rows = {leg.id: self._leg_row(leg, call_ids[leg.unique_id], owners, agents) for leg in legs}
         inserted: set[str] = set()
         if rows:
             stmt = self._insert(_legs).values(list(rows.values())).on_conflict_do_nothing().returning(_legs.c.id)
@@ -295,7 +315,7 @@ class Store:
             elif write.id in inserted:
                 results.append(_result("STARTED", rows[write.id]))
             else:
-                results.append(self._resolve_conflict(conn, write, call_ids[write.unique_id], owners))
+                results.append(self._resolve_conflict(conn, write, call_ids[write.unique_id], rows[write.id], replay))
         return results
 
     def _upsert_calls(self, conn: Connection, writes: Sequence[NewLeg | TagUpdate]) -> dict[str, int]:
@@ -329,10 +349,24 @@ class Store:
         )
         return dict(rows.all())
 
+    def _agents_by_login(self, conn: Connection, logins: list[str]) -> dict[str, int]:
+        if not logins:
+            return {}
+        folded = {login.lower() for login in logins}
+        rows = conn.execute(select(func.lower(User.login), User.id).where(func.lower(User.login).in_(folded)))
+        found = dict(rows.all())
+        for login in folded - set(found):
+            log.warning("agent %r was unknown when the database took its leg: DEFAULT ownership", login)
+        return found
+
     @staticmethod
-    def _leg_row(leg: NewLeg, call_id: int, owners: dict[str, int]) -> dict:
+    def _leg_row(leg: NewLeg, call_id: int, owners: dict[str, int], agents: dict[str, int]) -> dict:
         if leg.agent is not None:
             owner_id, ownership = leg.agent.id, "AGENT"
+        elif leg.agent_login and leg.agent_login.lower() in agents:
+            owner_id, ownership = agents[leg.agent_login.lower()], "AGENT"
+        elif leg.agent_login:
+            owner_id, ownership = None, "DEFAULT"
         elif leg.extension in owners:
             owner_id, ownership = owners[leg.extension], "EXTENSION"
         else:
@@ -355,9 +389,13 @@ class Store:
             "ended_at": leg.ended_at,
         }
 
-    def _resolve_conflict(self, conn: Connection, leg: NewLeg, call_id: int, owners: dict[str, int]) -> CommitResult:
+    def _resolve_conflict(self, conn: Connection, leg: NewLeg, call_id: int, row: dict, replay: bool) -> CommitResult:
         """Why a leg was not inserted: written before (a replay), another leg of the call is
-        active, or its number is taken (a leg another process wrote): then it gets the next."""
+        active, or its number is taken (a leg another process wrote): then it gets the next.
+
+        A replayed leg is a recording that really ran, so it is written even when another leg
+        of the call became active meanwhile: as ``lost``, since this service no longer tracks it.
+        """
         for _ in range(5):
             same = conn.execute(select(_legs).where(_legs.c.id == leg.id)).mappings().first()
             if same is not None:
@@ -365,10 +403,14 @@ class Store:
             active = conn.execute(
                 select(_legs).where(_legs.c.unique_id == leg.unique_id, _legs.c.state.in_(ACTIVE_STATES))
             ).mappings().first()
-            if active is not None and leg.state in ACTIVE_STATES:
-                return _result("ALREADY_RECORDING", active)
+            if active is not None and row["state"] in ACTIVE_STATES:
+                if not replay:
+                    return _result("ALREADY_RECORDING", active)
+                log.warning("replayed leg %s of %s overlaps active leg %s: stored as lost", leg.id, leg.unique_id,
+                            active["id"])
+                row = row | {"state": "lost", "ended_at": row["ended_at"] or row["started_at"]}
             number = 1 + (conn.scalar(select(func.max(_legs.c.leg)).where(_legs.c.call_record_id == call_id)) or 0)
-            row = self._leg_row(leg, call_id, owners) | {"leg": number}
+            row = row | {"leg": number}
             stmt = self._insert(_legs).values(row).on_conflict_do_nothing().returning(_legs.c.id)
             if conn.scalar(stmt) is not None:
                 log.info("leg %s of %s renumbered %d -> %d (another process wrote leg %d)",
@@ -425,7 +467,7 @@ class Store:
         except IntegrityError:
             raise
         except SQLAlchemyError as exc:
-            raise self._unavailable(exc) from exc
+            raise self._failure(exc) from exc
 
     _read = _write
 

@@ -80,9 +80,13 @@ def store(database_url, key_hash):
 
 
 @pytest.fixture
-def settings(database_url) -> Settings:
+def settings(database_url, tmp_path) -> Settings:
+    # NOTE: a generous database budget, so that a slow CI disk does not send writes to the
+    # journal in tests that are not about the journal.
     return Settings(
         database_url=database_url,
+        journal_dir=str(tmp_path / "journal"),
+        database_budget=5.0,
         agi_listen="127.0.0.1:0",
         monitor_template="/var/spool/asterisk/monitor/{date:%Y/%m/%d}/{uniqueid}-{leg}.wav",
         environment_timeout=2.0,

@@ -109,8 +109,8 @@ def test_unreachable_database_exits_1_without_the_password(capsys):
 class Serve:
     """`recording-agi serve` as a child process, on a port it picks itself."""
 
-    def __init__(self, database_url: str, cwd: Path):
-        env = {**os.environ, "RECORDING_DATABASE_URL": database_url, "PYTHONUNBUFFERED": "1"}
+    def __init__(self, database_url: str, cwd: Path, extra_env: dict | None = None):
+        env = {**os.environ, "RECORDING_DATABASE_URL": database_url, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
         env.pop("RECORDING_AGI_LISTEN", None)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "recording", "serve", "--listen", "127.0.0.1:0"],

@@ -1,0 +1,164 @@
+"""Where a write goes: to the database within a time budget, else to the journal, and back to
+the database by replay as soon as it answers. The audio cannot be made again later, so a
+recording never waits on, or fails for, a database that is away.
+
+Writes keep their order: once anything is journaled, later writes are journaled too, until the
+replay has emptied the journal; only then do sessions write to the database directly again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from .batching import BatchThread
+from .domain import CommitResult, NewLeg, TagUpdate
+from .errors import StorageRefused, StorageUnavailable
+from .journal import Journal
+from .store import Store
+
+log = logging.getLogger("recording.persist")
+
+REPLAY_BATCH = 200
+RETRY_MIN, RETRY_MAX = 0.5, 5.0
+
+
+@dataclass(frozen=True)
+class Persisted:
+    """``result`` of the database write, or None when the write was ``deferred`` to the
+    journal (then it is durable on local disk and will be replayed)."""
+
+    result: CommitResult | None
+    deferred: bool = False
+
+
+def _storage_failure(exc: Exception) -> BaseException:
+    if isinstance(exc, (StorageUnavailable, StorageRefused)):
+        return exc
+    log.error("unexpected failure writing to storage", exc_info=exc)
+    return StorageUnavailable(f"the write failed unexpectedly: {exc}")
+
+
+class Persister:
+    def __init__(self, store: Store, journal: Journal, *, budget: float, executor: Executor | None = None):
+        self.store = store
+        self.journal = journal
+        self.budget = budget
+        self._executor = executor
+        self._commits = BatchThread("recording-writer", store.commit, _storage_failure)
+        self._appends = BatchThread("recording-journal", journal.append, _storage_failure)
+        self._journaling = False
+        self._database_away = False
+        self._appending = 0
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self.journal_peak = 0
+
+    @property
+    def journaling(self) -> bool:
+        """True while writes go to the journal (the database is away, slow, or the journal
+        still holds writes that must reach the database first)."""
+        return self._journaling
+
+    async def start(self) -> None:
+        self.journal.open()
+        self._commits.start()
+        self._appends.start()
+        self._wake = asyncio.Event()
+        pending = await self._run(self.journal.pending)
+        if pending:
+            log.warning("%d journaled writes from an earlier run wait for the database", pending)
+            self._journaling = True
+            self.journal_peak = pending
+            self._wake.set()
+        self._task = asyncio.create_task(self._replayer(), name="journal-replay")
+
+    async def stop(self) -> None:
+        """Ends replay, commits what is queued, and closes the journal with everything in it
+        fsynced (it was, entry by entry, before any session reported it stored)."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await self._run(self._commits.stop)
+        await self._run(self._appends.stop)
+        self.journal.close()
+
+    async def write(self, write: NewLeg | TagUpdate) -> Persisted:
+        """Stores ``write`` durably. Raises StorageRefused when the database rejects this
+        write itself (retrying cannot help), and StorageUnavailable when neither the database
+        nor the journal can take it."""
+        if not self._journaling:
+            try:
+                async with asyncio.timeout(self.budget):
+                    # NOTE: shielded: a commit past the budget still completes, and its
+                    # journaled twin is then replayed as APPLIED.
+                    return Persisted(await asyncio.shield(self._commits.submit(write)))
+            except StorageUnavailable as exc:
+                self._went_away(exc)
+            except TimeoutError:
+                log.info("database slower than %gs: journaling until the journal is replayed", self.budget)
+            self._journaling = True
+        self._appending += 1
+        try:
+            await self._appends.submit(write)
+        finally:
+            self._appending -= 1
+        self._wake.set()
+        return Persisted(None, deferred=True)
+
+    def _went_away(self, exc: Exception) -> None:
+        if not self._database_away:
+            self._database_away = True
+            log.warning("database unavailable, journaling to %s: %s", self.journal.directory, exc)
+
+    async def _run(self, function, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    async def _replayer(self) -> None:
+        delay = RETRY_MIN
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._journaling:
+                try:
+                    replayed = await self._run(self._replay_sealed)
+                except StorageUnavailable as exc:
+                    self._went_away(exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX)
+                    continue
+                delay = RETRY_MIN
+                if self._database_away:
+                    self._database_away = False
+                    log.warning("database available again; replayed %d journaled writes", replayed)
+                # NOTE: decided on the event loop, where sessions decide to append: with no
+                # append in flight and no open file, nothing can slip behind the switch.
+                if self._appending == 0 and not self.journal.has_open_segment():
+                    self._journaling = False
+                    log.info("journal empty: writing to the database directly again")
+                else:
+                    await asyncio.sleep(0.05)
+
+    def _replay_sealed(self) -> int:
+        replayed = 0
+        segments = self.journal.seal()
+        if segments:
+            self.journal_peak = max(self.journal_peak, self.journal.pending())
+        for segment in segments:
+            writes = self.journal.read(segment)
+            for start in range(0, len(writes), REPLAY_BATCH):
+                chunk = writes[start:start + REPLAY_BATCH]
+                for write, outcome in zip(chunk, self.store.commit(chunk, replay=True)):
+                    if isinstance(outcome, StorageUnavailable):
+                        raise outcome
+                    if isinstance(outcome, StorageRefused):
+                        # Retrying cannot help and must not block the writes behind it.
+                        self.journal.reject(write, str(outcome))
+            self.journal.remove(segment)
+            replayed += len(writes)
+        return replayed
