@@ -192,13 +192,15 @@ def quote(word: str) -> str:
     return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-_PLAIN = re.compile(r'^[^\s"\\\x00-\x1f\x7f]+$')
+# NOTE: matched with fullmatch(): "$" also matches before a final "\n", which let
+# word("NAME\n") through unquoted and put a line break (a second command) on the wire.
+_PLAIN = re.compile(r'[^\s"\\\x00-\x1f\x7f]+')
 
 
 def word(text: str) -> str:
     """``text`` as it is when it is one plain word (a variable or application name, as the
-    captures send them), otherwise :func:`quote`\ d."""
-    return text if _PLAIN.match(text) else quote(text)
+    captures send them), otherwise quoted with :func:`quote`."""
+    return text if _PLAIN.fullmatch(text) else quote(text)
 
 
 def split_command(line: str, max_args: int = 128) -> list[str]:

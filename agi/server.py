@@ -223,9 +223,13 @@ class Server:
                 return
             remaining = limits.session_timeout - (time.monotonic() - started)
             try:
-                async with asyncio.timeout(remaining):
+                async with asyncio.timeout(remaining) as deadline:
                     await handler(session)
             except TimeoutError:
+                # NOTE: a TimeoutError the handler raised itself (a client library giving up)
+                # is a failure like any other: log it with its traceback, not as a hang.
+                if not deadline.expired():
+                    raise
                 log.warning(
                     "FastAGI session %s (%s) ran past %gs and was ended",
                     env.uniqueid, env.script, limits.session_timeout,

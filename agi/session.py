@@ -115,7 +115,7 @@ class Session:
             async with asyncio.timeout(self.reply_timeout):
                 self._writer.write(payload)
                 await self._writer.drain()
-                return [await self._read_reply() for _ in commands]
+                return await self._read_replies(len(commands))
         except TimeoutError:
             self._broken = "no reply in time"
             raise AGITimeout(f"no reply from Asterisk within {self.reply_timeout:g}s") from None
@@ -133,6 +133,23 @@ class Session:
         if not reply.ok:
             raise CommandRejected(command, reply)
         return reply
+
+    async def _read_replies(self, count: int) -> list[Reply]:
+        replies: list[Reply] = []
+        skipped: LineTooLong | None = None
+        for _ in range(count):
+            try:
+                replies.append(await self._read_reply())
+            except LineTooLong as exc:
+                if not exc.framed:
+                    raise
+                # NOTE: the replies to the commands pipelined after this one are still on the
+                # wire; raising before reading them would hand them to the next send() as its
+                # own, silently out of step. Read them, then report the over-long line.
+                skipped = skipped or exc
+        if skipped is not None:
+            raise skipped
+        return replies
 
     async def _read_reply(self) -> Reply:
         while True:
