@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import sys
+from datetime import datetime, timezone
 from typing import Sequence
 
 from . import apikey
@@ -26,7 +27,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        settings = Settings.load(database_url=args.database_url, agi_listen=getattr(args, "listen", None))
+        settings = Settings.load(
+            database_url=args.database_url, agi_listen=getattr(args, "listen", None),
+            http_listen=getattr(args, "http", None),
+        )
         configure(settings.log_level)
         return args.command(args, settings)
     except ConfigError as exc:
@@ -74,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve_cmd = commands.add_parser("serve", help="run the FastAGI server")
     serve_cmd.add_argument("--listen", help="HOST:PORT (default: RECORDING_AGI_LISTEN, else 127.0.0.1:4573)")
+    serve_cmd.add_argument("--http", metavar="HOST:PORT",
+                           help="also serve the HTTP recording API (default: RECORDING_HTTP_LISTEN, else off)")
     serve_cmd.set_defaults(command=serve)
 
     journal = commands.add_parser("journal", help="writes waiting for the database").add_subparsers(
@@ -159,7 +165,8 @@ def recordings_find(args, settings: Settings) -> int:
             return 1
         legs = [leg for leg in legs if leg.visible_to(user)]
     if args.json:
-        json.dump([leg.as_json() for leg in legs], sys.stdout, indent=2)
+        now = datetime.now(timezone.utc)
+        json.dump([leg.as_json(now) for leg in legs], sys.stdout, indent=2)
         print()
         return 0
     for leg in legs:

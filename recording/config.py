@@ -35,6 +35,30 @@ class Settings:
         "HOST:PORT the FastAGI server listens on; only loopback unless told otherwise",
         "127.0.0.1:4573",
     )
+    http_listen: str = _setting(
+        "RECORDING_HTTP_LISTEN",
+        "HOST:PORT of the HTTP recording API; empty: off (it needs RECORDING_AMI_URL to reach channels)",
+        "",
+    )
+    ami_url: str = _setting(
+        "RECORDING_AMI_URL",
+        "Asterisk's manager interface, ami://USER:SECRET@HOST:PORT; empty: no AMI (the HTTP API then "
+        "answers 503, pause and resume stop and restart MixMonitor instead of muting it)",
+        "",
+    )
+    ami_timeout: float = _setting(
+        "RECORDING_AMI_TIMEOUT", "seconds for Asterisk's manager interface to answer one action", 5.0
+    )
+    sweep_interval: float = _setting(
+        "RECORDING_SWEEP_INTERVAL",
+        "seconds between checks for legs whose channel is gone (over AMI), which are closed as lost",
+        60.0,
+    )
+    max_leg_age: float = _setting(
+        "RECORDING_MAX_LEG_AGE",
+        "without AMI, seconds after which a leg still open is closed as lost",
+        43200.0,
+    )
     monitor_template: str = _setting(
         "RECORDING_MONITOR_TEMPLATE",
         "file MixMonitor writes, on the Asterisk host; fields {uniqueid} {leg} {extension} "
@@ -95,6 +119,12 @@ class Settings:
 
     def __post_init__(self) -> None:
         parse_listen(self.agi_listen, "RECORDING_AGI_LISTEN")
+        if self.http_listen:
+            parse_listen(self.http_listen, "RECORDING_HTTP_LISTEN")
+        if self.ami_url:
+            from .ami import parse_ami_url
+
+            parse_ami_url(self.ami_url)
         if not _OPTIONS.match(self.mixmonitor_options) or "i(" in self.mixmonitor_options:
             raise ConfigError(
                 f"RECORDING_MIXMONITOR_OPTIONS {self.mixmonitor_options!r}: letters and "
@@ -130,6 +160,10 @@ class Settings:
     @property
     def agi_address(self) -> tuple[str, int]:
         return parse_listen(self.agi_listen, "RECORDING_AGI_LISTEN")
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        return parse_listen(self.http_listen, "RECORDING_HTTP_LISTEN") if self.http_listen else None
 
 
 def describe() -> list[tuple[str, str, Any, str]]:

@@ -78,6 +78,30 @@ class TagUpdate:
 
 
 @dataclass(frozen=True)
+class LegChange:
+    """A change to a leg that exists: ``pause``, ``resume``, or ``end`` (with ``state``
+    stopped, ended or lost). ``by`` says who or what: a login, ``dialplan``, ``hangup``,
+    ``sweeper``. A pause has its ``method`` (mute or restart); a resume by restart carries the
+    new MixMonitor's id. Applying a change twice is harmless (replays do)."""
+
+    leg_id: str
+    unique_id: str
+    action: str
+    at: datetime
+    state: str | None = None
+    by: str | None = None
+    method: str | None = None
+    mixmonitor_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Pause:
+    paused_at: datetime
+    resumed_at: datetime | None
+    method: str
+
+
+@dataclass(frozen=True)
 class LegView:
     """A leg as read back from the store."""
 
@@ -97,13 +121,28 @@ class LegView:
     state: str
     start: datetime
     end: datetime | None
+    ended_by: str | None = None
+    pauses: tuple[Pause, ...] = ()
+    owner_id: int | None = None
+
+    def duration(self, now: datetime) -> float:
+        """Seconds from start to end (to ``now`` while the leg is still recording)."""
+        return max(0.0, ((self.end or now) - self.start).total_seconds())
+
+    def recorded(self, now: datetime) -> float:
+        """:meth:`duration` less the paused spans: the seconds of the call that are heard."""
+        stop = self.end or now
+        paused = sum(
+            max(0.0, (min(p.resumed_at or stop, stop) - p.paused_at).total_seconds()) for p in self.pauses
+        )
+        return max(0.0, self.duration(now) - paused)
 
     def visible_to(self, user: UserRef) -> bool:
         """Owners see their own legs; 'Recording Manager' members see every leg, including
         DEFAULT ones, which have no owner."""
         return user.is_manager or (self.owner is not None and self.owner.casefold() == user.login.casefold())
 
-    def as_json(self) -> dict:
+    def as_json(self, now: datetime) -> dict:
         return {
             "id": self.id,
             "uniqueId": self.unique_id,
@@ -118,6 +157,14 @@ class LegView:
             "start": self.start.isoformat(),
             "end": self.end.isoformat() if self.end else None,
             "state": self.state,
+            "endedBy": self.ended_by,
+            "duration": round(self.duration(now), 3),
+            "recorded": round(self.recorded(now), 3),
+            "pauses": [
+                {"paused": p.paused_at.isoformat(), "resumed": p.resumed_at.isoformat() if p.resumed_at else None,
+                 "method": p.method}
+                for p in self.pauses
+            ],
         }
 
 

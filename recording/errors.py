@@ -32,6 +32,10 @@ class AsteriskFailure(RecordingFailure):
     """Asterisk did not do what was asked (MixMonitor missing or refused, the channel gone)."""
 
 
+class AsteriskUnavailable(AsteriskFailure):
+    """Asterisk could not be asked: the manager connection is down or did not answer in time."""
+
+
 class StorageUnavailable(RecordingFailure):
     """The database (or the journal that stands in for it) cannot be reached or written now;
     the same write may succeed later."""
@@ -40,3 +44,11 @@ class StorageUnavailable(RecordingFailure):
 class StorageRefused(RecordingFailure):
     """The database is up but refused this very write (a constraint, a trigger, bad data):
     trying again would not help."""
+
+
+class NoSuchChannel(Invalid):
+    """No live channel has the unique id or extension the caller named."""
+
+
+class AmbiguousChannel(Invalid):
+    """Several live channels fit the extension and the rule cannot choose between them."""

@@ -14,9 +14,10 @@ from urllib.parse import parse_qsl
 
 from agi import AGIError, CommandRejected, HangupError, Router, Session, UnknownRoute, quote
 
-from .domain import MixMonitorStart, StartRequest, channel_extension
+from .domain import Channel, MixMonitorStart, StartRequest, channel_extension
 from .errors import AsteriskFailure, Invalid, RecordingFailure
-from .service import RecordingService
+from .manager import Manager
+from .service import LegRequest, RecordingService
 
 log = logging.getLogger("recording.fastagi")
 audit = logging.getLogger("recording.audit")
@@ -95,9 +96,11 @@ class AGIChannel:
 
     async def stop_mixmonitor(self, mixmonitor_id: str) -> None:
         try:
-            await self._session.exec("StopMixMonitor", mixmonitor_id)
-        except (AGIError, ValueError) as exc:
-            log.warning("could not stop MixMonitor %s on %s: %s", mixmonitor_id, self.name, exc)
+            result = await self._session.exec("StopMixMonitor", mixmonitor_id)
+        except CommandRejected as exc:
+            raise AsteriskFailure(f"Asterisk rejected StopMixMonitor: {exc}") from exc
+        if result == -2:
+            raise AsteriskFailure("Asterisk has no StopMixMonitor application (is app_mixmonitor loaded?)")
 
 
 async def report(session: Session, values: Mapping[str, str]) -> None:
@@ -117,8 +120,9 @@ def outcome(status: str, error: str = "", leg_id: str = "", file: str = "", defe
 Route = Callable[[Session, dict[str, str]], Awaitable[dict[str, str]]]
 
 
-def build_router(service: RecordingService, api_key_variable: str) -> Router:
-    """The FastAGI routes of the recording service."""
+def build_router(service: RecordingService, api_key_variable: str, manager: Manager | None = None) -> Router:
+    """The FastAGI routes of the recording service: ``recording/start``, ``stop``, ``pause``,
+    ``resume`` and ``hangup`` (for the ``h`` extension)."""
 
     async def api_key(session: Session, args: dict[str, str]) -> None:
         key = args.get("apiKey")
@@ -145,7 +149,39 @@ def build_router(service: RecordingService, api_key_variable: str) -> Router:
         result = await service.start(request, AGIChannel(session))
         return outcome(result.status, "", result.leg_id, result.file, result.deferred)
 
-    routes: dict[str, Route] = {"recording/start": start}
+    async def target(session: Session, args: dict[str, str]) -> Channel:
+        """The channel stop/pause/resume act on: this one unless extenOrUniqueId names another
+        (which only the manager interface can reach)."""
+        env = session.env
+        wanted = args.get("extenOrUniqueId")
+        if not wanted or wanted in (env.uniqueid, channel_extension(env.channel)):
+            return AGIChannel(session)
+        if manager is None:
+            raise Invalid(f"extenOrUniqueId {wanted!r} is another channel; reaching it needs RECORDING_AMI_URL")
+        return await manager.find(wanted)
+
+    def change(operation, verb: str) -> Route:
+        async def route(session: Session, args: dict[str, str]) -> dict[str, str]:
+            channel = await target(session, args)
+            actor = args.get("agentLoginName") or None
+            if "tag" in args:
+                raise Invalid(f"tag is for recording/start, not recording/{verb}")
+            result = await operation(LegRequest(channel.unique_id, channel.name, actor, actor or "dialplan"), channel)
+            return outcome(result.status, "", result.leg_id, result.file, result.deferred)
+
+        return route
+
+    async def hangup(session: Session, args: dict[str, str]) -> dict[str, str]:
+        result = await service.channel_gone(session.env.uniqueid, by="hangup")
+        return outcome(result.status, "", result.leg_id, result.file, result.deferred)
+
+    routes: dict[str, Route] = {
+        "recording/start": start,
+        "recording/stop": change(service.stop, "stop"),
+        "recording/pause": change(service.pause, "pause"),
+        "recording/resume": change(service.resume, "resume"),
+        "recording/hangup": hangup,
+    }
 
     def serve(name: str, route: Route):
         async def handler(session: Session) -> None:

@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Sequence
 
-from .domain import NewLeg, TagUpdate, UserRef
+from .domain import LegChange, NewLeg, TagUpdate, UserRef
 from .errors import StorageUnavailable
 
 log = logging.getLogger("recording.journal")
@@ -26,9 +26,13 @@ log = logging.getLogger("recording.journal")
 PREFIX, SUFFIX = "journal-", ".jsonl"
 
 
-def encode(write: NewLeg | TagUpdate) -> dict:
+def encode(write: NewLeg | TagUpdate | LegChange) -> dict:
     if isinstance(write, TagUpdate):
         return {"kind": "tag", "unique_id": write.unique_id, "tag": write.tag, "at": write.at.isoformat()}
+    if isinstance(write, LegChange):
+        entry = {k: getattr(write, k) for k in ("leg_id", "unique_id", "action", "state", "by", "method",
+                                                 "mixmonitor_id")}
+        return entry | {"kind": "change", "at": write.at.isoformat()}
     entry = {k: getattr(write, k) for k in (
         "id", "unique_id", "leg", "channel", "extension", "file", "mixmonitor_id", "tag", "agent_login",
         "source", "state",
@@ -40,9 +44,12 @@ def encode(write: NewLeg | TagUpdate) -> dict:
     return entry
 
 
-def decode(entry: dict) -> NewLeg | TagUpdate:
+def decode(entry: dict) -> NewLeg | TagUpdate | LegChange:
     if entry["kind"] == "tag":
         return TagUpdate(entry["unique_id"], entry["tag"], datetime.fromisoformat(entry["at"]))
+    if entry["kind"] == "change":
+        fields = {k: v for k, v in entry.items() if k not in ("kind", "at")}
+        return LegChange(**fields, at=datetime.fromisoformat(entry["at"]))
     fields = {k: v for k, v in entry.items() if k not in ("kind", "agent", "started_at", "ended_at")}
     agent = entry.get("agent")
     return NewLeg(
@@ -175,7 +182,7 @@ class Journal:
         result = []
         for segment in segments:
             writes = self.read(segment)
-            stamps = sorted(w.at if isinstance(w, TagUpdate) else w.started_at for w in writes)
+            stamps = sorted(w.started_at if isinstance(w, NewLeg) else w.at for w in writes)
             result.append(SegmentStatus(
                 segment.name, len(writes),
                 stamps[0].isoformat() if stamps else None, stamps[-1].isoformat() if stamps else None,

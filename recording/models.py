@@ -163,3 +163,36 @@ class RecordingLeg(Base):
     state: Mapped[str] = mapped_column(String(16))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Who or what ended the leg: a login, "dialplan", "hangup", "sweeper"...
+    ended_by: Mapped[str | None] = mapped_column(String(128))
+    # When the channel was last known to be alive; a lost leg ends there.
+    seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class RecordingPause(Base):
+    """A span during which a leg did not record (a caller reading out a card number).
+
+    ``method`` is ``mute`` (MixMonitorMute over AMI: the file keeps its timeline, with silence)
+    or ``restart`` (MixMonitor stopped, then started again appending to the same file).
+    """
+
+    __tablename__ = "recording_pauses"
+    __table_args__ = (
+        CheckConstraint("method IN ('mute', 'restart')", name="method"),
+        CheckConstraint("resumed_at IS NULL OR resumed_at >= paused_at", name="order"),
+        Index(
+            "uq_recording_pauses_open_leg_id",
+            "leg_id",
+            unique=True,
+            postgresql_where="resumed_at IS NULL",
+            sqlite_where="resumed_at IS NULL",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    leg_id: Mapped[str] = mapped_column(ForeignKey("recording_legs.id", ondelete="CASCADE"), index=True)
+    paused_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    resumed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    method: Mapped[str] = mapped_column(String(8))
+    paused_by: Mapped[str | None] = mapped_column(String(128))
+    resumed_by: Mapped[str | None] = mapped_column(String(128))

@@ -1,6 +1,8 @@
-"""The recording service: the rules for starting a recording, whichever door the request came in
-by. It knows a channel only through :class:`~recording.domain.Channel` and the database only
-through the persister and the directory, so FastAGI and HTTP/AMI share every rule here."""
+"""The recording service: the rules of a recording leg's life (start, stop, pause, resume, end),
+whichever door the request came in by. It knows a channel only through
+:class:`~recording.domain.Channel`, the database only through the persister, the directory and
+reads in worker threads, and Asterisk's manager only as an optional muter, so FastAGI and
+HTTP/AMI share every rule here."""
 
 from __future__ import annotations
 
@@ -8,16 +10,31 @@ import asyncio
 import logging
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
+from concurrent.futures import Executor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from typing import Protocol
 
 from agi.protocol import is_clean_text
 
 from .config import Settings, render_file
 from .directory import Directory
-from .domain import Channel, CommitResult, NewLeg, StartOutcome, StartRequest, TagUpdate, UserRef, channel_extension
-from .errors import Invalid, StorageRefused, StorageUnavailable
+from .domain import (
+    Channel,
+    CommitResult,
+    LegChange,
+    LegView,
+    NewLeg,
+    StartOutcome,
+    StartRequest,
+    TagUpdate,
+    UserRef,
+    channel_extension,
+)
+from .errors import AsteriskFailure, AsteriskUnavailable, Denied, Invalid, StorageRefused, StorageUnavailable
 from .persist import Persister
+from .store import Store
 
 log = logging.getLogger("recording.service")
 
@@ -25,14 +42,60 @@ MAX_TAG = 255
 MAX_LOGIN = 128
 # How many calls the service remembers legs of; past it the database constraint still holds.
 REMEMBERED_CALLS = 100_000
+APPEND = "a"  # MixMonitor's option to append to the file instead of overwriting it
 
 
 @dataclass(frozen=True)
 class ActiveLeg:
+    """What the service remembers of a leg that records (or is paused)."""
+
     leg_id: str
     leg: int
     file: str
     tag: str | None
+    channel: str = ""
+    mixmonitor_id: str | None = None
+    owner_id: int | None = None
+    state: str = "recording"
+    pause_method: str | None = None
+
+    @classmethod
+    def of(cls, view: LegView) -> "ActiveLeg":
+        method = view.pauses[-1].method if view.state == "paused" and view.pauses else None
+        return cls(view.id, view.leg, view.file, view.external_reference, view.channel, view.mixmonitor_id,
+                   view.owner_id, view.state, method)
+
+
+@dataclass(frozen=True)
+class LegRequest:
+    """stop, pause or resume of the active leg of ``unique_id``; ``actor`` is the
+    agentLoginName given (who must be allowed to), ``by`` what is written as the doer."""
+
+    unique_id: str
+    channel: str
+    actor: str | None
+    by: str
+
+
+@dataclass(frozen=True)
+class LegOutcome:
+    """STOPPED, PAUSED, RESUMED, ENDED or NOT_RECORDING, with the leg concerned (if any)."""
+
+    status: str
+    leg_id: str = ""
+    file: str = ""
+    leg: int = 0
+    deferred: bool = False
+
+
+class Muter(Protocol):
+    """Mutes a MixMonitor without stopping it (AMI's MixMonitorMute). Raises
+    AsteriskUnavailable when it cannot reach Asterisk, AsteriskFailure when Asterisk refuses."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def mute(self, channel: str, mixmonitor_id: str, state: bool) -> None: ...
 
 
 def utcnow() -> datetime:
@@ -52,13 +115,25 @@ def check_text(name: str, value: str | None, limit: int) -> str | None:
 
 
 class RecordingService:
-    def __init__(self, settings: Settings, directory: Directory, persister: Persister):
+    def __init__(
+        self,
+        settings: Settings,
+        directory: Directory,
+        persister: Persister,
+        store: Store,
+        *,
+        executor: Executor | None = None,
+        muter: Muter | None = None,
+    ):
         self.settings = settings
         self.directory = directory
         self.persister = persister
+        self.store = store
+        self.muter = muter
+        self._executor = executor
         self._active: OrderedDict[str, ActiveLeg] = OrderedDict()
         self._last_leg: OrderedDict[str, int] = OrderedDict()
-        self._starting: dict[str, asyncio.Future] = {}
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     # -- memory of the calls being recorded ---------------------------------------------
 
@@ -76,6 +151,38 @@ class RecordingService:
 
     def active(self, unique_id: str) -> ActiveLeg | None:
         return self._active.get(unique_id)
+
+    @asynccontextmanager
+    async def _call(self, unique_id: str):
+        """One operation at a time per call: a stop racing a start or a pause waits for it."""
+        lock, users = self._locks.get(unique_id) or (asyncio.Lock(), 0)
+        self._locks[unique_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[unique_id]
+            if users == 1:
+                del self._locks[unique_id]
+            else:
+                self._locks[unique_id] = (lock, users - 1)
+
+    async def read(self, function, *args):
+        """Runs a blocking store read in a worker thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    async def _find_active(self, unique_id: str) -> ActiveLeg | None:
+        """The active leg of the call: from memory, else from the database (a leg started
+        before a restart, or by another process)."""
+        found = self._active.get(unique_id)
+        if found is not None:
+            return found
+        views = await self.read(self.store.active_legs, unique_id)
+        if not views:
+            return None
+        active = ActiveLeg.of(views[0])
+        self.remember(unique_id, views[0].leg, active)
+        return active
 
     # -- checks ---------------------------------------------------------------------------
 
@@ -100,37 +207,38 @@ class RecordingService:
             raise Invalid(f"unknown agent {login!r}: no user has that agentLoginName")
         return user, None
 
+    async def _check_actor(self, leg: ActiveLeg, actor: str | None, verb: str) -> None:
+        """An agentLoginName given for stop/pause/resume must be the leg's owner or a
+        'Recording Manager'; without one, the apiKey alone is enough."""
+        user, unresolved = await self.agent(actor)
+        if unresolved:
+            raise StorageUnavailable(f"cannot check whether {unresolved!r} may {verb} this recording now")
+        if user is None or user.is_manager or (leg.owner_id is not None and leg.owner_id == user.id):
+            return
+        raise Denied(f"{user.login} may not {verb} this recording: only its owner or a Recording Manager may")
+
     # -- start -----------------------------------------------------------------------------
 
     async def start(self, request: StartRequest, channel: Channel) -> StartOutcome:
         """Starts recording ``channel`` unless this service already records it.
 
-        Raises Invalid for a bad request, AsteriskFailure when MixMonitor does not start and
-        StorageUnavailable when the leg cannot be stored (the MixMonitor keeps running, and the
-        error says so). The caller must have checked the apiKey.
+        Raises Invalid for a bad request, AsteriskFailure when MixMonitor does not start,
+        StorageRefused/StorageUnavailable when the leg cannot be stored anywhere (then the
+        MixMonitor just started is stopped again). The caller must have checked the apiKey.
         """
         tag = check_text("tag", request.tag, MAX_TAG) or None
         agent = await self.agent(request.agent_login)
-        unique_id = request.unique_id
-        while unique_id in self._starting:
-            # NOTE: two starts racing for one call: the second waits for the first's answer.
-            await asyncio.shield(self._starting[unique_id])
-        active = self._active.get(unique_id)
-        if active is not None:
-            return await self._already(unique_id, active, tag)
-        done = asyncio.get_running_loop().create_future()
-        self._starting[unique_id] = done
-        try:
+        async with self._call(request.unique_id):
+            active = self._active.get(request.unique_id)
+            if active is not None:
+                return await self._already(request.unique_id, active, tag)
             return await self._start_new(request, channel, agent, tag)
-        finally:
-            del self._starting[unique_id]
-            done.set_result(None)
 
     async def _already(self, unique_id: str, active: ActiveLeg, tag: str | None) -> StartOutcome:
         deferred = False
         if tag is not None and tag != active.tag:
             deferred = (await self.persister.write(TagUpdate(unique_id, tag, utcnow()))).deferred
-            self.remember(unique_id, active.leg, ActiveLeg(active.leg_id, active.leg, active.file, tag))
+            self.remember(unique_id, active.leg, replace(active, tag=tag))
         return StartOutcome("ALREADY_RECORDING", active.leg_id, active.file, active.leg, deferred)
 
     async def _start_new(
@@ -146,27 +254,32 @@ class RecordingService:
         mixmonitor = await channel.start_mixmonitor(file, self.settings.mixmonitor_options)
         # From here on the recording exists, so the leg is written whatever happens next.
         state = "ended" if mixmonitor.hung_up else "recording"
+        ended = utcnow() if mixmonitor.hung_up else None
         leg = NewLeg(
             id=uuid.uuid4().hex, unique_id=unique_id, leg=number, channel=request.channel,
             extension=extension, file=file, mixmonitor_id=mixmonitor.mixmonitor_id, tag=tag,
             agent=agent[0], agent_login=agent[1], source=request.source, state=state, started_at=started,
-            ended_at=utcnow() if mixmonitor.hung_up else None,
+            ended_at=ended,
         )
         try:
             persisted = await self.persister.write(leg)
         except (StorageRefused, StorageUnavailable) as exc:
             # No recording without its record: a file nobody can find by its tag is lost.
             if mixmonitor.mixmonitor_id:
-                await channel.stop_mixmonitor(mixmonitor.mixmonitor_id)
+                await self._stop_quietly(channel, mixmonitor.mixmonitor_id)
             raise type(exc)(f"the recording was stopped because it could not be stored: {exc}") from exc
+        remembered = ActiveLeg(
+            leg.id, number, file, tag, request.channel, mixmonitor.mixmonitor_id,
+            agent[0].id if agent[0] else None,
+        )
         if persisted.deferred:
-            self.remember(unique_id, number, ActiveLeg(leg.id, number, file, tag) if state == "recording" else None)
+            self.remember(unique_id, number, remembered if state == "recording" else None)
             return StartOutcome("STARTED", leg.id, file, number, deferred=True)
         result = persisted.result
         if result.status == "ALREADY_RECORDING":
             return await self._lost_race(unique_id, channel, leg, result, tag)
-        active = ActiveLeg(result.leg_id, result.leg, result.file, tag) if state == "recording" else None
-        self.remember(unique_id, result.leg, active)
+        active = replace(remembered, leg_id=result.leg_id, leg=result.leg, file=result.file, owner_id=result.owner_id)
+        self.remember(unique_id, result.leg, active if state == "recording" else None)
         return StartOutcome("STARTED", result.leg_id, result.file, result.leg)
 
     async def _lost_race(
@@ -176,7 +289,121 @@ class RecordingService:
         id, so the winner's keeps running) and answer with the winner's leg."""
         log.info("%s is already recorded by leg %s; stopping the duplicate MixMonitor", unique_id, winner.leg_id)
         if leg.mixmonitor_id:
-            await channel.stop_mixmonitor(leg.mixmonitor_id)
-        active = ActiveLeg(winner.leg_id, winner.leg, winner.file, tag)
-        self.remember(unique_id, winner.leg, active)
+            await self._stop_quietly(channel, leg.mixmonitor_id)
+        self.remember(unique_id, winner.leg, None)
         return StartOutcome("ALREADY_RECORDING", winner.leg_id, winner.file, winner.leg)
+
+    async def _stop_quietly(self, channel: Channel, mixmonitor_id: str) -> None:
+        try:
+            await channel.stop_mixmonitor(mixmonitor_id)
+        except AsteriskFailure as exc:
+            log.warning("could not stop MixMonitor %s on %s: %s", mixmonitor_id, channel.name, exc)
+
+    # -- stop, pause, resume ----------------------------------------------------------------
+
+    async def stop(self, request: LegRequest, channel: Channel) -> LegOutcome:
+        """Stops the call's active leg (its own MixMonitor, by id) and closes it as stopped.
+        NOT_RECORDING when this service records nothing on that call."""
+        async with self._call(request.unique_id):
+            leg = await self._find_active(request.unique_id)
+            if leg is None:
+                return LegOutcome("NOT_RECORDING")
+            await self._check_actor(leg, request.actor, "stop")
+            # A leg paused by restarting has no MixMonitor running to stop.
+            if leg.mixmonitor_id and leg.pause_method != "restart":
+                await channel.stop_mixmonitor(leg.mixmonitor_id)
+            change = LegChange(leg.leg_id, request.unique_id, "end", utcnow(), state="stopped", by=request.by)
+            deferred = (await self.persister.write(change)).deferred
+            self.remember(request.unique_id, leg.leg, None)
+            return LegOutcome("STOPPED", leg.leg_id, leg.file, leg.leg, deferred)
+
+    async def pause(self, request: LegRequest, channel: Channel) -> LegOutcome:
+        """Pauses the call's active leg: muted over AMI when the manager is connected (the file
+        keeps its timeline, silence while paused), else stopped, to be restarted appending to
+        the same file. Pausing a paused leg changes nothing."""
+        async with self._call(request.unique_id):
+            leg = await self._find_active(request.unique_id)
+            if leg is None:
+                return LegOutcome("NOT_RECORDING")
+            await self._check_actor(leg, request.actor, "pause")
+            if leg.state == "paused":
+                return LegOutcome("PAUSED", leg.leg_id, leg.file, leg.leg)
+            method = await self._silence(leg, channel)
+            change = LegChange(leg.leg_id, request.unique_id, "pause", utcnow(), by=request.by, method=method)
+            deferred = (await self.persister.write(change)).deferred
+            self.remember(request.unique_id, leg.leg, replace(leg, state="paused", pause_method=method))
+            return LegOutcome("PAUSED", leg.leg_id, leg.file, leg.leg, deferred)
+
+    async def resume(self, request: LegRequest, channel: Channel) -> LegOutcome:
+        """Resumes a paused leg the way it was paused (unmute, or a new MixMonitor appending to
+        the file). If a muted leg cannot be unmuted because the manager is away, its muted
+        MixMonitor is stopped and a new one appends instead. Resuming a recording leg changes
+        nothing."""
+        async with self._call(request.unique_id):
+            leg = await self._find_active(request.unique_id)
+            if leg is None:
+                return LegOutcome("NOT_RECORDING")
+            await self._check_actor(leg, request.actor, "resume")
+            if leg.state != "paused":
+                return LegOutcome("RESUMED", leg.leg_id, leg.file, leg.leg)
+            new_id = await self._sound(leg, channel)
+            change = LegChange(leg.leg_id, request.unique_id, "resume", utcnow(), by=request.by, mixmonitor_id=new_id)
+            deferred = (await self.persister.write(change)).deferred
+            resumed = replace(leg, state="recording", pause_method=None, mixmonitor_id=new_id or leg.mixmonitor_id)
+            self.remember(request.unique_id, leg.leg, resumed)
+            return LegOutcome("RESUMED", leg.leg_id, leg.file, leg.leg, deferred)
+
+    async def _mute(self, leg: ActiveLeg, state: bool) -> bool:
+        """Mutes or unmutes over AMI; False when the manager is not there to do it."""
+        if self.muter is None or not self.muter.connected or not leg.mixmonitor_id:
+            return False
+        try:
+            await self.muter.mute(leg.channel, leg.mixmonitor_id, state)
+        except AsteriskUnavailable as exc:
+            log.warning("MixMonitorMute on %s failed (%s); stopping and restarting instead", leg.channel, exc)
+            return False
+        return True
+
+    async def _silence(self, leg: ActiveLeg, channel: Channel) -> str:
+        if await self._mute(leg, True):
+            return "mute"
+        if not leg.mixmonitor_id:
+            raise AsteriskFailure("the leg has no MixMonitor id, so it cannot be paused")
+        await channel.stop_mixmonitor(leg.mixmonitor_id)
+        return "restart"
+
+    async def _sound(self, leg: ActiveLeg, channel: Channel) -> str | None:
+        if leg.pause_method == "mute":
+            if await self._mute(leg, False):
+                return None
+            await channel.stop_mixmonitor(leg.mixmonitor_id)
+        options = APPEND + self.settings.mixmonitor_options.replace(APPEND, "")
+        started = await channel.start_mixmonitor(leg.file, options)
+        if started.mixmonitor_id is None:
+            raise AsteriskFailure("MixMonitor did not restart: Asterisk gave no MixMonitor id")
+        return started.mixmonitor_id
+
+    # -- the end of a channel -------------------------------------------------------------
+
+    async def channel_gone(self, unique_id: str, *, by: str = "hangup", known_only: bool = False) -> LegOutcome:
+        """Closes the call's active leg as ended: its channel hung up. ``known_only`` looks
+        only in memory (for the manager's Hangup events, which come for every channel)."""
+        async with self._call(unique_id):
+            leg = self._active.get(unique_id) if known_only else await self._find_active(unique_id)
+            if leg is None:
+                return LegOutcome("NOT_RECORDING")
+            change = LegChange(leg.leg_id, unique_id, "end", utcnow(), state="ended", by=by)
+            deferred = (await self.persister.write(change)).deferred
+            self.remember(unique_id, leg.leg, None)
+            return LegOutcome("ENDED", leg.leg_id, leg.file, leg.leg, deferred)
+
+    async def close_lost(self, leg: LegView, last_seen: datetime) -> bool:
+        """Closes a leg whose channel no longer exists as ``lost``, at the last time it was
+        known alive. False if it had been closed meanwhile (by a hangup, another process)."""
+        async with self._call(leg.unique_id):
+            change = LegChange(leg.id, leg.unique_id, "end", last_seen, state="lost", by="sweeper")
+            persisted = await self.persister.write(change)
+            remembered = self._active.get(leg.unique_id)
+            if remembered is not None and remembered.leg_id == leg.id:
+                self.remember(leg.unique_id, leg.leg, None)
+            return persisted.deferred or persisted.result.status == "CHANGED"

@@ -28,8 +28,10 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from .domain import (
     CommitResult,
     DirectorySnapshot,
+    LegChange,
     LegView,
     NewLeg,
+    Pause,
     TagUpdate,
     UserRef,
 )
@@ -41,6 +43,7 @@ from .models import (
     ExtensionAttachment,
     Group,
     RecordingLeg,
+    RecordingPause,
     SystemVariable,
     User,
     UserGroup,
@@ -50,6 +53,8 @@ log = logging.getLogger("recording.store")
 
 _legs = RecordingLeg.__table__
 _calls = CallRecord.__table__
+_pauses = RecordingPause.__table__
+ENDED_STATES = ("stopped", "ended", "lost")
 
 
 def migrations_path() -> Path:
@@ -298,8 +303,8 @@ class Store:
         except StorageRefused as exc:
             return exc
 
-    def _commit(self, conn: Connection, writes: Sequence[NewLeg | TagUpdate], replay: bool) -> list:
-        call_ids = self._upsert_calls(conn, writes)
+    def _commit(self, conn: Connection, writes: Sequence[NewLeg | TagUpdate | LegChange], replay: bool) -> list:
+        call_ids = self._upsert_calls(conn, [w for w in writes if not isinstance(w, LegChange)])
         legs = [w for w in writes if isinstance(w, NewLeg)]
         owners = self._attached_owners(conn, [w.extension for w in legs if w.agent is None and not w.agent_login])
         agents = self._agents_by_login(conn, [w.agent_login for w in legs if w.agent is None and w.agent_login])
@@ -310,7 +315,9 @@ class Store:
             inserted = set(conn.scalars(stmt))
         results = []
         for write in writes:
-            if isinstance(write, TagUpdate):
+            if isinstance(write, LegChange):
+                results.append(self._change(conn, write))
+            elif isinstance(write, TagUpdate):
                 results.append(CommitResult("TAGGED", write.unique_id))
             elif write.id in inserted:
                 results.append(_result("STARTED", rows[write.id]))
@@ -319,6 +326,8 @@ class Store:
         return results
 
     def _upsert_calls(self, conn: Connection, writes: Sequence[NewLeg | TagUpdate]) -> dict[str, int]:
+        if not writes:
+            return {}
         tags: dict[str, str | None] = {}
         stamps: dict[str, datetime] = {}
         for write in writes:
@@ -418,6 +427,43 @@ class Store:
                 return _result("STARTED", row)
         raise StorageUnavailable(f"could not find a free leg number for {leg.unique_id}")
 
+    def _change(self, conn: Connection, change: LegChange) -> CommitResult:
+        """Applies a pause, resume or end to a leg. Changes that no longer apply (a pause of an
+        ended leg, a second end) change nothing and say UNCHANGED, so replays are harmless."""
+        leg = conn.execute(select(_legs.c.state, _legs.c.ended_at).where(_legs.c.id == change.leg_id)).first()
+        if leg is None:
+            return CommitResult("UNKNOWN_LEG", change.unique_id, leg_id=change.leg_id)
+        if leg.state not in ACTIVE_STATES:
+            return CommitResult("UNCHANGED", change.unique_id, leg_id=change.leg_id)
+        open_pause = (_pauses.c.leg_id == change.leg_id) & _pauses.c.resumed_at.is_(None)
+        if change.action == "pause":
+            if leg.state == "paused":
+                return CommitResult("UNCHANGED", change.unique_id, leg_id=change.leg_id)
+            conn.execute(_pauses.insert().values(
+                leg_id=change.leg_id, paused_at=change.at, method=change.method, paused_by=change.by
+            ))
+            values = {"state": "paused"}
+        elif change.action == "resume":
+            if leg.state != "paused":
+                return CommitResult("UNCHANGED", change.unique_id, leg_id=change.leg_id)
+            conn.execute(update(_pauses).where(open_pause).values(resumed_at=change.at, resumed_by=change.by))
+            values = {"state": "recording"}
+        elif change.action == "end":
+            conn.execute(update(_pauses).where(open_pause).values(resumed_at=change.at, resumed_by=change.by))
+            values = {"state": change.state, "ended_at": change.at, "ended_by": change.by}
+        else:
+            raise ValueError(f"unknown leg change {change.action!r}")
+        if change.mixmonitor_id:
+            values["mixmonitor_id"] = change.mixmonitor_id
+        conn.execute(update(_legs).where(_legs.c.id == change.leg_id).values(seen_at=change.at, **values))
+        return CommitResult("CHANGED", change.unique_id, leg_id=change.leg_id)
+
+    def touch(self, leg_ids: Sequence[str], at: datetime) -> None:
+        """Notes that these legs' channels were seen alive at ``at``."""
+        if leg_ids:
+            with self._write() as conn:
+                conn.execute(update(_legs).where(_legs.c.id.in_(leg_ids)).values(seen_at=at))
+
     # -- reading legs -------------------------------------------------------------------------
 
     @staticmethod
@@ -429,14 +475,26 @@ class Store:
         )
 
     @staticmethod
-    def _view(row) -> LegView:
-        return LegView(
-            id=row.id, unique_id=row.unique_id, leg=row.leg, call_record_id=row.call_record_id,
-            tag=row.tag, external_reference=row.external_reference, owner=row.owner,
-            ownership=row.ownership, file=row.file, channel=row.channel, extension=row.extension,
-            mixmonitor_id=row.mixmonitor_id, source=row.source, state=row.state,
-            start=row.started_at, end=row.ended_at,
-        )
+    def _views(conn: Connection, rows) -> list[LegView]:
+        rows = list(rows)
+        pauses: dict[str, list[Pause]] = {}
+        ids = [row.id for row in rows]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            query = select(_pauses).where(_pauses.c.leg_id.in_(chunk)).order_by(_pauses.c.paused_at)
+            for pause in conn.execute(query):
+                pauses.setdefault(pause.leg_id, []).append(Pause(pause.paused_at, pause.resumed_at, pause.method))
+        return [
+            LegView(
+                id=row.id, unique_id=row.unique_id, leg=row.leg, call_record_id=row.call_record_id,
+                tag=row.tag, external_reference=row.external_reference, owner=row.owner,
+                ownership=row.ownership, file=row.file, channel=row.channel, extension=row.extension,
+                mixmonitor_id=row.mixmonitor_id, source=row.source, state=row.state,
+                start=row.started_at, end=row.ended_at, ended_by=row.ended_by,
+                pauses=tuple(pauses.get(row.id, ())), owner_id=row.owner_id,
+            )
+            for row in rows
+        ]
 
     def find_legs(self, *, tag: str | None = None, unique_id: str | None = None) -> list[LegView]:
         """Legs whose tag (or whose call's external reference) is ``tag`` and/or whose unique
@@ -448,12 +506,22 @@ class Store:
             query = query.where(_legs.c.unique_id == unique_id)
         query = query.order_by(_legs.c.started_at, _legs.c.unique_id, _legs.c.leg)
         with self._read() as conn:
-            return [self._view(row) for row in conn.execute(query)]
+            return self._views(conn, conn.execute(query))
 
-    def active_legs(self) -> list[LegView]:
-        """Legs still recording or paused, for the service's memory at start-up."""
+    def active_legs(self, unique_id: str | None = None) -> list[LegView]:
+        """Legs still recording or paused (of one call, if ``unique_id`` is given)."""
+        query = self._leg_query().where(_legs.c.state.in_(ACTIVE_STATES))
+        if unique_id is not None:
+            query = query.where(_legs.c.unique_id == unique_id)
         with self._read() as conn:
-            return [self._view(row) for row in conn.execute(self._leg_query().where(_legs.c.state.in_(ACTIVE_STATES)))]
+            return self._views(conn, conn.execute(query))
+
+    def last_seen(self, leg_ids: Sequence[str]) -> dict[str, datetime]:
+        """When each leg's channel was last known alive (its start if never checked since)."""
+        with self._read() as conn:
+            rows = conn.execute(select(_legs.c.id, func.coalesce(_legs.c.seen_at, _legs.c.started_at))
+                                .where(_legs.c.id.in_(leg_ids)))
+            return dict(rows.all())
 
     # -- transactions -------------------------------------------------------------------------
 

@@ -42,8 +42,23 @@ class MixMonitor:
 
 
 @dataclass
+class ChannelState:
+    """What a channel keeps across the AGI sessions run on it: its variables and MixMonitors."""
+
+    variables: dict[str, str] = field(default_factory=dict)
+    mixmonitors: list[MixMonitor] = field(default_factory=list)
+    stopped: list[MixMonitor] = field(default_factory=list)
+
+    @property
+    def running(self) -> list[MixMonitor]:
+        return [m for m in self.mixmonitors if m not in self.stopped]
+
+
+@dataclass
 class Call:
-    """What happened on one fake call, as Asterisk saw it."""
+    """What happened in one AGI session, as Asterisk saw it. ``variables`` are the channel's as
+    this session left them (the channel keeps them for later sessions on the same unique id);
+    ``mixmonitors`` and ``stopped`` are those this session started and stopped."""
 
     uniqueid: str
     channel: str
@@ -55,14 +70,17 @@ class Call:
     hung_up: bool = False
     server_closed: bool = False
     ended_by: str = ""
+    state: ChannelState = field(default_factory=ChannelState)
+    # What this session itself set, whatever other sessions on the channel did meanwhile.
+    assigned: dict[str, str] = field(default_factory=dict)
 
     @property
     def status(self) -> str | None:
-        return self.variables.get("RECORDING_STATUS")
+        return self.assigned.get("RECORDING_STATUS")
 
     @property
     def error(self) -> str | None:
-        return self.variables.get("RECORDING_ERROR")
+        return self.assigned.get("RECORDING_ERROR")
 
 
 def environment(
@@ -114,6 +132,7 @@ class FakeAsterisk:
         self.host = host
         self.timeout = timeout
         self.mixmonitor_loaded = True
+        self.channels: dict[str, ChannelState] = {}
 
     def connect(self) -> socket.socket:
         sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
@@ -140,7 +159,10 @@ class FakeAsterisk:
         ``mixmonitor_result``: what EXEC MixMonitor answers instead of a working MixMonitor.
         """
         uniqueid = uniqueid or new_unique_id()
-        call = Call(uniqueid, channel, {"UNIQUEID": uniqueid, "CHANNEL": channel, **(variables or {})})
+        with _lock:
+            state = self.channels.setdefault(uniqueid, ChannelState())
+        state.variables.update({"UNIQUEID": uniqueid, "CHANNEL": channel, **(variables or {})})
+        call = Call(uniqueid, channel, state.variables, state=state)
         extension = channel.split("/", 1)[-1].split("-", 1)[0].split("@", 1)[0]
         with self.connect() as sock:
             sock.sendall(environment(
@@ -175,6 +197,8 @@ class FakeAsterisk:
                     break
                 if hangup_after is not None and len(call.replies) == hangup_after and not call.hung_up:
                     self._hangup(sock, call)
+        # What the channel held when this session ended, kept apart from later sessions.
+        call.variables = dict(state.variables)
         return call
 
     @staticmethod
@@ -203,6 +227,7 @@ class FakeAsterisk:
             if len(words) != 4:
                 return "520 Invalid command syntax.  Proper usage not available."
             call.variables[words[2]] = words[3]
+            call.assigned[words[2]] = words[3]
             return "200 result=1"
         if name == "EXEC":
             if len(words) < 2:
@@ -226,13 +251,16 @@ class FakeAsterisk:
             with _lock:
                 monitor = MixMonitor(hex(next(_ids)), file, options, data)
             call.mixmonitors.append(monitor)
+            call.state.mixmonitors.append(monitor)
             for variable in re.findall(r"i\(([^)]*)\)", options):
                 call.variables[variable] = monitor.id
             return "200 result=0"
         if app == "stopmixmonitor":
-            running = [m for m in call.mixmonitors if m not in call.stopped]
+            running = call.state.running
+            # NOTE: without an id StopMixMonitor stops the most recent MixMonitor only.
             target = [m for m in running if m.id == data] if data else running[-1:]
             call.stopped.extend(target)
+            call.state.stopped.extend(target)
             return "200 result=0"
         if app == "wait":
             return "200 result=0"

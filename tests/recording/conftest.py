@@ -24,7 +24,7 @@ from tests.service_runner import RunningService
 BACKENDS = [b.strip() for b in os.environ.get("RECORDING_TEST_BACKENDS", "sqlite,postgresql").split(",") if b.strip()]
 POSTGRES = os.environ.get("RECORDING_TEST_POSTGRES", "postgresql://root@127.0.0.1:5432/postgres")
 API_KEY = "k1-test-key"
-TABLES = ("recording_legs", "call_records", "extension_attachments", "user_groups", "groups", "users",
+TABLES = ("recording_pauses", "recording_legs", "call_records", "extension_attachments", "user_groups", "groups", "users",
           "system_variables")
 
 
@@ -105,3 +105,28 @@ def service(store, settings):
 @pytest.fixture
 def asterisk(service) -> FakeAsterisk:
     return FakeAsterisk(service.port)
+
+
+@pytest.fixture
+def fake_ami():
+    from tests.fake_ami import FakeAMI
+
+    ami = FakeAMI().start()
+    yield ami
+    ami.stop()
+
+
+@pytest.fixture
+def ami_service(store, settings, fake_ami):
+    """The service with the HTTP API on and AMI pointed at the fake manager."""
+    configured = settings.with_(http_listen="127.0.0.1:0", ami_url=fake_ami.url, ami_timeout=1.0)
+    with RunningService(configured) as running:
+        running.run(running.app.manager.client.wait_connected(5))
+        yield running
+
+
+@pytest.fixture
+def http(ami_service):
+    from tests.http_client import HTTPClient
+
+    return HTTPClient(ami_service.app.http_port)

@@ -11,7 +11,7 @@ import asterisk.config
 import pytest
 
 from recording.fastagi import ARGUMENTS
-from tests.conftest import API_KEY
+from tests.recording.conftest import API_KEY
 
 SAMPLE = Path(__file__).resolve().parents[2] / "extensions.conf.sample"
 
@@ -73,3 +73,23 @@ def test_empty_subroutine_arguments_mean_no_tag_and_no_agent(dialplan, asterisk,
 
     (leg,) = store.find_legs(unique_id=call.uniqueid)
     assert (call.status, leg.tag, leg.ownership) == ("STARTED", None, "DEFAULT")
+
+
+def test_the_control_subroutine_and_the_h_extension_work_against_the_server(dialplan, asterisk, store):
+    lines = {v.split("/recording/", 1)[1].split("?", 1)[0]: v for v in agi_lines(dialplan, "sub-recording-control")}
+    assert set(lines) == {"stop", "pause", "resume"}
+    (hangup_line,) = agi_lines(dialplan, "from-pstn-example")
+    variables = {"RECORDING_API_KEY": API_KEY}
+
+    def play(line: str, **kwargs):
+        script = line.split("${RECORDING_AGI}/", 1)[1][:-1].replace("${URIENCODE(${ARG1})}", "")
+        return asterisk.call(script, variables=variables, **kwargs)
+
+    start = asterisk.call(f"recording/start?apiKey={API_KEY}")
+    same = {"uniqueid": start.uniqueid}
+    assert play(lines["pause"], **same).status == "PAUSED"
+    assert play(lines["resume"], **same).status == "RESUMED"
+    assert play(hangup_line, hangup_after=0, **same).status == "ENDED"
+    assert play(lines["stop"], **same).status == "NOT_RECORDING"
+    (leg,) = store.find_legs(unique_id=start.uniqueid)
+    assert (leg.state, len(leg.pauses)) == ("ended", 1)

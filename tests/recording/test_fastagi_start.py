@@ -11,7 +11,7 @@ from urllib.parse import quote as urlquote
 import pytest
 
 from agi.protocol import split_command
-from tests.conftest import API_KEY
+from tests.recording.conftest import API_KEY
 
 START = f"recording/start?apiKey={API_KEY}"
 
@@ -242,7 +242,7 @@ def test_concurrent_starts_for_one_call_give_one_leg(asterisk, store):
     statuses = sorted(c.status for c in calls)
     assert statuses == ["ALREADY_RECORDING"] * 7 + ["STARTED"]
     assert sum(len(c.mixmonitors) for c in calls) == 1
-    assert len({c.variables["RECORDING_ID"] for c in calls}) == 1
+    assert len({c.assigned["RECORDING_ID"] for c in calls}) == 1
     assert len(store.find_legs(unique_id=uniqueid)) == 1
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from recording.config import Settings
 from recording.store import Store
-from tests.conftest import API_KEY
+from tests.recording.conftest import API_KEY
 from tests.fake_asterisk import FakeAsterisk
 from tests.recording.test_cli import Serve
 from tests.service_runner import RunningService

@@ -3,7 +3,7 @@ the memory of either, decides that a call has one active leg."""
 
 from __future__ import annotations
 
-from tests.conftest import API_KEY
+from tests.recording.conftest import API_KEY
 from tests.fake_asterisk import FakeAsterisk
 from tests.service_runner import RunningService
 
