@@ -9,6 +9,7 @@ from .errors import (
     AGITimeout,
     CommandRejected,
     HangupError,
+    Overloaded,
     ProtocolError,
     UnknownRoute,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "Environment",
     "HangupError",
     "Limits",
+    "Overloaded",
     "LineTooLong",
     "ProtocolError",
     "Reply",

@@ -28,6 +28,10 @@ class AGITimeout(ProtocolError):
     """The peer did not send what was expected within the time limit."""
 
 
+class Overloaded(AGIError):
+    """The server is at its limit of sessions; this one is only told so and closed."""
+
+
 class UnknownRoute(AGIError):
     """No handler is registered for the script path the dialplan asked for."""
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-from .errors import AGIError, AGITimeout, HangupError, ProtocolError, UnknownRoute
+from .errors import AGIError, AGITimeout, HangupError, Overloaded, ProtocolError, UnknownRoute
 from .protocol import Environment, parse_environment, parse_environment_line
 from .session import LineReader, LineTooLong, Session
 
@@ -35,6 +35,9 @@ class Limits:
     session_timeout: float = 30.0
     close_timeout: float = 2.0
     max_sessions: int = 4096
+    # Connections past max_sessions that are still read and told "busy" (on_error with
+    # Overloaded) rather than dropped unanswered; past this many too, they are just closed.
+    busy_sessions: int = 64
     backlog: int = 4096
 
 
@@ -42,7 +45,9 @@ class Router:
     """Maps a script path (``recording/start``) to its handler.
 
     ``on_error`` is called with a usable session when a request cannot be served: an unknown
-    route, or an environment that is malformed but complete (so the dialplan can still be told).
+    route (UnknownRoute), an environment that is malformed but complete (ProtocolError), a
+    server at its session limit (Overloaded), or a session that ran out of time (AGITimeout),
+    so the dialplan can still be told.
     """
 
     def __init__(self, on_error: ErrorHandler | None = None):
@@ -139,6 +144,7 @@ class Server:
         self.reuse_port = reuse_port
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._busy: set[asyncio.Task] = set()
         self.sessions_refused = 0
 
     @property
@@ -187,8 +193,16 @@ class Server:
         task = asyncio.current_task()
         if len(self._tasks) >= self.limits.max_sessions:
             self.sessions_refused += 1
-            log.warning("refusing a FastAGI connection: %d sessions already open", len(self._tasks))
-            writer.close()
+            if len(self._busy) >= self.limits.busy_sessions:
+                log.warning("dropping a FastAGI connection: %d sessions open, %d told busy",
+                            len(self._tasks), len(self._busy))
+                writer.close()
+                return
+            self._busy.add(task)
+            try:
+                await self._serve(reader, writer, busy=True)
+            finally:
+                self._busy.discard(task)
             return
         self._tasks.add(task)
         try:
@@ -196,7 +210,7 @@ class Server:
         finally:
             self._tasks.discard(task)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, busy: bool = False) -> None:
         limits = self.limits
         lines = LineReader(reader, limits.max_line_bytes)
         started = time.monotonic()
@@ -216,6 +230,11 @@ class Server:
                 await self._report(session, exc)
                 return
             session = Session(lines, writer, env, reply_timeout=limits.reply_timeout)
+            if busy:
+                await self._report(session, Overloaded(
+                    f"the server is at its limit of {limits.max_sessions} sessions; try again"
+                ), limits.close_timeout)
+                return
             try:
                 handler = self.router.resolve(env.script)
             except UnknownRoute as exc:
@@ -230,10 +249,8 @@ class Server:
                 # is a failure like any other: log it with its traceback, not as a hang.
                 if not deadline.expired():
                     raise
-                log.warning(
-                    "FastAGI session %s (%s) ran past %gs and was ended",
-                    env.uniqueid, env.script, limits.session_timeout,
-                )
+                expired = AGITimeout(f"the session ran past its limit of {limits.session_timeout:g}s")
+                await self._report(session, expired, limits.close_timeout)
         except HangupError as exc:
             log.info("FastAGI connection from %s ended early: %s", _peer(writer), exc)
         except AGIError as exc:
@@ -246,11 +263,17 @@ class Server:
             else:
                 await session.close(limits.close_timeout)
 
-    async def _report(self, session: Session, error: AGIError) -> None:
-        log.warning("FastAGI request from %s not served: %s", session.peer, error)
+    async def _report(self, session: Session, error: AGIError, within: float | None = None) -> None:
+        """Logs why a request was not served and lets ``on_error`` tell the dialplan, within
+        ``within`` seconds (default: a whole session's time)."""
+        log.warning("FastAGI request %s (%s) from %s not served: %s",
+                    session.env.uniqueid or "-", session.env.script or "-", session.peer, error)
         if self.router.on_error is not None:
-            async with asyncio.timeout(self.limits.session_timeout):
-                await self.router.on_error(session, error)
+            try:
+                async with asyncio.timeout(within or self.limits.session_timeout):
+                    await self.router.on_error(session, error)
+            except TimeoutError:
+                log.warning("could not tell the dialplan of %s in time", session.env.uniqueid or "-")
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:

@@ -93,6 +93,12 @@ class Session:
         self._lines = lines
         self._writer = writer
         self._broken: str | None = None
+        # Replies Asterisk owes for commands already sent: non-zero only when a send() was
+        # cancelled (a session deadline) while waiting; they are read and dropped first.
+        self._owed = 0
+        # One exchange at a time: a route's work that outlives its deadline and the report
+        # that follows must not interleave their lines.
+        self._turn = asyncio.Lock()
 
     @property
     def peer(self) -> str:
@@ -108,14 +114,22 @@ class Session:
         saves a round trip per command without changing their meaning. Non-200 replies are
         returned, not raised; see :meth:`command` for the raising form.
         """
+        payload = "".join(f"{command}\n" for command in commands).encode("utf-8")
+        async with self._turn:
+            return await self._exchange(payload, len(commands))
+
+    async def _exchange(self, payload: bytes, count: int) -> list[Reply]:
         if self._broken:
             raise ProtocolError(f"session is out of step: {self._broken}")
-        payload = "".join(f"{command}\n" for command in commands).encode("utf-8")
         try:
             async with asyncio.timeout(self.reply_timeout):
+                while self._owed:
+                    await self._read_reply()
+                    self._owed -= 1
                 self._writer.write(payload)
+                self._owed = count
                 await self._writer.drain()
-                return await self._read_replies(len(commands))
+                return await self._read_replies(count)
         except TimeoutError:
             self._broken = "no reply in time"
             raise AGITimeout(f"no reply from Asterisk within {self.reply_timeout:g}s") from None
@@ -140,7 +154,9 @@ class Session:
         for _ in range(count):
             try:
                 replies.append(await self._read_reply())
+                self._owed -= 1
             except LineTooLong as exc:
+                self._owed -= 1
                 if not exc.framed:
                     raise
                 # NOTE: the replies to the commands pipelined after this one are still on the

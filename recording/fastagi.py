@@ -12,7 +12,7 @@ import time
 from typing import Awaitable, Callable, Mapping
 from urllib.parse import parse_qsl
 
-from agi import AGIError, CommandRejected, HangupError, Router, Session, UnknownRoute, quote
+from agi import AGIError, AGITimeout, CommandRejected, HangupError, Overloaded, Router, Session, UnknownRoute, quote
 
 from .domain import Channel, MixMonitorStart, StartRequest, channel_extension
 from .errors import AsteriskFailure, Invalid, RecordingFailure
@@ -191,10 +191,12 @@ def build_router(service: RecordingService, api_key_variable: str, manager: Mana
 
     async def on_error(session: Session, error: AGIError) -> None:
         if isinstance(error, UnknownRoute):
-            message = str(error)
+            values = outcome("INVALID", str(error))
+        elif isinstance(error, (Overloaded, AGITimeout)):
+            values = outcome("ERROR", f"the recording service could not serve this request: {error}")
         else:
-            message = f"the AGI request is malformed: {error}"
-        await report(session, outcome("INVALID", message))
+            values = outcome("INVALID", f"the AGI request is malformed: {error}")
+        await report(session, values)
 
     router = Router(on_error=on_error)
     for name, route in routes.items():

@@ -102,6 +102,18 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _log_orphan(work: asyncio.Future) -> None:
+    """The end of a start whose session ran out of time before it did."""
+    if work.cancelled():
+        log.warning("a recording start was cancelled after its session's deadline")
+    elif work.exception() is not None:
+        log.warning("a recording start failed after its session's deadline: %s", work.exception())
+    else:
+        outcome = work.result()
+        log.warning("a recording start finished after its session's deadline: %s leg %s",
+                    outcome.status, outcome.leg_id)
+
+
 def check_text(name: str, value: str | None, limit: int) -> str | None:
     """``value`` if it is usable text within ``limit`` characters (None stays None); raises
     Invalid with a sentence naming the argument otherwise."""
@@ -244,22 +256,35 @@ class RecordingService:
     async def _start_new(
         self, request: StartRequest, channel: Channel, agent: tuple[UserRef | None, str | None], tag: str | None
     ) -> StartOutcome:
-        unique_id = request.unique_id
-        extension = channel_extension(request.channel)
-        number = self._last_leg.get(unique_id, 0) + 1
+        number = self._last_leg.get(request.unique_id, 0) + 1
         started = utcnow()
+        extension = channel_extension(request.channel)
         file = render_file(
-            self.settings.monitor_template, uniqueid=unique_id, leg=number, extension=extension, when=started
+            self.settings.monitor_template, uniqueid=request.unique_id, leg=number, extension=extension, when=started
         )
+        # NOTE: shielded: once MixMonitor has been asked for, its leg is written even if the
+        # session's deadline strikes meanwhile; the work then ends on its own and is logged.
+        work = asyncio.ensure_future(self._record(request, channel, agent, tag, number, file, started))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            work.add_done_callback(_log_orphan)
+            raise
+
+    async def _record(
+        self, request: StartRequest, channel: Channel, agent: tuple[UserRef | None, str | None],
+        tag: str | None, number: int, file: str, started: datetime,
+    ) -> StartOutcome:
+        unique_id = request.unique_id
         mixmonitor = await channel.start_mixmonitor(file, self.settings.mixmonitor_options)
         # From here on the recording exists, so the leg is written whatever happens next.
         state = "ended" if mixmonitor.hung_up else "recording"
         ended = utcnow() if mixmonitor.hung_up else None
         leg = NewLeg(
             id=uuid.uuid4().hex, unique_id=unique_id, leg=number, channel=request.channel,
-            extension=extension, file=file, mixmonitor_id=mixmonitor.mixmonitor_id, tag=tag,
-            agent=agent[0], agent_login=agent[1], source=request.source, state=state, started_at=started,
-            ended_at=ended,
+            extension=channel_extension(request.channel), file=file, mixmonitor_id=mixmonitor.mixmonitor_id,
+            tag=tag, agent=agent[0], agent_login=agent[1], source=request.source, state=state,
+            started_at=started, ended_at=ended,
         )
         try:
             persisted = await self.persister.write(leg)

@@ -14,6 +14,7 @@ import itertools
 import re
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 
 from agi.protocol import split_command
@@ -150,6 +151,8 @@ class FakeAsterisk:
         hangup_after: int | None = None,
         drop_after: int | None = None,
         mixmonitor_result: int | None = None,
+        reply_delay: float = 0.0,
+        delay_only: str = "",
     ) -> Call:
         """Runs one AGI session to its end and returns what Asterisk saw.
 
@@ -157,6 +160,8 @@ class FakeAsterisk:
         command): Asterisk sends ``HANGUP`` unprompted and goes on in dead-channel mode.
         ``drop_after=N``: the connection is cut after N replies, as when Asterisk dies.
         ``mixmonitor_result``: what EXEC MixMonitor answers instead of a working MixMonitor.
+        ``reply_delay``: seconds Asterisk takes before each reply (a loaded PBX); with
+        ``delay_only``, only before the replies to commands starting with that text.
         """
         uniqueid = uniqueid or new_unique_id()
         with _lock:
@@ -189,6 +194,8 @@ class FakeAsterisk:
                 line = raw.decode("utf-8", "surrogateescape").rstrip("\n")
                 call.commands.append(line)
                 reply = self.answer(call, line, mixmonitor_result)
+                if reply_delay and line.startswith(delay_only):
+                    time.sleep(reply_delay)
                 call.replies.append(reply)
                 sock.sendall(reply.encode("utf-8", "surrogateescape") + b"\n")
                 if drop_after is not None and len(call.replies) >= drop_after:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from agi import AGIError, Limits, LineTooLong, ProtocolError, Router, Server, UnknownRoute
+from agi import AGIError, AGITimeout, Limits, LineTooLong, Overloaded, ProtocolError, Router, Server, UnknownRoute
 from agi.protocol import is_clean_text, split_command
 from agi.server import read_environment
 from agi.session import LineReader
@@ -491,15 +491,55 @@ def test_session_timeout_ends_a_handler_that_hangs(caplog):
         started = time.monotonic()
         peer.send(environment("hangs"))
         assert peer.answer() == ["SET", "VARIABLE", "STEP", "1"]
+        # Past the deadline the application is still given the word, to tell the dialplan.
+        assert peer.answer() == ["SET", "VARIABLE", "AGI_ERROR", "AGITimeout 1795825765.3"]
         peer.expect_eof()
         assert 0.4 <= time.monotonic() - started < 3.0
         peer.hang_up()
-    assert any("ran past" in r.getMessage() for r in caplog.records if r.name == "agi.server")
+    assert [type(e) for e in recorder.errors] == [AGITimeout]
+    assert any("ran past its limit" in r.getMessage() for r in caplog.records if r.name == "agi.server")
 
 
-def test_max_sessions_refuses_the_extra_connection():
+def test_a_session_cut_short_mid_command_still_reports_in_step():
+    async def pipelines(session):
+        # Two commands out; the deadline strikes before their replies are read.
+        await session.send("GET VARIABLE A", "GET VARIABLE B")
+
+    recorder = Recorder(slow=pipelines)
+    with RunningServer(recorder.router, session_timeout=0.5) as running, Peer(running.port) as peer:
+        peer.send(environment("slow"))
+        assert peer.command() == ["GET", "VARIABLE", "A"]
+        assert peer.command() == ["GET", "VARIABLE", "B"]
+        time.sleep(0.7)
+        peer.send(b"200 result=1 (a)\n200 result=1 (b)\n")
+        # The owed replies are read and dropped, so the report's own reply is its own.
+        assert peer.answer() == ["SET", "VARIABLE", "AGI_ERROR", "AGITimeout 1795825765.3"]
+        peer.expect_eof()
+        peer.hang_up()
+
+
+def test_max_sessions_tells_the_extra_connection_it_is_busy():
     recorder = Recorder()
     with RunningServer(recorder.router, max_sessions=1) as running:
+        with Peer(running.port) as first:
+            first.send(environment())
+            assert first.command()[2] == "SEEN"
+            with Peer(running.port) as extra:
+                extra.send(environment())
+                assert extra.answer() == ["SET", "VARIABLE", "AGI_ERROR", "Overloaded 1795825765.3"]
+                extra.expect_eof()
+                extra.hang_up()
+            first.send(b"200 result=1\n")
+            first.answer()
+            first.expect_eof()
+            first.hang_up()
+        assert running.server.sessions_refused == 1
+        assert [type(e) for e in recorder.errors] == [Overloaded]
+
+
+def test_past_the_busy_allowance_connections_are_closed_at_once():
+    recorder = Recorder()
+    with RunningServer(recorder.router, max_sessions=1, busy_sessions=0) as running:
         with Peer(running.port) as first:
             first.send(environment())
             # The first session is now waiting on its reply, holding the only slot.
