@@ -1,0 +1,530 @@
+#!/usr/bin/env python3
+"""A FastAGI load generator that plays Asterisk's side of many sessions at once.
+
+Each session connects, sends the environment block exactly as Asterisk 22 does (see
+``shared/asterisk/fastagi-start-ext100.raw.txt``: same keys, same order, bare ``\\n`` line ends,
+``agi_accountcode: `` with its trailing space, one empty line), then answers every command line
+the way Asterisk does:
+
+* ``GET VARIABLE V``            -> ``200 result=1 (value)`` or ``200 result=0`` when unset
+* ``GET FULL VARIABLE ${V}``    -> ``200 result=1 (expanded)``
+* ``SET VARIABLE V "x"``        -> ``200 result=1`` (the value is remembered, quotes stripped)
+* ``EXEC MixMonitor "f,opt"``   -> ``200 result=0``; ``i(VAR)`` in the options sets VAR to an
+  id like ``0x7fcdbc008fc0``
+* ``EXEC StopMixMonitor [id]``  -> ``200 result=0``
+* ``EXEC <other application>``  -> ``200 result=-2`` (no such application)
+* ``VERBOSE``/``NOOP``          -> ``200 result=1`` / ``200 result=0``
+* anything else                 -> ``510 Invalid or unknown command``
+
+Command lines are split as res_agi's ``parse_args()`` does (whitespace separates, ``"..."``
+groups a word with the quotes removed, ``\\`` escapes), independently of the code under test.
+When the server half-closes, the session answers ``HANGUP`` and closes, as Asterisk does.
+
+A session counts as ok when the connection completed that exchange and the channel variable
+``RECORDING_STATUS`` ends up ``STARTED``; anything else (refused/timed-out connection, reset,
+no half-close within ``--timeout``, another status) is an error, classified in the report.
+
+N sessions run at concurrency C: C sessions are in flight at all times until N have been
+started (or ``--duration-cap`` seconds have passed; sessions in flight then still finish).
+``--procs P`` splits C and N over P forked processes so that the generator is not what
+limits the figures; each reports its CPU time (getrusage), summed in the report.
+
+    python bench/loadgen.py --target 127.0.0.1:4573 --api-key KEY -n 10000 -c 100 --procs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import re
+import resource
+import sys
+import time
+from collections import Counter, deque
+
+MAX_ERROR_SAMPLES = 5
+
+
+def raise_nofile() -> tuple[int, int]:
+    """Raises the soft RLIMIT_NOFILE to the hard limit; returns the limits now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+# -- what Asterisk sends and answers -----------------------------------------------------------
+
+def environment(script: str, *, host: str, port: int, uniqueid: str, channel: str, extension: str,
+                threadid: int) -> bytes:
+    """The environment block exactly as Asterisk 22.10.1 sends it (ext100 capture)."""
+    tech = channel.split("/", 1)[0]
+    return (
+        "agi_network: yes\n"
+        f"agi_network_script: {script}\n"
+        f"agi_request: agi://{host}:{port}/{script}\n"
+        f"agi_channel: {channel}\n"
+        "agi_language: en\n"
+        f"agi_type: {tech}\n"
+        f"agi_uniqueid: {uniqueid}\n"
+        "agi_version: 22.10.1\n"
+        "agi_callerid: unknown\n"
+        "agi_calleridname: unknown\n"
+        "agi_callingpres: 67\n"
+        "agi_callingani2: 0\n"
+        "agi_callington: 0\n"
+        "agi_callingtns: 0\n"
+        "agi_dnid: unknown\n"
+        "agi_rdnis: unknown\n"
+        "agi_context: bench\n"
+        f"agi_extension: {extension}\n"
+        "agi_priority: 2\n"
+        "agi_enhanced: 0.0\n"
+        "agi_accountcode: \n"
+        f"agi_threadid: {threadid}\n"
+        "\n"
+    ).encode("utf-8")
+
+
+# A word without backslashes: quoted stretches (an unclosed quote runs to the end of the line)
+# and unquoted characters other than space and tab, run together.
+_WORD = re.compile(r'(?:"[^"]*(?:"|$)|[^ \t"])+')
+
+
+def parse_args_like_res_agi(line: str, max_args: int = 128) -> list[str]:
+    """Splits a command line into words as res_agi.c ``parse_args()`` does: spaces and tabs
+    separate words, ``"`` toggles quoting (and is dropped; an opening quote after whitespace
+    starts a word, so ``""`` is an empty word), ``\\`` makes the next character literal."""
+    if "\\" not in line:  # the common case, same result without the character loop
+        if '"' not in line:
+            return [w for w in line.replace("\t", " ").split(" ") if w][: max_args - 1]
+        return [w.replace('"', "") for w in _WORD.findall(line)][: max_args - 1]
+    words: list[list[str]] = []
+    quoted = escaped = False
+    whitespace = True
+    for ch in line:
+        if ch == '"' and not escaped:
+            quoted = not quoted
+            if quoted and whitespace:
+                words.append([])
+                whitespace = False
+            continue
+        if (ch == " " or ch == "\t") and not quoted and not escaped:
+            whitespace = True
+            continue
+        if ch == "\\" and not escaped:
+            escaped = True
+            continue
+        if whitespace:
+            if len(words) >= max_args - 1:
+                continue  # res_agi: "Too many arguments, truncating"
+            words.append([])
+            whitespace = False
+        words[-1].append(ch)
+        escaped = False
+    return ["".join(w) for w in words]
+
+
+_id_counter = 0x7FCDBC008FC0
+
+
+def new_mixmonitor_id() -> str:
+    global _id_counter
+    _id_counter += 0x340
+    return hex(_id_counter)
+
+
+class Channel:
+    """The channel's side of one AGI session: its variables and what it was asked to do."""
+
+    __slots__ = ("variables", "mixmonitors")
+
+    def __init__(self, uniqueid: str, channel: str):
+        self.variables = {"UNIQUEID": uniqueid, "CHANNEL": channel}
+        self.mixmonitors: list[str] = []
+
+    def answer(self, line: str) -> str:
+        if line.endswith("\r"):
+            line = line[:-1]
+        words = parse_args_like_res_agi(line)
+        if not words:
+            return "510 Invalid or unknown command"
+        verb = words[0].upper()
+        n = len(words)
+        if verb == "GET" and n >= 2 and words[1].upper() == "VARIABLE":
+            if n != 3:
+                return "520 Invalid command syntax.  Proper usage not available."
+            value = self.variables.get(words[2])
+            return "200 result=0" if value is None else f"200 result=1 ({value})"
+        if verb == "GET" and n >= 3 and words[1].upper() == "FULL" and words[2].upper() == "VARIABLE":
+            if n < 4:
+                return "520 Invalid command syntax.  Proper usage not available."
+            return f"200 result=1 ({self._expand(words[3])})"
+        if verb == "SET" and n >= 2 and words[1].upper() == "VARIABLE":
+            if n != 4:
+                return "520 Invalid command syntax.  Proper usage not available."
+            self.variables[words[2]] = words[3]
+            return "200 result=1"
+        if verb == "EXEC":
+            if n < 2:
+                return "520 Invalid command syntax.  Proper usage not available."
+            # NOTE: one data word only; anything after it is dropped, as res_agi does.
+            return self._exec(words[1].lower(), words[2] if n > 2 else "")
+        if verb == "VERBOSE":
+            return "200 result=1"
+        if verb == "NOOP":
+            return "200 result=0"
+        return "510 Invalid or unknown command"
+
+    def _expand(self, text: str) -> str:
+        out, i = [], 0
+        while True:
+            start = text.find("${", i)
+            if start < 0:
+                out.append(text[i:])
+                return "".join(out)
+            end = text.find("}", start)
+            if end < 0:
+                out.append(text[i:])
+                return "".join(out)
+            out.append(text[i:start])
+            out.append(self.variables.get(text[start + 2:end], ""))
+            i = end + 1
+
+    def _exec(self, app: str, data: str) -> str:
+        if app == "mixmonitor":
+            _file, _, options = data.partition(",")
+            mid = new_mixmonitor_id()
+            self.mixmonitors.append(mid)
+            pos = options.find("i(")
+            while pos >= 0:
+                end = options.find(")", pos)
+                if end < 0:
+                    break
+                self.variables[options[pos + 2:end]] = mid
+                pos = options.find("i(", end)
+            return "200 result=0"
+        if app == "stopmixmonitor":
+            if data:
+                if data in self.mixmonitors:
+                    self.mixmonitors.remove(data)
+            elif self.mixmonitors:
+                self.mixmonitors.pop()
+            return "200 result=0"
+        if app == "wait":
+            return "200 result=0"
+        return "200 result=-2"
+
+
+# -- one session -------------------------------------------------------------------------------
+
+class AsteriskProtocol(asyncio.Protocol):
+    """Plays Asterisk on one FastAGI connection."""
+
+    def __init__(self, env: bytes, channel: Channel, delay: float, done: asyncio.Future):
+        self.env = env
+        self.channel = channel
+        self.delay = delay
+        self.done = done
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.pending: deque[str] = deque()
+        self.replying = False
+        self.eof = False
+        self.eof_at = 0.0
+        self.commands = 0
+        self.self_connected = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        if transport.get_extra_info("sockname") == transport.get_extra_info("peername"):
+            # NOTE: with nobody listening on a port inside the ephemeral range, the kernel can
+            # connect a socket to itself (TCP simultaneous open); it would then talk to itself.
+            self.self_connected = True
+            transport.abort()
+            return
+        transport.write(self.env)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer + data
+        if b"\n" not in buffer:
+            self.buffer = buffer
+            return
+        *lines, self.buffer = buffer.split(b"\n")
+        self.commands += len(lines)
+        if self.delay <= 0 and not self.pending:
+            answer = self.channel.answer
+            out = "".join(answer(raw.decode("utf-8", "surrogateescape")) + "\n" for raw in lines)
+            self.transport.write(out.encode("utf-8", "surrogateescape"))
+            return
+        self.pending.extend(raw.decode("utf-8", "surrogateescape") for raw in lines)
+        if not self.replying:
+            self.replying = True
+            asyncio.get_running_loop().call_later(self.delay, self._reply_next)
+
+    def _reply_next(self) -> None:
+        """Asterisk runs one command at a time: each reply comes ``delay`` after the last."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        line = self.pending.popleft()
+        self.transport.write((self.channel.answer(line) + "\n").encode("utf-8", "surrogateescape"))
+        if self.pending:
+            asyncio.get_running_loop().call_later(self.delay, self._reply_next)
+        else:
+            self.replying = False
+            if self.eof:
+                self._hangup()
+
+    def eof_received(self) -> bool:
+        # The server half-closed: Asterisk answers HANGUP and closes.
+        self.eof = True
+        self.eof_at = time.monotonic()
+        if not self.replying:
+            self._hangup()
+        return True  # we close ourselves once HANGUP is written
+
+    def _hangup(self) -> None:
+        self.transport.write(b"HANGUP\n")
+        self.transport.close()
+
+    def connection_lost(self, exc) -> None:
+        if not self.done.done():
+            self.done.set_result(exc)
+
+
+class Totals:
+    def __init__(self):
+        self.latencies: list[float] = []
+        self.ok = 0
+        self.errors: Counter[str] = Counter()
+        self.samples: dict[str, list[str]] = {}
+
+    def error(self, kind: str, detail: str) -> None:
+        self.errors[kind] += 1
+        samples = self.samples.setdefault(kind, [])
+        if len(samples) < MAX_ERROR_SAMPLES:
+            samples.append(detail)
+
+
+async def one_session(loop, cfg, seq: int, totals: Totals) -> None:
+    uniqueid = f"{cfg.epoch}.{seq}"
+    chan_name = f"PJSIP/{cfg.extension}-{seq & 0xFFFFFFFF:08x}"
+    channel = Channel(uniqueid, chan_name)
+    script = cfg.script.replace("{seq}", str(seq)).replace("{uniqueid}", uniqueid)
+    env = environment(script, host=cfg.host, port=cfg.port, uniqueid=uniqueid, channel=chan_name,
+                      extension=cfg.extension, threadid=140521815484096 + seq)
+    done = loop.create_future()
+    started = time.monotonic()
+    local = (cfg.source_ips[seq % len(cfg.source_ips)], 0) if cfg.source_ips else None
+    try:
+        async with asyncio.timeout(cfg.connect_timeout):
+            transport, proto = await loop.create_connection(
+                lambda: AsteriskProtocol(env, channel, cfg.delay, done), cfg.host, cfg.port, local_addr=local,
+            )
+    except TimeoutError:
+        totals.error("connect timeout", f"{uniqueid}: no connection within {cfg.connect_timeout:g}s")
+        return
+    except OSError as exc:
+        totals.error(f"connect: {type(exc).__name__}", f"{uniqueid}: {exc}")
+        return
+    remaining = cfg.timeout - (time.monotonic() - started)
+    timer = loop.call_later(max(remaining, 0.001), transport.abort)
+    try:
+        exc = await done
+    finally:
+        timer.cancel()
+    if not proto.eof:
+        if proto.self_connected:
+            totals.error("connect: connected to itself", f"{uniqueid}: nobody listens on {cfg.host}:{cfg.port}")
+        elif exc is None:  # aborted by our timer
+            totals.error("timeout", f"{uniqueid}: no half-close within {cfg.timeout:g}s "
+                                    f"after {proto.commands} commands")
+        else:
+            totals.error(f"connection lost: {type(exc).__name__}",
+                         f"{uniqueid}: {exc} after {proto.commands} commands")
+        return
+    status = channel.variables.get("RECORDING_STATUS")
+    if status == "STARTED":
+        totals.ok += 1
+        totals.latencies.append(proto.eof_at - started)
+    else:
+        error = channel.variables.get("RECORDING_ERROR", "")
+        totals.error(f"status={status}", f"{uniqueid}: RECORDING_STATUS={status!r} RECORDING_ERROR={error!r}")
+
+
+async def run_proc(cfg, concurrency: int, sessions: int, seq_start: int, seq_step: int,
+                   start_at: float | None = None) -> dict:
+    loop = asyncio.get_running_loop()
+    totals = Totals()
+    started = 0
+    deadline = None
+    if start_at is not None:
+        await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+    t0 = time.monotonic()
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    if cfg.duration_cap:
+        deadline = t0 + cfg.duration_cap
+
+    async def worker() -> None:
+        nonlocal started
+        while started < sessions and (deadline is None or time.monotonic() < deadline):
+            seq = seq_start + started * seq_step
+            started += 1
+            await one_session(loop, cfg, seq, totals)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    t1 = time.monotonic()
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "started": started, "ok": totals.ok, "errors": dict(totals.errors), "samples": totals.samples,
+        "latencies": totals.latencies, "t0": t0, "t1": t1,
+        "cpu": (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime),
+    }
+
+
+def _child(cfg, concurrency, sessions, seq_start, seq_step, ready, go, results) -> None:
+    try:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        ready.put(os.getpid())
+        start_at = go.get()
+        result = loop.run_until_complete(run_proc(cfg, concurrency, sessions, seq_start, seq_step, start_at))
+        results.put(result)
+    except BaseException as exc:  # report, never hang the parent
+        results.put({"crash": f"{type(exc).__name__}: {exc}"})
+
+
+def split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    k = min(len(sorted_values) - 1, max(0, int(round(q / 100 * len(sorted_values) + 0.5)) - 1))
+    return sorted_values[k]
+
+
+def run(cfg) -> dict:
+    procs = max(1, min(cfg.procs, cfg.concurrency))
+    conc = split(cfg.concurrency, procs)
+    sess = split(cfg.sessions, procs)
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    if procs == 1:
+        results = [asyncio.run(run_proc(cfg, conc[0], sess[0], cfg.seq_start, 1))]
+    else:
+        ctx = mp.get_context("fork")
+        ready, go, out = ctx.Queue(), ctx.Queue(), ctx.Queue()
+        children = [
+            ctx.Process(target=_child, args=(cfg, conc[i], sess[i], cfg.seq_start + i, procs, ready, go, out),
+                        daemon=True)
+            for i in range(procs)
+        ]
+        for child in children:
+            child.start()
+        for _ in children:
+            ready.get(timeout=30)
+        start_at = time.monotonic() + 0.05
+        for _ in children:
+            go.put(start_at)
+        results = []
+        cap = (cfg.duration_cap or 0) + cfg.timeout + 60
+        for _ in children:
+            results.append(out.get(timeout=cap))
+        for child in children:
+            child.join(5)
+            if child.is_alive():
+                child.kill()
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    crashes = [r["crash"] for r in results if "crash" in r]
+    if crashes:
+        raise RuntimeError("load generator process failed: " + "; ".join(crashes))
+    latencies = sorted(x for r in results for x in r["latencies"])
+    errors: Counter[str] = Counter()
+    samples: dict[str, list[str]] = {}
+    for r in results:
+        errors.update(r["errors"])
+        for kind, texts in r["samples"].items():
+            samples.setdefault(kind, []).extend(texts)
+    wall = max(r["t1"] for r in results) - min(r["t0"] for r in results)
+    ok = sum(r["ok"] for r in results)
+    parent_cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime) if procs == 1 else 0.0
+    cpu = parent_cpu if procs == 1 else sum(r["cpu"] for r in results)
+    return {
+        "target": f"{cfg.host}:{cfg.port}", "concurrency": cfg.concurrency, "procs": procs,
+        "sessions": sum(r["started"] for r in results), "ok": ok, "errors": sum(errors.values()),
+        "error_kinds": dict(errors), "error_samples": {k: v[:MAX_ERROR_SAMPLES] for k, v in samples.items()},
+        "wall_s": wall, "sessions_per_s": ok / wall if wall > 0 else 0.0,
+        "p50_ms": percentile(latencies, 50) * 1000, "p99_ms": percentile(latencies, 99) * 1000,
+        "max_ms": (latencies[-1] * 1000) if latencies else float("nan"),
+        "mean_ms": (sum(latencies) / len(latencies) * 1000) if latencies else float("nan"),
+        "loadgen_cpu_s": cpu, "seq_next": cfg.seq_start + cfg.sessions,
+    }
+
+
+def parse_target(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--target", required=True, type=parse_target, help="HOST:PORT of the FastAGI server")
+    p.add_argument("-n", "--sessions", type=int, default=1000, help="sessions to run (default 1000)")
+    p.add_argument("-c", "--concurrency", type=int, default=10, help="sessions in flight at all times (default 10)")
+    p.add_argument("--procs", type=int, default=1, help="processes to split the load over (default 1)")
+    p.add_argument("--api-key", default="k1", help="apiKey put in the AGI URL (default k1)")
+    p.add_argument("--script", default=None,
+                   help="agi_network_script; {seq} and {uniqueid} are filled in (default: "
+                        "recording/start?tag=bench-{seq}&apiKey=<--api-key>)")
+    p.add_argument("--extension", default="100", help="extension of the fake channels (default 100)")
+    p.add_argument("--delay", type=float, default=0.0, help="seconds before each reply, Asterisk's own latency (default 0)")
+    p.add_argument("--connect-timeout", type=float, default=2.0,
+                   help="seconds to connect; Asterisk gives up after 2 s (default 2)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds a whole session may take (default 60)")
+    p.add_argument("--duration-cap", type=float, default=0.0,
+                   help="stop starting sessions after this many seconds (0: no cap)")
+    p.add_argument("--epoch", type=int, default=None, help="epoch part of agi_uniqueid (default: now)")
+    p.add_argument("--seq-start", type=int, default=1, help="first sequence number of agi_uniqueid (default 1)")
+    p.add_argument("--source-ips", type=int, default=0,
+                   help="spread connections over 127.0.0.2..N+1 as source addresses (0: let the kernel pick)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    soft, hard = raise_nofile()
+    if args.concurrency < 1 or args.sessions < 1 or args.procs < 1:
+        print("loadgen: --sessions, --concurrency and --procs must be at least 1", file=sys.stderr)
+        return 2
+    if args.concurrency + 64 > soft:
+        print(f"loadgen: warning: RLIMIT_NOFILE is {soft}, too low for {args.concurrency} connections",
+              file=sys.stderr)
+    args.host, args.port = args.target
+    args.epoch = args.epoch if args.epoch is not None else int(time.time())
+    if args.script is None:
+        args.script = "recording/start?tag=bench-{seq}&apiKey=" + args.api_key
+    args.source_ips = [f"127.0.0.{2 + i}" for i in range(args.source_ips)] if args.source_ips else []
+    try:
+        result = run(args)
+    except KeyboardInterrupt:
+        return 130
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:16} {value:.3f}" if isinstance(value, float) else f"{key:16} {value}")
+    return 0 if result["errors"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

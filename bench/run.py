@@ -1,0 +1,782 @@
+#!/usr/bin/env python3
+"""Benchmarks the recording service's FastAGI path against a minimal reference, in one run.
+
+Starts, each as its own process: the reference server (``bench/reference_server.py``), our
+server on SQLite (a temp file) and our server on PostgreSQL (a temp database), the latter two
+through the CLI exactly as deployed (``db upgrade``, ``apikey set``, ``serve --listen``). Then,
+for each concurrency level and each server in turn, it runs ``bench/loadgen.py`` (a fake
+Asterisk) and prints one table: throughput, latency, server CPU per session, server peak RSS,
+errors, the load generator's own CPU, and the ratios to the reference at the same concurrency.
+
+    .venv/bin/python bench/run.py --quick
+    .venv/bin/python bench/run.py --concurrency 1,10,100,1000 --sessions 50000 --duration-cap 8
+    .venv/bin/python bench/run.py --concurrency 2000 --sessions 4000
+
+Everything is bounded: each phase has a time cap, and every process started here is stopped
+(process group SIGTERM, then SIGKILL) and the temp database dropped, also on error or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+TICK = os.sysconf("SC_CLK_TCK")
+SERVER_NAMES = ("ref", "sqlite", "pg")
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- processes -----------------------------------------------------------------------------------
+
+_started: list[subprocess.Popen] = []
+
+
+def spawn(cmd: list[str], *, stdout=None, stderr=None, env=None, cwd=None) -> subprocess.Popen:
+    """Starts ``cmd`` in its own process group (so it and its children can be stopped as one,
+    and a Ctrl-C at the terminal reaches only this script, which then stops them)."""
+    proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, env=env, stdin=subprocess.DEVNULL,
+                            start_new_session=True, cwd=cwd or ROOT)
+    _started.append(proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen, grace: float = 15.0) -> None:
+    """SIGTERM to the process group, then SIGKILL after ``grace`` seconds."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+    # NOTE: the group may outlive its leader (a worker process), so kill it in any case.
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def stop_all() -> None:
+    for proc in reversed(_started):
+        stop(proc)
+    _started.clear()
+
+
+def run_checked(cmd: list[str], *, env=None, cwd=None, timeout: float = 120.0) -> str:
+    proc = spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop(proc, 1)
+        raise RuntimeError(f"{' '.join(cmd)} took more than {timeout:g}s")
+    finally:
+        if proc.poll() is None:  # interrupted
+            stop(proc, 1)
+        if proc in _started:
+            _started.remove(proc)
+    text = out.decode("utf-8", "replace")
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{text[-2000:]}")
+    return text
+
+
+def free_port() -> int:
+    """A free port below the ephemeral range, so that no outgoing connection of the load
+    generator can take it (or, with the server down, connect to itself on it)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = secrets.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(10000, max(10001, low))
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def snapshot(rev: str, into: Path) -> tuple[Path, str]:
+    """The tree of commit ``rev`` extracted into ``into`` (``git archive``: the checkout and its
+    index are not touched), importable in place of the working tree. Returns (dir, full sha)."""
+    sha = subprocess.run(["git", "rev-parse", "--verify", rev + "^{commit}"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=30, check=True).stdout.strip()
+    into.mkdir(parents=True)
+    archive = subprocess.Popen(["git", "archive", sha], stdout=subprocess.PIPE, cwd=ROOT)
+    subprocess.run(["tar", "-x", "-C", str(into)], stdin=archive.stdout, check=True, timeout=120)
+    archive.stdout.close()
+    if archive.wait(60) != 0:
+        raise RuntimeError(f"git archive {sha} failed")
+    # NOTE: installed, migrations/ is the package recording.migrations; the editable install maps
+    # it onto the working tree's, so point the snapshot's own at it.
+    link = into / "recording" / "migrations"
+    if (into / "migrations").is_dir() and not link.exists():
+        link.symlink_to("../migrations")
+    return into, sha
+
+
+# -- /proc ---------------------------------------------------------------------------------------
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name may hold spaces and parentheses: split after its closing ')'
+    return raw[raw.rindex(")") + 2:].split()
+
+
+def process_tree(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(int(entry))
+            if fields:
+                children.setdefault(int(fields[1]), []).append(int(entry))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, ()))
+    return tree
+
+
+def tree_cpu_ticks(root: int) -> int:
+    """utime+stime of ``root`` and its live descendants, plus the reaped children's time
+    (cutime+cstime) that the kernel has added to each of them."""
+    total = 0
+    for pid in process_tree(root):
+        fields = _stat_fields(pid)
+        if fields:  # fields[11..14] are utime stime cutime cstime (stat fields 14..17)
+            total += sum(int(x) for x in fields[11:15])
+    return total
+
+
+def tree_hwm_kb(root: int) -> int:
+    """Peak RSS (VmHWM) summed over ``root`` and its live descendants."""
+    total = 0
+    for pid in process_tree(root):
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+def reset_hwm(root: int) -> bool:
+    """Resets the peak RSS so that each level reports its own (writing 5 to clear_refs)."""
+    done = True
+    for pid in process_tree(root):
+        try:
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+        except OSError:
+            done = False
+    return done
+
+
+def comm_cpu_ticks(name: str) -> int:
+    """utime+stime of every live process whose command is ``name`` (the PostgreSQL backends)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if Path(f"/proc/{entry}/comm").read_text().strip() != name:
+                continue
+        except OSError:
+            continue
+        fields = _stat_fields(int(entry))
+        if fields:
+            total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def machine_busy_ticks() -> int:
+    parts = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in parts[:8])
+    return user + nice + system + irq + softirq + steal
+
+
+def wait_for_quiet(max_wait: float, threshold: float = 0.3) -> float:
+    """Waits up to ``max_wait`` seconds for a second in which the machine's busy CPU (all
+    processes: others may be running tests here) stays below ``threshold`` of a core. Returns
+    the busy cores of the last second measured."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        busy0 = machine_busy_ticks()
+        time.sleep(1.0)
+        cores = (machine_busy_ticks() - busy0) / TICK
+        if cores < threshold or time.monotonic() >= deadline:
+            return cores
+
+
+# -- servers -------------------------------------------------------------------------------------
+
+@dataclass
+class Server:
+    name: str
+    port: int
+    log_path: Path
+    cmd: list[str]
+    env: dict | None = None
+    cwd: Path | None = None
+    proc: subprocess.Popen | None = None
+    seq: int = 1
+    failed: str | None = None
+    db_comm: str | None = None  # the database server's process name, for its CPU
+
+
+def start_server(server: Server, cap: float) -> None:
+    handle = open(server.log_path, "ab")
+    server.proc = spawn(server.cmd, stdout=handle, stderr=subprocess.STDOUT, env=server.env, cwd=server.cwd)
+    handle.close()
+    deadline = time.monotonic() + cap
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{server.name} exited with {server.proc.returncode} at start:\n"
+                               + tail(server.log_path, 20))
+        if port_listening(server.port):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{server.name} did not listen on port {server.port} within {cap:g}s:\n"
+                       + tail(server.log_path, 20))
+
+
+def port_listening(port: int) -> bool:
+    """True when a socket listens on ``port`` (read from /proc/net/tcp*, without connecting, so
+    the server sees no half-made session)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            parts = row.split()
+            if len(parts) > 3 and parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
+def tail(path: Path, lines: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def serve_supports_workers(cli: str, env: dict, cwd: Path) -> bool:
+    try:
+        out = subprocess.run([cli, "serve", "--help"], capture_output=True, text=True, timeout=60, cwd=cwd,
+                             env=env)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "--workers" in out.stdout
+
+
+class Postgres:
+    """A temp database on the local PostgreSQL, dropped by :meth:`drop`."""
+
+    def __init__(self, host: str, port: int, user: str):
+        self.host, self.port, self.user = host, port, user
+        self.name = f"recbench_{os.getpid()}_{secrets.token_hex(3)}"
+        self.created = False
+
+    def _admin(self, sql: str) -> None:
+        import psycopg
+
+        with psycopg.connect(host=self.host, port=self.port, user=self.user, dbname="postgres",
+                             autocommit=True, connect_timeout=5) as conn:
+            conn.execute(sql)
+
+    def create(self) -> str:
+        self._admin(f'CREATE DATABASE "{self.name}"')
+        self.created = True
+        return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{self.name}"
+
+    def drop(self) -> None:
+        if self.created:
+            self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+            self.created = False
+
+
+# -- one measurement ------------------------------------------------------------------------------
+
+@dataclass
+class Row:
+    server: str
+    concurrency: int
+    sessions: int = 0
+    ok: int = 0
+    errors: int = 0
+    wall_s: float = 0.0
+    rate: float = 0.0
+    p50: float = float("nan")
+    p99: float = float("nan")
+    max: float = float("nan")
+    cpu_ms: float = float("nan")
+    rss_mb: float = float("nan")
+    lg_cpu_s: float = float("nan")
+    other_cpu_s: float = float("nan")
+    db_cpu_ms: float | None = None
+    error_kinds: dict = field(default_factory=dict)
+    error_samples: dict = field(default_factory=dict)
+    note: str = ""
+
+
+def run_level(server: Server, concurrency: int, sessions: int, args, epoch: int, cap: float,
+              profile_to: Path | None = None) -> Row:
+    row = Row(server.name, concurrency)
+    sessions = max(sessions, concurrency)
+    cmd = [
+        sys.executable, str(HERE / "loadgen.py"), "--target", f"127.0.0.1:{server.port}",
+        "--sessions", str(sessions), "--concurrency", str(concurrency), "--procs", str(args.procs),
+        "--api-key", args.api_key, "--delay", str(args.delay), "--timeout", str(args.timeout),
+        "--connect-timeout", str(args.connect_timeout), "--epoch", str(epoch), "--seq-start", str(server.seq),
+        "--json",
+    ]
+    if args.duration_cap:
+        cmd += ["--duration-cap", str(args.duration_cap)]
+    if args.source_ips:
+        cmd += ["--source-ips", str(args.source_ips)]
+    server.seq += sessions + args.procs + 16
+    pid = server.proc.pid
+    hwm_reset = reset_hwm(pid)
+    cpu0, busy0 = tree_cpu_ticks(pid), machine_busy_ticks()
+    db0 = comm_cpu_ticks(server.db_comm) if server.db_comm else 0
+    spy = None
+    if profile_to is not None:
+        # --gil: only the thread holding the GIL is sampled, so the shares are of CPU spent in
+        # Python, not of threads waiting; --nonblocking: the server is not paused to sample.
+        with open(str(profile_to) + ".log", "wb") as spy_log:
+            spy = spawn([args.profile, "record", "--gil", "--nonblocking", "-r", "100", "--format", "raw",
+                         "-o", str(profile_to), "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=spy_log)
+        time.sleep(0.5)
+    proc = spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=cap)
+    except subprocess.TimeoutExpired:
+        stop(proc, 1)
+        row.note = f"load generator stopped after the phase cap of {cap:g}s"
+        row.errors = sessions
+        return row
+    finally:
+        if proc.poll() is None:  # interrupted
+            stop(proc, 1)
+        if proc in _started:
+            _started.remove(proc)
+    cpu1, busy1 = tree_cpu_ticks(pid), machine_busy_ticks()
+    db1 = comm_cpu_ticks(server.db_comm) if server.db_comm else 0
+    if spy is not None:
+        # SIGINT makes py-spy write what it sampled and exit
+        try:
+            os.killpg(spy.pid, signal.SIGINT)
+            spy.wait(30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        stop(spy, 1)
+        if spy in _started:
+            _started.remove(spy)
+    try:
+        result = json.loads(out.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        row.note = "load generator failed: " + err.decode(errors="replace").strip()[-500:]
+        row.errors = sessions
+        return row
+    row.sessions, row.ok, row.errors = result["sessions"], result["ok"], result["errors"]
+    row.wall_s, row.rate = result["wall_s"], result["sessions_per_s"]
+    row.p50, row.p99, row.max = result["p50_ms"], result["p99_ms"], result["max_ms"]
+    row.cpu_ms = (cpu1 - cpu0) / TICK * 1000 / max(row.sessions, 1)
+    row.rss_mb = tree_hwm_kb(pid) / 1024
+    row.lg_cpu_s = result["loadgen_cpu_s"]
+    row.other_cpu_s = max(0.0, (busy1 - busy0) / TICK - (cpu1 - cpu0) / TICK - row.lg_cpu_s
+                          - ((db1 - db0) / TICK if server.db_comm else 0.0))
+    if server.db_comm:
+        row.db_cpu_ms = (db1 - db0) / TICK * 1000 / max(row.sessions, 1)
+    row.error_kinds, row.error_samples = result["error_kinds"], result["error_samples"]
+    if not hwm_reset:
+        row.note = "peak RSS since start (clear_refs not writable)"
+    if server.proc.poll() is not None:
+        server.failed = f"exited with {server.proc.returncode} during the run"
+        row.note = (row.note + "; " if row.note else "") + f"server {server.failed}"
+    return row
+
+
+# -- output --------------------------------------------------------------------------------------
+
+COLUMNS = [
+    # header, width, format
+    ("server", 7), ("conc", 5), ("sessions", 8), ("wall s", 6), ("sess/s", 8), ("p50 ms", 8), ("p99 ms", 8),
+    ("max ms", 8), ("cpu/sess ms", 11), ("rss MB", 7), ("errors", 6), ("lg cpu s", 8), ("other cpu s", 11),
+    ("db cpu/sess ms", 14), ("thr x", 6), ("cpu x", 6), ("p99 x", 6),
+]
+
+
+def _f(value, digits=1) -> str:
+    if value is None or value != value:  # None or NaN
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def format_table(rows: list[Row]) -> str:
+    refs = {r.concurrency: r for r in rows if r.server == "ref"}
+    lines = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(COLUMNS))]
+    lines.append("  ".join("-" * w for _, w in COLUMNS))
+    for r in rows:
+        ref = refs.get(r.concurrency)
+
+        def ratio(a, b, digits=2):
+            if ref is None or r.server == "ref" or not a or not b or a != a or b != b:
+                return "-"
+            return f"{a / b:.{digits}f}"
+
+        cells = [
+            r.server, str(r.concurrency), str(r.sessions), _f(r.wall_s, 1), _f(r.rate, 0), _f(r.p50), _f(r.p99),
+            _f(r.max), _f(r.cpu_ms, 2), _f(r.rss_mb, 0), str(r.errors), _f(r.lg_cpu_s, 2), _f(r.other_cpu_s, 2),
+            _f(r.db_cpu_ms, 2),
+            ratio(r.rate, ref.rate if ref else None), ratio(r.cpu_ms, ref.cpu_ms if ref else None),
+            ratio(r.p99, ref.p99 if ref else None),
+        ]
+        lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, (_, w)) in enumerate(zip(cells, COLUMNS))))
+    return "\n".join(lines)
+
+
+_NOISE = re.compile(r"\b\d{10}\.\d+\b|\b[0-9a-f]{32}\b|\b0x[0-9a-f]+\b|\b\d+(\.\d+)?(ms|s)?\b|127\.0\.0\.1:\d+")
+
+
+def log_excerpt(path: Path, limit: int = 8) -> list[str]:
+    """The server log's WARNING/ERROR lines and tracebacks, grouped by their shape (numbers and
+    ids blanked): a count and the first example of each."""
+    groups: Counter[str] = Counter()
+    first: dict[str, str] = {}
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if " WARNING " in line or " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback"):
+            if line.startswith("Traceback"):
+                body = [l for l in lines[i:i + 40] if l and not l.startswith(" ")]
+                line = "Traceback ... " + (body[1] if len(body) > 1 else "")
+            shape = _NOISE.sub("#", line.split(" ", 2)[-1])
+            groups[shape] += 1
+            first.setdefault(shape, line)
+    return [f"{count:6d} x  {first[shape]}" for shape, count in groups.most_common(limit)]
+
+
+def profile_summary(path: Path, limit: int = 15) -> list[str]:
+    """Top functions of a py-spy raw profile: by self time, and by inclusive time for the
+    frames of this project and the libraries it calls (stdlib plumbing left out)."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return [f"(no profile: {tail(Path(str(path) + '.log'), 3)})"]
+    for line in text.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [re.sub(r" \((?:/[^)]*?/(?:site-packages/|lib/python3\.\d+/|src/|main/))?", " (", f)
+                  for f in stack.split(";")]
+        frames = [f for f in frames if f.strip()] or ["(native)"]
+        own[frames[-1]] += n
+        for frame in set(frames):
+            inclusive[frame] += n
+    if not total:
+        return ["(no samples)"]
+    out = [f"{total} samples while holding the GIL; self:"]
+    out += [f"  {100 * c / total:5.1f}%  {f}" for f, c in own.most_common(limit)]
+    out.append("inclusive (project and library frames):")
+    shown = [(f, c) for f, c in inclusive.most_common()
+             if any(k in f for k in ("(recording/", "(agi/", "(sqlalchemy/", "(psycopg/", "(logging/"))]
+    out += [f"  {100 * c / total:5.1f}%  {f}" for f, c in shown[:limit]]
+    return out
+
+
+def machine_note() -> str:
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{os.cpu_count()} cpus ({model}), {mem:.0f} GiB, Linux {platform.release()}, "
+            f"Python {platform.python_version()}, load average at start {os.getloadavg()[0]:.2f}")
+
+
+def git_note(sha: str | None) -> str:
+    if sha:
+        return f"our server from commit {sha[:10]} (git archive, not the working tree)"
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=ROOT, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "agi", "recording"], capture_output=True,
+                               text=True, cwd=ROOT, timeout=10).stdout.strip()
+        return f"our server from the working tree at commit {head}" + (
+            " (agi/ or recording/ modified, uncommitted)" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return "commit ?"
+
+
+# -- main ----------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--concurrency", default="1,10,100,1000", help="levels, comma-separated (default 1,10,100,1000)")
+    p.add_argument("--sessions", type=int, default=20000,
+                   help="sessions per level and server, at most (default 20000; at least the concurrency)")
+    p.add_argument("--duration-cap", type=float, default=8.0,
+                   help="seconds after which a level starts no new session (default 8; 0: none)")
+    p.add_argument("--servers", default=",".join(SERVER_NAMES), help="which of ref,sqlite,pg (default all)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 300 sessions per level (1000 at concurrency 1000), 3 s cap")
+    p.add_argument("--procs", type=int, default=1, help="load generator processes (default 1)")
+    p.add_argument("--delay", type=float, default=0.0, help="fake Asterisk's delay before each reply, s (default 0)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds one session may take (default 60)")
+    p.add_argument("--connect-timeout", type=float, default=2.0, help="seconds to connect, as Asterisk (default 2)")
+    p.add_argument("--warmup", type=int, default=20,
+                   help="sessions at concurrency 1 sent to each server before measuring (default 20; 0: none, "
+                        "so the first level also pays the cold start: the apiKey's scrypt, caches)")
+    p.add_argument("--commit", metavar="REV", default=None,
+                   help="benchmark our server as of commit REV (extracted with git archive into the temp "
+                        "directory) instead of the working tree, which others may be editing")
+    p.add_argument("--workers", type=int, default=None,
+                   help="pass 'serve --workers N' to our server (only if its CLI has that option)")
+    p.add_argument("--server-log-level", default=None, help="RECORDING_LOG_LEVEL for our server (default: its own, INFO)")
+    p.add_argument("--source-ips", type=int, default=0, help="passed to loadgen.py (0: kernel picks the source)")
+    p.add_argument("--pg-host", default="127.0.0.1")
+    p.add_argument("--pg-port", type=int, default=5432)
+    p.add_argument("--pg-user", default="root")
+    p.add_argument("--phase-cap", type=float, default=None,
+                   help="seconds one load generator run may take before it is killed "
+                        "(default: duration cap + session timeout + 30)")
+    p.add_argument("--settle", type=float, default=1.0, help="seconds of quiet between runs (default 1)")
+    p.add_argument("--quiet-wait", type=float, default=None,
+                   help="before each run, wait up to this many seconds for the machine to be idle (busy CPU "
+                        "below 0.3 core over 1 s), since other work on the machine skews the figures "
+                        "(default 20; 0 with --quick)")
+    p.add_argument("--profile", metavar="PY_SPY", nargs="?", const="py-spy", default=None,
+                   help="sample our servers with py-spy (path to it, default 'py-spy' on PATH) during each "
+                        "run and print their top functions; sampling costs CPU, so compare figures of "
+                        "profiled runs only with each other")
+    p.add_argument("--keep", action="store_true", help="keep the temp directory (server logs, SQLite file)")
+    p.add_argument("--json-out", help="also write the rows as JSON to this file")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.quick:
+        args.sessions, args.duration_cap = 300, 3.0
+    if args.quiet_wait is None:
+        args.quiet_wait = 0.0 if args.quick else 20.0
+    levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
+    wanted = [s.strip() for s in args.servers.split(",") if s.strip()]
+    if not levels or any(c < 1 for c in levels) or any(s not in SERVER_NAMES for s in wanted):
+        print("run.py: --concurrency takes positive integers, --servers names from ref,sqlite,pg", file=sys.stderr)
+        return 2
+    if args.profile:
+        found = shutil.which(args.profile)
+        if not found:
+            print(f"run.py: --profile: {args.profile} not found (pip install py-spy)", file=sys.stderr)
+            return 2
+        args.profile = found
+    cap = args.phase_cap or (args.duration_cap or 600) + args.timeout + 30
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by every server
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if max(levels) + 256 > soft:
+        log(f"warning: RLIMIT_NOFILE is {soft}: too low for {max(levels)} connections")
+
+    cli = str(Path(sys.executable).parent / "recording-agi")
+    if not Path(cli).exists():
+        cli = shutil.which("recording-agi") or cli
+    tmp = Path(tempfile.mkdtemp(prefix="recbench-"))
+    env = dict(os.environ)
+    if args.server_log_level:
+        env["RECORDING_LOG_LEVEL"] = args.server_log_level
+    source, sha = ROOT, None
+    if args.commit:
+        try:
+            source, sha = snapshot(args.commit, tmp / "src")
+        except (subprocess.SubprocessError, RuntimeError, OSError) as exc:
+            log(f"cannot extract commit {args.commit}: {exc}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            return 2
+        env["PYTHONPATH"] = str(source) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    workers_note = ""
+    serve_extra: list[str] = []
+    if args.workers is not None:
+        if serve_supports_workers(cli, env, source):
+            serve_extra = ["--workers", str(args.workers)]
+            workers_note = f"our server runs with --workers {args.workers}"
+        else:
+            workers_note = f"--workers {args.workers} ignored: 'recording-agi serve --help' has no --workers"
+            log(workers_note)
+    api_key = args.api_key = "bench-" + secrets.token_urlsafe(12)
+    pg: Postgres | None = None
+    servers: list[Server] = []
+    rows: list[Row] = []
+    profiles: list[tuple[str, int, Path]] = []
+    interrupted = False
+    status = 0
+    started_at = dt.datetime.now().astimezone()
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    # NOTE: a shell starting this in the background may have set SIGINT to be ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        for name in wanted:
+            port = free_port()
+            log_path = tmp / f"{name}.log"
+            if name == "ref":
+                cmd = [sys.executable, str(HERE / "reference_server.py"), "--listen", f"127.0.0.1:{port}"]
+                servers.append(Server(name, port, log_path, cmd))
+                continue
+            if name == "sqlite":
+                url = f"sqlite:///{tmp / 'recording.sqlite3'}"
+            else:
+                pg = Postgres(args.pg_host, args.pg_port, args.pg_user)
+                try:
+                    url = pg.create()
+                except Exception as exc:
+                    log(f"pg: skipped, the temp database could not be created: {exc}")
+                    status = 1
+                    continue
+            for step in (["db", "upgrade"], ["apikey", "set", api_key]):
+                run_checked([cli, "--database-url", url, *step], env=env, cwd=source, timeout=120)
+            cmd = [cli, "--database-url", url, "serve", "--listen", f"127.0.0.1:{port}", *serve_extra]
+            server = Server(name, port, log_path, cmd, env=env, cwd=source)
+            server.db_comm = "postgres" if name == "pg" else None
+            servers.append(server)
+        for server in servers:
+            start_server(server, 60)
+            log(f"{server.name}: pid {server.proc.pid} listening on 127.0.0.1:{server.port}")
+
+        epoch = int(time.time())
+        if args.warmup:
+            for server in servers:
+                row = run_level(server, 1, args.warmup, argparse.Namespace(**{**vars(args), "duration_cap": 0}),
+                                epoch, cap)
+                if row.errors:
+                    log(f"{server.name}: warm-up had {row.errors} errors: {row.error_kinds} {row.note}")
+        for concurrency in levels:
+            for server in servers:
+                if server.failed:
+                    continue
+                time.sleep(args.settle)
+                busy_before = wait_for_quiet(args.quiet_wait) if args.quiet_wait else None
+                sessions = 1000 if args.quick and concurrency >= 1000 else args.sessions
+                profile_to = None
+                if args.profile and server.name != "ref":
+                    profile_to = tmp / f"profile-{server.name}-c{concurrency}.txt"
+                    profiles.append((server.name, concurrency, profile_to))
+                row = run_level(server, concurrency, sessions, args, epoch, cap, profile_to)
+                if busy_before is not None and busy_before >= 0.3:
+                    row.note = (row.note + "; " if row.note else "") + (
+                        f"machine not idle before the run ({busy_before:.1f} cores busy)")
+                rows.append(row)
+                log(f"{server.name:6} c={concurrency:<5} {row.sessions} sessions {row.rate:.0f}/s "
+                    f"p99 {row.p99:.1f} ms cpu/sess {row.cpu_ms:.2f} ms errors {row.errors} {row.note}")
+    except KeyboardInterrupt:
+        interrupted = True
+        log("interrupted: stopping everything")
+    except Exception as exc:
+        status = 1
+        log(f"failed: {exc}")
+    finally:
+        stop_all()
+        if pg is not None:
+            try:
+                pg.drop()
+            except Exception as exc:
+                log(f"could not drop the temp database {pg.name}: {exc}")
+                status = 1
+
+    if rows:
+        print(f"# {started_at:%Y-%m-%d %H:%M %Z}: {machine_note()}")
+        print(f"# {git_note(sha)}; levels {levels}; up to {args.sessions} sessions per level "
+              f"(duration cap {args.duration_cap:g}s), loadgen procs {args.procs}, reply delay {args.delay:g}s, "
+              f"warm-up {args.warmup}")
+        if workers_note:
+            print(f"# {workers_note}")
+        print(format_table(rows))
+        for r in rows:
+            if r.note:
+                print(f"note: {r.server} c={r.concurrency}: {r.note}")
+    total_errors = sum(r.errors for r in rows)
+    if total_errors:
+        status = 1
+        print("\nerrors seen by the load generator (kind: count, then examples):")
+        for r in rows:
+            for kind, count in r.error_kinds.items():
+                print(f"  {r.server} c={r.concurrency}: {kind}: {count}")
+                for sample in r.error_samples.get(kind, [])[:3]:
+                    print(f"      {sample}")
+    for server in servers:
+        excerpt = log_excerpt(server.log_path)
+        if excerpt:
+            print(f"\n{server.name} server log ({server.log_path.name}), warnings and errors grouped by shape:")
+            print("\n".join(excerpt))
+    for name, concurrency, path in profiles:
+        print(f"\nprofile of {name} at concurrency {concurrency} (py-spy --gil):")
+        print("\n".join(profile_summary(path)))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps([r.__dict__ for r in rows], indent=1))
+    if args.keep:
+        print(f"\nserver logs kept in {tmp}", file=sys.stderr)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if interrupted:
+        return 130
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
