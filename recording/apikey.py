@@ -61,7 +61,8 @@ class KeyCache:
         self._stored: str | None = None
         self._verdicts: OrderedDict[bytes, bool] = OrderedDict()
 
-    def _fingerprint(self, key: str) -> bytes:
+    def fingerprint(self, key: str) -> bytes:
+        """A keyed digest of ``key``: equal for equal keys, useless to anyone without the secret."""
         return hmac.new(self._secret, key.encode("utf-8", "surrogateescape"), "sha256").digest()
 
     def lookup(self, key: str, stored: str) -> bool | None:
@@ -70,13 +71,13 @@ class KeyCache:
             self._stored = stored
             self._verdicts.clear()
             return None
-        return self._verdicts.get(self._fingerprint(key))
+        return self._verdicts.get(self.fingerprint(key))
 
     def remember(self, key: str, stored: str, verdict: bool) -> None:
         if stored != self._stored:
             self._stored = stored
             self._verdicts.clear()
-        self._verdicts[self._fingerprint(key)] = verdict
+        self._verdicts[self.fingerprint(key)] = verdict
         while len(self._verdicts) > self._size:
             self._verdicts.popitem(last=False)
 

@@ -23,6 +23,8 @@ class Directory:
         self._executor = executor
         self._snapshot = DirectorySnapshot(None, {})
         self._keys = apikey.KeyCache()
+        self._checking: dict[tuple[bytes, str], asyncio.Future] = {}
+        self.key_checks = 0  # scrypt runs, for tests and metrics
         self._task: asyncio.Task | None = None
 
     @property
@@ -85,10 +87,20 @@ class Directory:
 
     async def _verify(self, presented: str, stored: str) -> bool:
         verdict = self._keys.lookup(presented, stored)
-        if verdict is None:
-            # NOTE: scrypt takes tens of milliseconds: off the event loop.
-            verdict = await self._call(apikey.verify, presented, stored)
-            self._keys.remember(presented, stored, verdict)
+        if verdict is not None:
+            return verdict
+        # NOTE: scrypt takes tens of milliseconds, so it runs off the event loop, and once per
+        # key: the sessions that arrive while it runs (a burst after a restart) wait for that
+        # one check instead of each starting their own and starving the worker threads.
+        ask = (self._keys.fingerprint(presented), stored)
+        pending = self._checking.get(ask)
+        if pending is None:
+            self.key_checks += 1
+            pending = asyncio.ensure_future(self._call(apikey.verify, presented, stored))
+            self._checking[ask] = pending
+            pending.add_done_callback(lambda _: self._checking.pop(ask, None))
+        verdict = await asyncio.shield(pending)
+        self._keys.remember(presented, stored, verdict)
         return verdict
 
     async def user(self, login: str) -> UserRef | None:

@@ -60,3 +60,19 @@ def test_sigterm_lets_the_call_in_flight_finish(store, database_url, tmp_path):
     assert [c.status for c in calls] == ["STARTED"]
     assert [leg.tag for leg in store.find_legs(tag="inflight")] == ["inflight"]
     assert "stopping: finishing the sessions in flight" in log
+
+
+def test_a_burst_at_start_up_checks_the_key_once(store, settings):
+    with RunningService(settings) as running:
+        calls = []
+        threads = [threading.Thread(target=lambda: calls.append(FakeAsterisk(running.port).call(START)))
+                   for _ in range(30)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        checks = running.app.directory.key_checks
+
+    assert [c.status for c in calls] == ["STARTED"] * 30
+    # scrypt costs tens of milliseconds of CPU: one check for the burst, not thirty.
+    assert checks == 1
