@@ -17,6 +17,7 @@ from typing import Awaitable, Callable
 from .errors import AGIError, AGITimeout, HangupError, Overloaded, ProtocolError, UnknownRoute
 from .protocol import Environment, parse_environment, parse_environment_line
 from .session import LineReader, LineTooLong, Session
+from .watchdog import Watch, Watchdog
 
 log = logging.getLogger("agi.server")
 
@@ -83,7 +84,16 @@ async def read_environment(lines: LineReader, limits: Limits) -> Environment:
     malformed block; the error's ``env`` holds what could be parsed and its ``framed`` is True
     when the empty line was reached, so the session can still answer the dialplan.
     """
-    raw: list[bytes] = []
+    raw = await lines.read_block(limits.max_environment_bytes)
+    if raw is not None:
+        # NOTE: the usual case: the whole block in one read, split once.
+        try:
+            return parse_environment(raw)
+        except ProtocolError as exc:
+            exc.env = _lenient_environment(raw)
+            exc.framed = True
+            raise
+    raw = []
     budget = limits.max_environment_bytes
     first_error: ProtocolError | None = None
     while True:
@@ -145,6 +155,7 @@ class Server:
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task] = set()
         self._busy: set[asyncio.Task] = set()
+        self._watchdog = Watchdog()
         self.sessions_refused = 0
 
     @property
@@ -157,6 +168,7 @@ class Server:
         return self._server.sockets[0].getsockname()[1]
 
     async def start(self) -> None:
+        self._watchdog.start()
         self._server = await asyncio.start_server(
             self._accept,
             self.host,
@@ -187,49 +199,39 @@ class Server:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=self.limits.close_timeout + 1)
+        await self._watchdog.stop()
         return len(pending)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        if len(self._tasks) >= self.limits.max_sessions:
+        busy = len(self._tasks) >= self.limits.max_sessions
+        if busy:
             self.sessions_refused += 1
             if len(self._busy) >= self.limits.busy_sessions:
                 log.warning("dropping a FastAGI connection: %d sessions open, %d told busy",
                             len(self._tasks), len(self._busy))
                 writer.close()
                 return
-            self._busy.add(task)
-            try:
-                await self._serve(reader, writer, busy=True)
-            finally:
-                self._busy.discard(task)
-            return
-        self._tasks.add(task)
+        tasks = self._busy if busy else self._tasks
+        tasks.add(task)
+        watch = self._watchdog.watch(task, self.limits.session_timeout)
         try:
-            await self._serve(reader, writer)
+            await self._serve(reader, writer, watch, busy)
         finally:
-            self._tasks.discard(task)
+            self._watchdog.forget(watch)
+            tasks.discard(task)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, busy: bool = False) -> None:
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, watch: Watch, busy: bool = False
+    ) -> None:
         limits = self.limits
         lines = LineReader(reader, limits.max_line_bytes)
-        started = time.monotonic()
         session: Session | None = None
         try:
-            try:
-                async with asyncio.timeout(limits.environment_timeout):
-                    env = await read_environment(lines, limits)
-            except TimeoutError:
-                raise AGITimeout(
-                    f"no complete AGI environment within {limits.environment_timeout:g}s"
-                ) from None
-            except ProtocolError as exc:
-                if not getattr(exc, "framed", False):
-                    raise
-                session = Session(lines, writer, exc.env, reply_timeout=limits.reply_timeout)
-                await self._report(session, exc)
+            env = await self._environment(lines, writer, watch)
+            if env is None:
                 return
-            session = Session(lines, writer, env, reply_timeout=limits.reply_timeout)
+            session = Session(lines, writer, env, reply_timeout=limits.reply_timeout, watch=watch)
             if busy:
                 await self._report(session, Overloaded(
                     f"the server is at its limit of {limits.max_sessions} sessions; try again"
@@ -240,14 +242,10 @@ class Server:
             except UnknownRoute as exc:
                 await self._report(session, exc)
                 return
-            remaining = limits.session_timeout - (time.monotonic() - started)
             try:
-                async with asyncio.timeout(remaining) as deadline:
-                    await handler(session)
-            except TimeoutError:
-                # NOTE: a TimeoutError the handler raised itself (a client library giving up)
-                # is a failure like any other: log it with its traceback, not as a hang.
-                if not deadline.expired():
+                await handler(session)
+            except asyncio.CancelledError:
+                if not watch.claim("session"):
                     raise
                 expired = AGITimeout(f"the session ran past its limit of {limits.session_timeout:g}s")
                 await self._report(session, expired, limits.close_timeout)
@@ -255,25 +253,52 @@ class Server:
             log.info("FastAGI connection from %s ended early: %s", _peer(writer), exc)
         except AGIError as exc:
             log.warning("FastAGI connection from %s failed: %s", _peer(writer), exc)
+        except asyncio.CancelledError:
+            # NOTE: a session deadline that struck outside the handler (while reporting):
+            # the connection is closed below like any other; anything else is a real cancel.
+            if not watch.claim("session"):
+                raise
+            log.warning("FastAGI connection from %s ran past its session limit", _peer(writer))
         except Exception:
             log.exception("FastAGI handler failed on a connection from %s", _peer(writer))
         finally:
             if session is None:
                 writer.close()
             else:
+                watch.deadline = float("inf")
                 await session.close(limits.close_timeout)
+
+    async def _environment(self, lines: LineReader, writer: asyncio.StreamWriter, watch: Watch) -> Environment | None:
+        """The request's environment; None when it was malformed but complete and the
+        dialplan has been told so."""
+        limits = self.limits
+        watch.waiting(limits.environment_timeout, "environment")
+        try:
+            return await read_environment(lines, limits)
+        except asyncio.CancelledError:
+            if not watch.claim("environment"):
+                raise
+            raise AGITimeout(f"no complete AGI environment within {limits.environment_timeout:g}s") from None
+        except ProtocolError as exc:
+            if not getattr(exc, "framed", False):
+                raise
+            watch.done_waiting()
+            session = Session(lines, writer, exc.env, reply_timeout=limits.reply_timeout, watch=watch)
+            await self._report(session, exc)
+            await session.close(limits.close_timeout)
+            return None
+        finally:
+            watch.done_waiting()
 
     async def _report(self, session: Session, error: AGIError, within: float | None = None) -> None:
         """Logs why a request was not served and lets ``on_error`` tell the dialplan, within
-        ``within`` seconds (default: a whole session's time)."""
+        ``within`` seconds (a session deadline that already struck is moved to then)."""
         log.warning("FastAGI request %s (%s) from %s not served: %s",
                     session.env.uniqueid or "-", session.env.script or "-", session.peer, error)
+        if within is not None:
+            session.watch.deadline = time.monotonic() + within
         if self.router.on_error is not None:
-            try:
-                async with asyncio.timeout(within or self.limits.session_timeout):
-                    await self.router.on_error(session, error)
-            except TimeoutError:
-                log.warning("could not tell the dialplan of %s in time", session.env.uniqueid or "-")
+            await self.router.on_error(session, error)
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:

@@ -8,9 +8,11 @@ every wait, because Asterisk itself never gives up on a server.
 from __future__ import annotations
 
 import asyncio
+from contextlib import nullcontext
 from typing import Mapping
 
 from .errors import AGIError, AGITimeout, CommandRejected, HangupError, ProtocolError
+from .watchdog import Watch
 from .protocol import Environment, Reply, decode, parse_reply, parse_reply_line, quote, word
 
 
@@ -56,6 +58,26 @@ class LineReader:
                 raise HangupError("Asterisk closed the connection")
             buffer += chunk
 
+    async def read_block(self, limit: int) -> list[bytes] | None:
+        """The lines before the first empty line, read in one go, when they all arrive within
+        ``limit`` bytes and none is over the line limit; None otherwise, with nothing consumed,
+        so that :meth:`readline` can deal with the block line by line. Raises HangupError."""
+        buffer = self._buffer
+        while True:
+            end = buffer.find(b"\n\n", 0, limit + 2)
+            if end >= 0:
+                lines = bytes(buffer[:end]).split(b"\n")
+                if max(map(len, lines)) > self.max_line or buffer[:1] == b"\n":
+                    return None
+                del buffer[: end + 2]
+                return lines
+            if len(buffer) > limit or buffer[:1] == b"\n":
+                return None
+            chunk = await self._reader.read(65536)
+            if not chunk:
+                raise HangupError("Asterisk closed the connection")
+            buffer += chunk
+
     async def _skip_line(self, max_skip: int) -> None:
         skipped = len(self._buffer)
         self._buffer.clear()
@@ -86,8 +108,12 @@ class Session:
         env: Environment,
         *,
         reply_timeout: float = 10.0,
+        watch: Watch | None = None,
     ):
         self.env = env
+        # The server's watchdog bounds this session's waits; without one (a session made
+        # by hand) each wait has its own asyncio timeout.
+        self.watch = watch
         self.hung_up = False
         self.reply_timeout = reply_timeout
         self._lines = lines
@@ -118,18 +144,28 @@ class Session:
         async with self._turn:
             return await self._exchange(payload, len(commands))
 
+    def hold(self):
+        """A context in which the session's own deadline waits (each reply's does not): for
+        work that must finish once begun. A no-op without a watchdog."""
+        return self.watch.hold() if self.watch is not None else nullcontext()
+
     async def _exchange(self, payload: bytes, count: int) -> list[Reply]:
         if self._broken:
             raise ProtocolError(f"session is out of step: {self._broken}")
+        watch = self.watch
         try:
-            async with asyncio.timeout(self.reply_timeout):
-                while self._owed:
-                    await self._read_reply()
-                    self._owed -= 1
-                self._writer.write(payload)
-                self._owed = count
-                await self._writer.drain()
-                return await self._read_replies(count)
+            if watch is None:
+                async with asyncio.timeout(self.reply_timeout):
+                    return await self._talk(payload, count)
+            watch.waiting(self.reply_timeout, "reply")
+            try:
+                return await self._talk(payload, count)
+            except asyncio.CancelledError:
+                if watch.claim("reply"):
+                    raise TimeoutError from None
+                raise
+            finally:
+                watch.done_waiting()
         except TimeoutError:
             self._broken = "no reply in time"
             raise AGITimeout(f"no reply from Asterisk within {self.reply_timeout:g}s") from None
@@ -140,6 +176,15 @@ class Session:
             if not getattr(exc, "framed", False):
                 self._broken = str(exc)
             raise
+
+    async def _talk(self, payload: bytes, count: int) -> list[Reply]:
+        while self._owed:
+            await self._read_reply()
+            self._owed -= 1
+        self._writer.write(payload)
+        self._owed = count
+        await self._writer.drain()
+        return await self._read_replies(count)
 
     async def command(self, command: str) -> Reply:
         """Sends one command; returns its 200 reply or raises :class:`CommandRejected`."""
@@ -242,16 +287,33 @@ class Session:
         try:
             if not writer.is_closing() and writer.can_write_eof():
                 writer.write_eof()
-                async with asyncio.timeout(timeout):
-                    while True:
-                        await self._lines.readline(max_skip=0)
+                await self._within(timeout, self._drain_to_eof())
         except (AGIError, TimeoutError, OSError):
             pass
         finally:
             writer.close()
             try:
-                async with asyncio.timeout(timeout):
-                    await writer.wait_closed()
+                await self._within(timeout, writer.wait_closed())
             except (TimeoutError, OSError):
                 pass
+
+    async def _drain_to_eof(self) -> None:
+        while True:
+            await self._lines.readline(max_skip=0)
+
+    async def _within(self, seconds: float, waiting) -> None:
+        """Awaits ``waiting`` for at most ``seconds``; TimeoutError past them."""
+        watch = self.watch
+        if watch is None:
+            async with asyncio.timeout(seconds):
+                return await waiting
+        watch.waiting(seconds, "close")
+        try:
+            return await waiting
+        except asyncio.CancelledError:
+            if watch.claim("close"):
+                raise TimeoutError from None
+            raise
+        finally:
+            watch.done_waiting()
 

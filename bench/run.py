@@ -382,7 +382,7 @@ def run_level(server: Server, concurrency: int, sessions: int, args, epoch: int,
         # --gil: only the thread holding the GIL is sampled, so the shares are of CPU spent in
         # Python, not of threads waiting; --nonblocking: the server is not paused to sample.
         with open(str(profile_to) + ".log", "wb") as spy_log:
-            spy = spawn([args.profile, "record", "--gil", "--nonblocking", "-r", "100", "--format", "raw",
+            spy = spawn([args.profile, "record", "--gil", "--nonblocking", "-r", os.environ.get("BENCH_PROFILE_RATE", "100"), "--format", "raw",
                          "-o", str(profile_to), "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=spy_log)
         time.sleep(0.5)
     proc = spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -692,7 +692,10 @@ def main(argv=None) -> int:
             for step in (["db", "upgrade"], ["apikey", "set", api_key]):
                 run_checked([cli, "--database-url", url, *step], env=env, cwd=source, timeout=120)
             cmd = [cli, "--database-url", url, "serve", "--listen", f"127.0.0.1:{port}", *serve_extra]
-            server = Server(name, port, log_path, cmd, env=env, cwd=source)
+            # NOTE: each server its own journal: a shared one would replay one server's
+            # deferred writes into the other's database.
+            server_env = dict(env, RECORDING_JOURNAL_DIR=str(tmp / f"journal-{name}"))
+            server = Server(name, port, log_path, cmd, env=server_env, cwd=source)
             server.db_comm = "postgres" if name == "pg" else None
             servers.append(server)
         for server in servers:

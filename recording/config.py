@@ -196,6 +196,13 @@ def parse_listen(value: str, name: str) -> tuple[str, int]:
 def render_file(template: str, *, uniqueid: str, leg: int, extension: str, when: datetime) -> str:
     """The recording's file name from the template. Raises ConfigError for a template that
     cannot be rendered, or that would leave ``${...}`` for Asterisk (which does not expand it)."""
+    try:
+        # NOTE: the hot path; the template itself was checked when the settings were made.
+        path = template.format(uniqueid=uniqueid, leg=leg, extension=extension, date=when)
+    except (KeyError, IndexError, ValueError, AttributeError):
+        path = ""
+    if path and "," not in path and "${" not in path:
+        return path
     if "${" in template:
         raise ConfigError(
             f"RECORDING_MONITOR_TEMPLATE {template!r}: Asterisk would not expand ${{...}} in EXEC data; "

@@ -94,6 +94,9 @@ class AGIChannel:
             raise AsteriskFailure("MixMonitor did not start: Asterisk gave no MixMonitor id")
         return MixMonitorStart(mixmonitor_id, hung_up=session.hung_up)
 
+    def hold(self):
+        return self._session.hold()
+
     async def stop_mixmonitor(self, mixmonitor_id: str) -> None:
         try:
             result = await self._session.exec("StopMixMonitor", mixmonitor_id)
@@ -104,9 +107,11 @@ class AGIChannel:
 
 
 async def report(session: Session, values: Mapping[str, str]) -> None:
-    """Sets the result variables in one round trip; a channel that is gone is only logged."""
+    """Sets the result variables in one round trip; a channel that is gone is only logged.
+    Held: an outcome reached is told, even if the session's deadline came meanwhile."""
     try:
-        await session.set_variables(values)
+        with session.hold():
+            await session.set_variables(values)
     except (AGIError, ValueError) as exc:
         log.warning("could not tell the dialplan of %s (%s): %s", session.env.uniqueid, values.get("RECORDING_STATUS"), exc)
 

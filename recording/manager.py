@@ -5,6 +5,7 @@ client's failures into the service's own errors, once, here."""
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from .ami import AMIClient, AMIError, AMIFailure
@@ -44,6 +45,10 @@ class AMIChannel:
         if mixmonitor_id is None:
             raise AsteriskFailure("MixMonitor did not start: Asterisk gave no MixMonitorID")
         return MixMonitorStart(mixmonitor_id)
+
+    def hold(self):
+        # An HTTP request has no deadline of its own to defer.
+        return nullcontext()
 
     async def stop_mixmonitor(self, mixmonitor_id: str) -> None:
         try:

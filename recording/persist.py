@@ -25,7 +25,7 @@ REPLAY_BATCH = 200
 RETRY_MIN, RETRY_MAX = 0.5, 5.0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Persisted:
     """``result`` of the database write, or None when the write was ``deferred`` to the
     journal (then it is durable on local disk and will be replayed)."""

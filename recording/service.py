@@ -45,7 +45,7 @@ REMEMBERED_CALLS = 100_000
 APPEND = "a"  # MixMonitor's option to append to the file instead of overwriting it
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ActiveLeg:
     """What the service remembers of a leg that records (or is paused)."""
 
@@ -66,7 +66,7 @@ class ActiveLeg:
                    view.owner_id, view.state, method)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class LegRequest:
     """stop, pause or resume of the active leg of ``unique_id``; ``actor`` is the
     agentLoginName given (who must be allowed to), ``by`` what is written as the doer."""
@@ -77,7 +77,7 @@ class LegRequest:
     by: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class LegOutcome:
     """STOPPED, PAUSED, RESUMED, ENDED or NOT_RECORDING, with the leg concerned (if any)."""
 
@@ -100,18 +100,6 @@ class Muter(Protocol):
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def _log_orphan(work: asyncio.Future) -> None:
-    """The end of a start whose session ran out of time before it did."""
-    if work.cancelled():
-        log.warning("a recording start was cancelled after its session's deadline")
-    elif work.exception() is not None:
-        log.warning("a recording start failed after its session's deadline: %s", work.exception())
-    else:
-        outcome = work.result()
-        log.warning("a recording start finished after its session's deadline: %s leg %s",
-                    outcome.status, outcome.leg_id)
 
 
 def check_text(name: str, value: str | None, limit: int) -> str | None:
@@ -262,14 +250,10 @@ class RecordingService:
         file = render_file(
             self.settings.monitor_template, uniqueid=request.unique_id, leg=number, extension=extension, when=started
         )
-        # NOTE: shielded: once MixMonitor has been asked for, its leg is written even if the
-        # session's deadline strikes meanwhile; the work then ends on its own and is logged.
-        work = asyncio.ensure_future(self._record(request, channel, agent, tag, number, file, started))
-        try:
-            return await asyncio.shield(work)
-        except asyncio.CancelledError:
-            work.add_done_callback(_log_orphan)
-            raise
+        # NOTE: held: once MixMonitor has been asked for, its leg is written even if the
+        # session's deadline comes meanwhile (each reply keeps its own deadline).
+        with channel.hold():
+            return await self._record(request, channel, agent, tag, number, file, started)
 
     async def _record(
         self, request: StartRequest, channel: Channel, agent: tuple[UserRef | None, str | None],

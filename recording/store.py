@@ -140,6 +140,9 @@ class Store:
         self.engine = make_engine(self.url)
         self.dialect = self.engine.dialect.name
         self._insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        from .hotpath import HotPath
+
+        self._hot = HotPath(self)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -304,6 +307,8 @@ class Store:
             return exc
 
     def _commit(self, conn: Connection, writes: Sequence[NewLeg | TagUpdate | LegChange], replay: bool) -> list:
+        if all(type(w) is TagUpdate or (type(w) is NewLeg and w.agent_login is None) for w in writes):
+            return self._hot.commit(conn, writes, replay)
         call_ids = self._upsert_calls(conn, [w for w in writes if not isinstance(w, LegChange)])
         legs = [w for w in writes if isinstance(w, NewLeg)]
         owners = self._attached_owners(conn, [w.extension for w in legs if w.agent is None and not w.agent_login])
@@ -397,6 +402,12 @@ class Store:
             "started_at": leg.started_at,
             "ended_at": leg.ended_at,
         }
+
+    def leg_row(self, conn: Connection, leg: NewLeg) -> dict:
+        """The row of a leg as the general path writes it (for a leg the hot path could not)."""
+        call_id = conn.scalar(select(_calls.c.id).where(_calls.c.unique_id == leg.unique_id))
+        owners = self._attached_owners(conn, [leg.extension] if leg.agent is None else [])
+        return self._leg_row(leg, call_id, owners, {})
 
     def _resolve_conflict(self, conn: Connection, leg: NewLeg, call_id: int, row: dict, replay: bool) -> CommitResult:
         """Why a leg was not inserted: written before (a replay), another leg of the call is
