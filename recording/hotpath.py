@@ -13,6 +13,8 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import TYPE_CHECKING, Sequence
 
+from sqlalchemy.exc import DBAPIError
+
 from .domain import CommitResult, NewLeg, TagUpdate
 
 if TYPE_CHECKING:
@@ -81,6 +83,19 @@ class HotPath:
         # The same conversion the ORM applies (UTC, and SQLite's text format), done once here.
         processor = RecordingLeg.__table__.c.started_at.type._cached_bind_processor(store.engine.dialect)
         self._time = processor or (lambda value: value)
+        self._dbapi_error = store.engine.dialect.loaded_dbapi.Error
+
+    def _run(self, conn: "Connection", sql: str, params: tuple) -> list:
+        """Executes on the driver's own cursor, in the connection's transaction: no result
+        metadata is built for these two statements. Driver errors come out as SQLAlchemy's."""
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            cursor.execute(sql, params)
+            return cursor.fetchall() if cursor.description else []
+        except self._dbapi_error as exc:
+            raise DBAPIError.instance(sql, params, exc, self._dbapi_error) from exc
+        finally:
+            cursor.close()
 
     def commit(self, conn: "Connection", writes: Sequence[NewLeg | TagUpdate], replay: bool) -> list:
         """Writes legs (without an unresolved agent login) and tag updates; returns the
@@ -98,7 +113,7 @@ class HotPath:
         params = []
         for unique_id, tag, created, updated in calls.values():
             params += (unique_id, tag, time(created), time(updated))
-        conn.exec_driver_sql(_calls_sql(self._dialect, len(calls)), tuple(params))
+        self._run(conn, _calls_sql(self._dialect, len(calls)), tuple(params))
         legs = [w for w in writes if type(w) is NewLeg]
         inserted = {}
         if legs:
@@ -109,7 +124,7 @@ class HotPath:
                     leg.tag, leg.agent.id if leg.agent is not None else None, leg.source, leg.state,
                     time(leg.started_at), time(leg.ended_at) if leg.ended_at is not None else None,
                 )
-            rows = conn.exec_driver_sql(_legs_sql(self._dialect, len(legs)), tuple(params))
+            rows = self._run(conn, _legs_sql(self._dialect, len(legs)), tuple(params))
             inserted = {row[0]: row for row in rows}
         results = []
         for write in writes:
