@@ -81,7 +81,7 @@ class Application:
         host, port = settings.agi_address
         self.agi = Server(
             build_router(self.service, settings.api_key_variable, self.manager),
-            host=host, port=port, limits=limits_of(settings),
+            host=host, port=port, limits=limits_of(settings), reuse_port=settings.reuse_port,
         )
         self._http = None
         self.http_port: int | None = None
@@ -105,7 +105,9 @@ class Application:
         await self.agi.start()
         if self.settings.http_address is not None:
             api = RecordingAPI(self.service, self.store, self.manager)
-            self._http, self.http_port = await start_site(api.application(), *self.settings.http_address)
+            self._http, self.http_port = await start_site(
+                api.application(), *self.settings.http_address, reuse_port=self.settings.reuse_port
+            )
             log.info("HTTP recording API listening on %s:%d", self.settings.http_address[0], self.http_port)
 
     def _on_event(self, event: dict) -> None:

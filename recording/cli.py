@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import signal
 import sys
 from datetime import datetime, timezone
 from typing import Sequence
@@ -29,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.load(
             database_url=args.database_url, agi_listen=getattr(args, "listen", None),
-            http_listen=getattr(args, "http", None),
+            http_listen=getattr(args, "http", None), workers=getattr(args, "workers", None),
         )
         configure(settings.log_level)
         return args.command(args, settings)
@@ -80,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--listen", help="HOST:PORT (default: RECORDING_AGI_LISTEN, else 127.0.0.1:4573)")
     serve_cmd.add_argument("--http", metavar="HOST:PORT",
                            help="also serve the HTTP recording API (default: RECORDING_HTTP_LISTEN, else off)")
+    serve_cmd.add_argument("--workers", type=int, metavar="N",
+                           help="run N server processes sharing the listen ports, e.g. one per core "
+                                "(default: RECORDING_WORKERS, else 1)")
     serve_cmd.set_defaults(command=serve)
 
     journal = commands.add_parser("journal", help="writes waiting for the database").add_subparsers(
@@ -180,24 +185,40 @@ def recordings_find(args, settings: Settings) -> int:
 
 
 def journal_status(args, settings: Settings) -> int:
-    from .journal import Journal
+    from .journal import REJECTED, Journal, worker_directories
 
-    journal = Journal(args.journal_dir or settings.journal_dir)
-    segments = journal.status()
-    waiting = sum(s.entries for s in segments)
-    print(f"{journal.directory}: {waiting} writes wait for the database in {len(segments)} files")
-    for segment in segments:
-        print(f"  {segment.name}\t{segment.entries}\t{segment.oldest or '-'}\t{segment.newest or '-'}")
-    rejected = journal.directory / "rejected.jsonl"
-    if rejected.exists():
-        count = rejected.read_bytes().count(b"\n")
-        print(f"{rejected}: {count} writes the database refused at replay (kept for inspection)")
+    top = args.journal_dir or settings.journal_dir
+    # `serve --workers` gives each worker a worker-N folder: those with something in them too.
+    for number, directory in enumerate([top, *worker_directories(top)]):
+        journal = Journal(directory)
+        segments = journal.status()
+        rejected = journal.directory / REJECTED
+        if number and not segments and not rejected.exists():
+            continue
+        waiting = sum(s.entries for s in segments)
+        print(f"{journal.directory}: {waiting} writes wait for the database in {len(segments)} files")
+        for segment in segments:
+            print(f"  {segment.name}\t{segment.entries}\t{segment.oldest or '-'}\t{segment.newest or '-'}")
+        if rejected.exists():
+            count = rejected.read_bytes().count(b"\n")
+            print(f"{rejected}: {count} writes the database refused at replay (kept for inspection)")
     return 0
 
 
 def serve(args, settings: Settings) -> int:
     from .app import Application, prepare_database
+    from .workers import WORKER_ENV, Supervisor, check_shareable
 
+    worker = os.environ.get(WORKER_ENV)
+    if worker:
+        # One of `serve --workers`: its lines must be told apart from its siblings'.
+        configure(settings.log_level, prefix=f"worker {worker}")
+        # NOTE: the supervisor passes SIGHUP on to its workers; whatever the service makes of
+        # it (a handler of its own replaces this), its default action must not end a worker.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if settings.workers > 1:
+        check_shareable(settings)
+        configure(settings.log_level, prefix="supervisor")
     store = _store(settings)
     new_key = prepare_database(store)
     if new_key is not None:
@@ -207,6 +228,9 @@ def serve(args, settings: Settings) -> int:
             f"{settings.api_key_variable}.\n",
             flush=True,
         )
+    if settings.workers > 1:
+        store.close()
+        return Supervisor(settings).run()
     asyncio.run(Application(settings, store).run_until_signalled())
     return 0
 

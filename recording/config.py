@@ -115,6 +115,18 @@ class Settings:
         "RECORDING_MAX_SESSIONS", "FastAGI sessions served at once; more are refused", 4096
     )
     backlog: int = _setting("RECORDING_BACKLOG", "listen backlog of the FastAGI socket", 4096)
+    workers: int = _setting(
+        "RECORDING_WORKERS",
+        "server processes serve runs (serve --workers); more than 1 starts that many, sharing the "
+        "listen ports (which must be fixed, not 0) and the database, each with its own journal in "
+        "a worker-N folder of RECORDING_JOURNAL_DIR",
+        1,
+    )
+    reuse_port: bool = _setting(
+        "RECORDING_REUSE_PORT",
+        "let several processes share the listen ports (SO_REUSEPORT); serve --workers sets it for its workers",
+        False,
+    )
     log_level: str = _setting("RECORDING_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", "INFO")
 
     def __post_init__(self) -> None:

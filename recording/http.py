@@ -219,10 +219,12 @@ def vendor_fields(leg, now: datetime) -> dict:
     }
 
 
-async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+async def start_site(
+    app: web.Application, host: str, port: int, reuse_port: bool = False
+) -> tuple[web.AppRunner, int]:
     """Serves ``app`` on host:port (0 picks one); returns the runner and the bound port."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)
     await site.start()
     return runner, runner.addresses[0][1]

@@ -4,13 +4,22 @@ Append-only files of JSON lines (``journal-<time>.jsonl``) in one directory. An 
 flushed and fsynced before the session that wrote it reports STARTED, so a crash right after
 loses nothing. Replay reads sealed files in order and deletes a file only once every entry in it
 is in the database; replaying an entry twice is harmless (the store answers APPLIED).
+
+One process per directory: ``open`` takes an exclusive lock (``journal.lock``, flock) held
+until ``close``, and refuses a directory another process holds. Several processes (``serve
+--workers``) each have their own ``worker-N`` folder; on opening, a journal first takes over
+the files of such folders that no process holds (its own ``worker-*`` subfolders, and for a
+``worker-N`` folder its parent and its siblings), so nothing is stranded when the number of
+processes changes.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -24,6 +33,12 @@ from .errors import StorageUnavailable
 log = logging.getLogger("recording.journal")
 
 PREFIX, SUFFIX = "journal-", ".jsonl"
+LOCK_NAME = "journal.lock"
+REJECTED = "rejected.jsonl"
+WORKER_DIR = re.compile(r"^worker-[0-9]+$")
+# NOTE: a sibling taking over this folder's leftovers holds its lock for a moment; wait that
+# long before calling the folder taken.
+LOCK_WAIT = 1.0
 
 
 def encode(write: NewLeg | TagUpdate | LegChange) -> dict:
@@ -77,18 +92,87 @@ class Journal:
         self._lock = threading.Lock()
         self._current: Path | None = None
         self._fd: int | None = None
+        self._lock_fd: int | None = None
         self.appended = 0
+        self.adopted = 0
 
     def open(self) -> None:
-        """Creates the directory (owner-only: it holds tags and file names) if needed."""
+        """Creates the directory (owner-only: it holds tags and file names) if needed, locks
+        it for this process until :meth:`close`, and takes over the files left in ``worker-*``
+        folders nobody holds (see the module's description). Raises StorageUnavailable when
+        the directory cannot be made or another process holds it."""
+        if self._lock_fd is not None:
+            return
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageUnavailable(f"journal directory {self.directory} cannot be created: {exc}") from exc
+        try:
+            self._lock_fd = _lock(self.directory, wait=LOCK_WAIT)
+        except OSError as exc:
+            raise StorageUnavailable(f"journal directory {self.directory} cannot be locked: {exc}") from exc
+        if self._lock_fd is None:
+            raise StorageUnavailable(
+                f"journal directory {self.directory} is in use by another process (it holds "
+                f"{self.directory / LOCK_NAME}); each process needs a journal directory of its own "
+                "(RECORDING_JOURNAL_DIR)"
+            )
+        for source in self._neighbours():
+            try:
+                self.adopted += self._adopt(source)
+            except OSError as exc:
+                log.error("journal files left in %s could not be taken over (they stay there): %s", source, exc)
 
     def close(self) -> None:
         with self._lock:
             self._close_current()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    def _neighbours(self) -> list[Path]:
+        """Folders whose leftovers this journal takes over when no process holds them."""
+        found = worker_directories(self.directory)
+        if WORKER_DIR.match(self.directory.name):
+            parent = self.directory.parent
+            found += [parent] + [p for p in worker_directories(parent) if p.name != self.directory.name]
+        return found
+
+    def _adopt(self, source: Path) -> int:
+        """Moves the segments (and refused writes) of ``source`` here if no process holds it;
+        returns how many files were moved. Names keep their time, so replay order survives."""
+        segments = _segment_files(source)
+        rejected = source / REJECTED
+        if not segments and not rejected.exists():
+            return 0
+        held = _lock(source, wait=0)
+        if held is None:
+            log.info("%s is in use by another process: its journal files are left to it", source)
+            return 0
+        try:
+            segments = _segment_files(source)
+            for segment in segments:
+                target = self.directory / segment.name
+                copy = 0
+                while target.exists():
+                    copy += 1
+                    target = self.directory / f"{segment.stem}-{copy}{SUFFIX}"
+                os.rename(segment, target)
+            if rejected.exists():
+                with open(self.directory / REJECTED, "ab") as file:
+                    file.write(rejected.read_bytes())
+                    file.flush()
+                    os.fsync(file.fileno())
+                rejected.unlink()
+            _fsync_directory(self.directory)
+            _fsync_directory(source)
+        finally:
+            os.close(held)
+        if segments:
+            log.warning("took over %d journal file%s left in %s by a process that no longer runs; "
+                        "replayed from %s", len(segments), "" if len(segments) == 1 else "s", source,
+                        self.directory)
+        return len(segments)
 
     def append(self, writes: Sequence[NewLeg | TagUpdate]) -> list[None]:
         """Writes the entries and fsyncs them, all in one write; raises StorageUnavailable if
@@ -111,11 +195,7 @@ class Journal:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._current = path
         # NOTE: the new file's directory entry must be on disk too, or a crash can lose it.
-        directory = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        _fsync_directory(self.directory)
 
     def _close_current(self) -> None:
         if self._fd is not None:
@@ -131,9 +211,7 @@ class Journal:
             return self._segments()
 
     def _segments(self) -> list[Path]:
-        if not self.directory.is_dir():
-            return []
-        return sorted(p for p in self.directory.iterdir() if p.name.startswith(PREFIX) and p.name.endswith(SUFFIX))
+        return _segment_files(self.directory)
 
     def has_open_segment(self) -> bool:
         with self._lock:
@@ -160,12 +238,12 @@ class Journal:
         """Keeps a write the database refused at replay in ``rejected.jsonl`` for a person to
         look at, and says so in the log: it is neither retried forever nor dropped."""
         entry = encode(write) | {"rejected": reason}
-        with open(self.directory / "rejected.jsonl", "a", encoding="utf-8") as file:
+        with open(self.directory / REJECTED, "a", encoding="utf-8") as file:
             file.write(json.dumps(entry) + "\n")
             file.flush()
             os.fsync(file.fileno())
         log.error("journaled %s for %s refused by the database and kept in %s: %s",
-                  entry["kind"], write.unique_id, self.directory / "rejected.jsonl", reason)
+                  entry["kind"], write.unique_id, self.directory / REJECTED, reason)
 
     def remove(self, segment: Path) -> None:
         segment.unlink(missing_ok=True)
@@ -188,6 +266,48 @@ class Journal:
                 stamps[0].isoformat() if stamps else None, stamps[-1].isoformat() if stamps else None,
             ))
         return result
+
+
+def worker_directories(directory: str | os.PathLike) -> list[Path]:
+    """The ``worker-N`` folders of ``directory`` (``serve --workers`` gives each its own)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if WORKER_DIR.match(p.name) and p.is_dir())
+
+
+def _segment_files(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.name.startswith(PREFIX) and p.name.endswith(SUFFIX))
+
+
+def _lock(directory: Path, wait: float) -> int | None:
+    """An open descriptor holding the exclusive lock of ``directory``, or None if another
+    process (or another open journal in this one) still holds it after ``wait`` seconds.
+    The lock goes with the descriptor, also when the process dies."""
+    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.05)
+        except OSError:
+            os.close(fd)
+            raise
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _count_lines(path: Path) -> int:

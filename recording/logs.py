@@ -44,10 +44,12 @@ class _Stderr(logging.StreamHandler):
         pass
 
 
-def configure(level: str = "INFO", stream=None) -> logging.Handler:
-    """One handler on the root logger, to stderr (journald takes it from there)."""
+def configure(level: str = "INFO", stream=None, prefix: str = "") -> logging.Handler:
+    """One handler on the root logger, to stderr (journald takes it from there). ``prefix``
+    goes before the logger's name on every line (``worker 2``: which process of several)."""
     handler = logging.StreamHandler(stream) if stream is not None else _Stderr()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    where = f"{prefix.replace('%', '%%')} " if prefix else ""
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {where}%(name)s: %(message)s"))
     handler.addFilter(RedactingFilter())
     handler.recording_handler = True
     root = logging.getLogger()

@@ -8,8 +8,10 @@ from tests.fake_asterisk import FakeAsterisk
 from tests.service_runner import RunningService
 
 
-def test_starts_for_one_call_at_two_servers_give_one_leg(store, settings):
-    with RunningService(settings) as one, RunningService(settings) as two:
+def test_starts_for_one_call_at_two_servers_give_one_leg(store, settings, tmp_path):
+    # Each process has a journal of its own (a second holder of one directory is refused).
+    apart = [settings.with_(journal_dir=str(tmp_path / f"journal-{n}")) for n in (1, 2)]
+    with RunningService(apart[0]) as one, RunningService(apart[1]) as two:
         first = FakeAsterisk(one.port).call(f"recording/start?apiKey={API_KEY}&tag=A")
         second = FakeAsterisk(two.port).call(f"recording/start?apiKey={API_KEY}&tag=B", uniqueid=first.uniqueid)
 
