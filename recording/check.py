@@ -1,0 +1,364 @@
+"""``recording-agi check``: whether the service could start and work with these settings.
+
+Each check says what it found in one :class:`Finding`; none changes anything (the journal
+probe removes what it made, a missing SQLite file is not created) and each is bounded in time,
+so the command suits systemd's ``ExecStartPre``. The caller decides the exit status (non-zero
+when any finding is not ok).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+import tempfile
+import threading
+from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any, Awaitable, Callable
+
+from sqlalchemy.engine import make_url
+
+from .ami import AMIClient, AMILoginRefused, AMIUnavailable, parse_ami_url
+from .config import Settings, parse_listen, render_file
+from .store import Store, migrations_path, normalize_url, redact_url
+
+CHECK_TIMEOUT = 5.0
+UPGRADE = "run 'recording-agi db upgrade'"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One check's outcome: ``ok`` False means the service would not start or not work as
+    configured; ``detail`` says what was found (and what to do about a failure)."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+async def check(settings: Settings, *, timeout: float = CHECK_TIMEOUT) -> list[Finding]:
+    """Runs every check, each within ``timeout`` seconds, and returns their findings in a
+    fixed order: settings, database, schema, apikey, monitor template, journal, ami, then one
+    per listen address. Never raises for what it finds."""
+    groups = await asyncio.gather(
+        _database(settings, timeout),
+        _guarded("monitor template", _monitor_template(settings)),
+        _guarded("journal", _journal(settings, timeout)),
+        _guarded("ami", _ami(settings, timeout)),
+        *(_guarded(name, _listen(name, value, timeout)) for name, value in _listen_addresses(settings)),
+    )
+    findings = [_settings(settings)]
+    for group in groups:
+        findings.extend(group if isinstance(group, list) else [group])
+    return findings
+
+
+def format_findings(findings: list[Finding]) -> str:
+    """One line per finding: ``ok   database: ...`` or ``FAIL schema: ...``."""
+    return "\n".join(f"{'ok' if f.ok else 'FAIL':<4} {f.name}: {f.detail}" for f in findings)
+
+
+async def _guarded(name: str, work: Awaitable[Finding]) -> Finding:
+    """The check's finding; a failure of the check itself is a failed finding, not a crash."""
+    try:
+        return await work
+    except TimeoutError:
+        return Finding(name, False, "no answer in time")
+    except Exception as exc:
+        return Finding(name, False, f"the check itself failed: {exc.__class__.__name__}: {exc}")
+
+
+async def _in_thread(function: Callable[[], Any], timeout: float) -> Any:
+    """``function()`` in a daemon thread, awaited for at most ``timeout`` seconds (TimeoutError).
+    A daemon thread, not an executor: a connect that hangs past the timeout must not keep the
+    command from exiting."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if not future.done():
+            future.set_exception(error) if error is not None else future.set_result(result)
+
+    def run() -> None:
+        try:
+            outcome = (function(), None)
+        except BaseException as exc:
+            outcome = (None, exc)
+        with contextlib.suppress(RuntimeError):  # the loop closed while we hung: nobody waits
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    threading.Thread(target=run, name="recording-check", daemon=True).start()
+    async with asyncio.timeout(timeout):
+        return await future
+
+
+# --- the checks -------------------------------------------------------------------------------
+
+
+def _settings(settings: Settings) -> Finding:
+    ami = "off"
+    if settings.ami_url:
+        host, port, user, _secret = parse_ami_url(settings.ami_url)
+        ami = f"{user}@{host}:{port}"
+    return Finding("settings", True, (
+        f"{len(fields(settings))} settings valid; database {redact_url(normalize_url(settings.database_url))}, "
+        f"FastAGI on {settings.agi_listen}, HTTP API {settings.http_listen or 'off'}, AMI {ami}, "
+        f"journal {settings.journal_dir}"
+    ))
+
+
+async def _database(settings: Settings, timeout: float) -> list[Finding]:
+    """The database, schema and apikey findings: the later ones need the earlier to pass."""
+    url = normalize_url(settings.database_url)
+    shown = redact_url(url)
+    missing = _missing_sqlite_file(url)
+    if missing is not None:
+        return _no_sqlite_file(missing)
+    try:
+        store = Store(url)
+    except Exception as exc:
+        return _database_failed(f"{shown}: {exc}")
+    try:
+        try:
+            current = await _in_thread(store.schema_revision, timeout)
+        except TimeoutError:
+            return _database_failed(f"{shown}: no answer within {timeout:g} s")
+        except Exception as exc:
+            return _database_failed(str(exc) if shown in str(exc) else f"{shown}: {exc}")
+        found = [Finding("database", True, f"{shown} answers")]
+        schema = await _guarded("schema", _schema(current))
+        found.append(schema)
+        if not schema.ok:
+            found.append(Finding("apikey", False, "not checked: the schema is not current"))
+            return found
+        found.append(await _guarded("apikey", _apikey(store, timeout)))
+        return found
+    finally:
+        store.close()
+
+
+def _database_failed(detail: str) -> list[Finding]:
+    return [
+        Finding("database", False, detail),
+        Finding("schema", False, "not checked: the database cannot be reached"),
+        Finding("apikey", False, "not checked: the database cannot be reached"),
+    ]
+
+
+def _missing_sqlite_file(url: str) -> Path | None:
+    """The SQLite file the URL names if it does not exist yet (connecting would create it)."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return None  # Store() reports the bad URL
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    path = Path(parsed.database)
+    return None if path.exists() else path.absolute()
+
+
+def _no_sqlite_file(path: Path) -> list[Finding]:
+    folder = path.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        database = Finding("database", False, f"SQLite file {path} does not exist and {folder} is not a writable directory")
+    else:
+        database = Finding("database", True, f"SQLite file {path} does not exist yet; {folder} is writable")
+    return [
+        database,
+        Finding("schema", False, f"empty database (no file yet): {UPGRADE}"),
+        Finding("apikey", False, "not checked: no database yet"),
+    ]
+
+
+async def _schema(current: str | None) -> Finding:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_path()))
+    script = ScriptDirectory.from_config(config)
+    head = script.get_current_head()
+    if current is None:
+        return Finding("schema", False, f"empty database: {UPGRADE}")
+    if current == head:
+        return Finding("schema", True, f"at the newest migration, {head}")
+    try:
+        script.get_revision(current)
+    except Exception:
+        return Finding("schema", False, (
+            f"at {current}, a migration this version does not know (made by a newer recording-agi?); "
+            f"this version needs {head}"
+        ))
+    return Finding("schema", False, f"at {current}, this version needs {head}: {UPGRADE}")
+
+
+async def _apikey(store: Store, timeout: float) -> Finding:
+    if await _in_thread(store.api_key_hash, timeout) is None:
+        return Finding("apikey", False, (
+            "none configured: run 'recording-agi apikey generate' (or 'apikey set -' to choose one)"
+        ))
+    return Finding("apikey", True, "configured (stored as a hash)")
+
+
+async def _monitor_template(settings: Settings) -> Finding:
+    example = render_file(settings.monitor_template, uniqueid="1795825765.3", leg=1, extension="410",
+                          when=datetime.now(timezone.utc))
+    if not PurePosixPath(example).parent.is_absolute():
+        return Finding("monitor template", False, (
+            f"{settings.monitor_template!r} gives {example!r}, not an absolute path: MixMonitor would put it "
+            "under its own monitor directory, and the stored file name would not say where it is "
+            "(set RECORDING_MONITOR_TEMPLATE to an absolute path)"
+        ))
+    return Finding("monitor template", True, f"renders, e.g. {example} (a path on the Asterisk host)")
+
+
+async def _journal(settings: Settings, timeout: float) -> Finding:
+    directory = Path(settings.journal_dir).absolute()
+    try:
+        state = await _in_thread(lambda: _probe_directory(directory), timeout)
+    except TimeoutError:
+        return Finding("journal", False, f"{directory}: no answer from the file system within {timeout:g} s")
+    except OSError as exc:
+        return Finding("journal", False, f"{directory} cannot be used: {exc.strerror or exc} ({exc.filename or directory})")
+    return Finding("journal", True, f"{directory} {state}")
+
+
+def _probe_directory(directory: Path) -> str:
+    """Makes the directory if needed, writes, syncs and removes a file in it, and removes the
+    directories it made. Returns what it found; raises OSError when it cannot."""
+    missing = []
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        missing.append(existing)
+        existing = existing.parent
+    made: list[Path] = []
+    try:
+        for folder in reversed(missing):
+            folder.mkdir(mode=0o700)
+            made.append(folder)
+        handle, name = tempfile.mkstemp(prefix=".recording-check-", dir=directory)
+        try:
+            os.write(handle, b"recording-agi check\n")
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+            os.unlink(name)
+    finally:
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+    if missing:
+        return "does not exist yet and can be created (the service creates it)"
+    from .journal import Journal
+
+    # serve --workers gives each worker a journal of its own in a worker-N folder
+    folders = [directory, *sorted(p for p in directory.glob("worker-*") if p.is_dir())]
+    waiting = sum(Journal(folder).pending() for folder in folders)
+    return f"is writable; {waiting} writes wait for replay" if waiting else "is writable"
+
+
+async def _ami(settings: Settings, timeout: float) -> Finding:
+    if not settings.ami_url:
+        return Finding("ami", True, "not configured (RECORDING_AMI_URL is empty): the HTTP API answers 503")
+    client = AMIClient.from_url(settings.ami_url, action_timeout=min(settings.ami_timeout, timeout),
+                                connect_timeout=timeout)
+    where = f"{client.address} as {client.username!r}"
+    problem = await _reach(client.host, client.port, timeout)
+    if problem is not None:
+        return Finding("ami", False, f"{client.address} {problem}")
+    with _quiet("recording.ami"):
+        await client.start()
+        try:
+            await client.wait_connected(timeout)
+        except AMILoginRefused as exc:
+            return Finding("ami", False, f"login at {where} refused: {exc} (check the user and secret in manager.conf)")
+        except AMIUnavailable:
+            return Finding("ami", False, (
+                f"{client.address} accepts connections but no AMI login within {timeout:g} s "
+                "(is it Asterisk's manager port?)"
+            ))
+        finally:
+            await client.stop()
+    return Finding("ami", True, f"logged in at {where} (manager {client.version})")
+
+
+async def _reach(host: str, port: int, timeout: float) -> str | None:
+    """None if a TCP connection to host:port opens, else why not, in words."""
+    try:
+        async with asyncio.timeout(timeout):
+            _reader, writer = await asyncio.open_connection(host, port)
+    except TimeoutError:
+        return f"unreachable: no answer within {timeout:g} s"
+    except ConnectionRefusedError:
+        return "refused the connection (is Asterisk running, with its manager enabled on that port?)"
+    except OSError as exc:
+        return f"unreachable: {exc.strerror or exc}"
+    writer.close()
+    with contextlib.suppress(OSError, TimeoutError):
+        await asyncio.wait_for(writer.wait_closed(), 1.0)
+    return None
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    """Keeps a logger's warnings out of the check's output: the finding says it better, and
+    'retrying in the background' is not true of a check."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _listen_addresses(settings: Settings) -> list[tuple[str, str]]:
+    found = [("agi listen", settings.agi_listen)]
+    if settings.http_listen:
+        found.append(("http listen", settings.http_listen))
+    return found
+
+
+async def _listen(name: str, value: str, timeout: float) -> Finding:
+    host, port = parse_listen(value, name)
+    if port == 0:
+        return Finding(name, True, f"{value}: any free port (0)")
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout):
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except TimeoutError:
+        return Finding(name, False, f"{value}: {host} not resolved within {timeout:g} s")
+    except socket.gaierror as exc:
+        return Finding(name, False, f"{value}: {host} cannot be resolved ({exc.strerror})")
+    for family, kind, proto, _name, address in dict.fromkeys(infos):
+        problem = _bind(family, kind, proto, address)
+        if problem is not None:
+            return Finding(name, False, f"{value}: {problem}")
+    return Finding(name, True, f"{value} can be bound")
+
+
+def _bind(family: int, kind: int, proto: int, address: tuple) -> str | None:
+    """None if the address can be bound now (as the server binds it), else why not."""
+    with socket.socket(family, kind, proto) as sock:
+        # NOTE: the servers set SO_REUSEADDR too, so a port held only by TIME_WAIT is fine,
+        # while a port another socket listens on is still refused.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return "in use by another program (is recording-agi already running?)"
+            if exc.errno == errno.EACCES:
+                return "not allowed (ports below 1024 need a privilege the service does not have)"
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return "no such address on this host"
+            return f"cannot be bound: {exc.strerror or exc}"
+    return None
