@@ -146,8 +146,11 @@ class Server:
         port: int = 4573,
         limits: Limits = Limits(),
         reuse_port: bool = False,
+        admit: Callable[[str | None], bool] | None = None,
     ):
         self.router = router
+        # Asked with each peer's address before anything is read; False closes the connection.
+        self.admit = admit
         self.host = host
         self.requested_port = port
         self.limits = limits
@@ -203,6 +206,11 @@ class Server:
         return len(pending)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.admit is not None:
+            peer = writer.get_extra_info("peername")
+            if not self.admit(peer[0] if isinstance(peer, tuple) else None):
+                writer.close()
+                return
         task = asyncio.current_task()
         busy = len(self._tasks) >= self.limits.max_sessions
         if busy:

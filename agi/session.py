@@ -131,6 +131,12 @@ class Session:
         peer = self._writer.get_extra_info("peername")
         return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
+    @property
+    def peer_address(self) -> str | None:
+        """The peer's IP address alone (None for a peer without one)."""
+        peer = self._writer.get_extra_info("peername")
+        return peer[0] if isinstance(peer, tuple) else None
+
     # -- the exchange -------------------------------------------------------------------
 
     async def send(self, *commands: str) -> list[Reply]:

@@ -7,6 +7,8 @@ import asyncio
 import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import timedelta
 
 from agi import Limits, Server
 
@@ -15,8 +17,11 @@ from .ami import AMIClient
 from .config import Settings
 from .directory import Directory
 from .errors import ConfigError
-from .fastagi import build_router
-from .http import RecordingAPI, start_site
+from .configfile import load_settings, reload_changes
+from .fastagi import Hooks, build_router
+from .gate import Gate
+from .http import RecordingAPI, probe_application, start_site
+from .metrics import ServiceMetrics
 from .journal import Journal
 from .manager import Manager
 from .persist import Persister
@@ -25,6 +30,8 @@ from .store import Store
 from .sweeper import Sweeper
 
 log = logging.getLogger("recording.app")
+
+ROUTES = ("recording/start", "recording/stop", "recording/pause", "recording/resume", "recording/hangup", "health")
 
 
 def prepare_database(store: Store) -> str | None:
@@ -62,13 +69,27 @@ class Application:
     """The running service. ``start()`` then ``stop()``; :attr:`agi_port` and :attr:`http_port`
     are the bound ports."""
 
-    def __init__(self, settings: Settings, store: Store | None = None):
+    def __init__(self, settings: Settings, store: Store | None = None, *, config: str | None = None,
+                 overrides: dict | None = None):
         self.settings = settings
+        # Where SIGHUP re-reads the settings from: the config file, the environment, and the
+        # command-line options (which still win).
+        self.config = config
+        self.overrides = dict(overrides or {})
         self.store = store or Store(settings.database_url)
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="recording-db")
         self.directory = Directory(self.store, refresh=settings.directory_refresh, executor=self.executor)
         self.journal = Journal(settings.journal_dir)
-        self.persister = Persister(self.store, self.journal, budget=settings.database_budget, executor=self.executor)
+        self.metrics = ServiceMetrics(
+            journal_backlog=lambda: self.persister.backlog,
+            ami_connected=(lambda: int(self.manager.connected)) if settings.ami_url else None,
+            known_routes=ROUTES, known_paths=[path for _, path, _ in RecordingAPI.ROUTES],
+        )
+        self.persister = Persister(
+            self.store, self.journal, budget=settings.database_budget, executor=self.executor,
+            on_commit=self.metrics.record_commit,
+        )
+        self.gate = Gate(settings, on_failure=self.metrics.record_apikey_failure)
         self.manager = None
         if settings.ami_url:
             self.manager = Manager(AMIClient.from_url(settings.ami_url, action_timeout=settings.ami_timeout))
@@ -79,12 +100,16 @@ class Application:
             self.service, self.manager, interval=settings.sweep_interval, max_age=settings.max_leg_age
         )
         host, port = settings.agi_address
+        hooks = Hooks(observe=self.metrics.record_session, gate=self.gate, health=self.health_sentence)
         self.agi = Server(
-            build_router(self.service, settings.api_key_variable, self.manager),
+            build_router(self.service, settings.api_key_variable, self.manager, hooks),
             host=host, port=port, limits=limits_of(settings), reuse_port=settings.reuse_port,
+            admit=lambda address: self.gate.admits(self.gate.agi, address, "FastAGI"),
         )
         self._http = None
+        self._probes = None
         self.http_port: int | None = None
+        self.metrics_port: int | None = None
         self._background: set[asyncio.Task] = set()
 
     @property
@@ -104,11 +129,42 @@ class Application:
         self.sweeper.start()
         await self.agi.start()
         if self.settings.http_address is not None:
-            api = RecordingAPI(self.service, self.store, self.manager)
+            api = RecordingAPI(self.service, self.store, self.manager, gate=self.gate, metrics=self.metrics,
+                               health=self.health)
             self._http, self.http_port = await start_site(
                 api.application(), *self.settings.http_address, reuse_port=self.settings.reuse_port
             )
             log.info("HTTP recording API listening on %s:%d", self.settings.http_address[0], self.http_port)
+        if self.settings.metrics_address is not None:
+            self._probes, self.metrics_port = await start_site(
+                probe_application(self.metrics, self.health), *self.settings.metrics_address,
+                reuse_port=self.settings.reuse_port,
+            )
+            log.info("metrics and health on %s:%d", self.settings.metrics_address[0], self.metrics_port)
+
+    def health(self) -> dict:
+        """Whether a recording can start now, and why not. ``ok`` is False only when it
+        cannot: no apiKey is known, or the database is away and the journal cannot be written."""
+        problems = []
+        if self.directory.snapshot.api_key_hash is None:
+            problems.append("no apiKey is known (recording-agi apikey generate)")
+        if self.persister.database_away and self.persister.journal_broken:
+            problems.append("the database is away and the journal cannot be written")
+        report = {
+            "ok": not problems,
+            "status": "unavailable" if problems else ("degraded" if self.persister.database_away else "ok"),
+            "database": "away" if self.persister.database_away else "up",
+            "journalBacklog": self.persister.backlog,
+            "ami": "off" if self.manager is None else ("connected" if self.manager.connected else "down"),
+            "problems": problems,
+        }
+        if self.persister.database_away and not problems:
+            report["problems"] = ["the database is away: recordings start and their legs are journaled"]
+        return report
+
+    def health_sentence(self) -> tuple[bool, str]:
+        report = self.health()
+        return report["ok"], "; ".join(report["problems"])
 
     def _on_event(self, event: dict) -> None:
         # NOTE: Asterisk sends a Hangup for every channel; only ours are worth a look.
@@ -121,8 +177,9 @@ class Application:
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.shutdown_grace if grace is None else grace
-        if self._http is not None:
-            await self._http.cleanup()
+        for runner in (self._http, self._probes):
+            if runner is not None:
+                await runner.cleanup()
         cancelled = await self.agi.stop(grace)
         if cancelled:
             log.warning("%d sessions did not finish within %gs and were cancelled", cancelled, grace)
@@ -136,12 +193,46 @@ class Application:
         self.executor.shutdown(wait=True)
         self.store.close()
 
+    def reload(self) -> None:
+        """SIGHUP: reads the settings again (config file, environment, command line) and takes
+        those that can change safely; the log says which changed and which need a restart.
+        Logs go to stderr (journald), so there is no log file to reopen."""
+        try:
+            fresh = load_settings(self.config, **self.overrides)
+        except ConfigError as exc:
+            log.error("reload refused, the running settings stay: %s", exc)
+            return
+        changes, restart = reload_changes(self.settings, fresh)
+        if changes:
+            self.apply(replace(self.settings, **changes))
+        log.warning(
+            "reloaded settings%s: %s%s", f" from {self.config}" if self.config else "",
+            ", ".join(sorted(changes)) or "nothing changed",
+            f"; these need a restart to change: {', '.join(restart)}" if restart else "",
+        )
+
+    def apply(self, settings: Settings) -> None:
+        """Puts reloadable settings into the running parts."""
+        self.settings = settings
+        logging.getLogger().setLevel(settings.log_level.upper())
+        self.service.settings = settings
+        self.directory.refresh = settings.directory_refresh
+        self.persister.budget = settings.database_budget
+        self.sweeper.interval = settings.sweep_interval
+        self.sweeper.max_age = timedelta(seconds=settings.max_leg_age)
+        self.agi.limits = replace(
+            self.agi.limits, reply_timeout=settings.reply_timeout, session_timeout=settings.session_timeout,
+            environment_timeout=settings.environment_timeout,
+        )
+        self.gate.reload(settings)
+
     async def run_until_signalled(self) -> None:
-        """Serves until SIGTERM or SIGINT, then stops gracefully."""
+        """Serves until SIGTERM or SIGINT, then stops gracefully; SIGHUP reloads."""
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self.start()
         try:
             await stopping.wait()

@@ -17,9 +17,27 @@ from typing import Sequence
 
 from . import apikey
 from .config import Settings
+from .configfile import load_settings
 from .errors import ConfigError, RecordingFailure
 from .logs import configure
 from .store import Store, redact_url
+
+
+CONFIG_ENV = "RECORDING_CONFIG"
+# Options of the command line, by the setting they override: what a worker must be told.
+OVERRIDES = {"database_url": "database_url", "listen": "agi_listen", "http": "http_listen", "log_format": "log_format"}
+
+
+def _process_name(args, settings: Settings) -> str:
+    """Which process of several this is, for its log lines: a worker of `serve --workers`,
+    their supervisor, or '' for a process on its own."""
+    from .workers import WORKER_ENV
+
+    if os.environ.get(WORKER_ENV):
+        return f"worker {os.environ[WORKER_ENV]}"
+    if getattr(args, "command", None) is serve and settings.workers > 1:
+        return "supervisor"
+    return ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,11 +47,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        settings = Settings.load(
-            database_url=args.database_url, agi_listen=getattr(args, "listen", None),
+        settings = load_settings(
+            args.config, database_url=args.database_url, agi_listen=getattr(args, "listen", None),
             http_listen=getattr(args, "http", None), workers=getattr(args, "workers", None),
+            log_format=args.log_format,
         )
-        configure(settings.log_level)
+        configure(settings.log_level, fmt=settings.log_format, prefix=_process_name(args, settings))
         return args.command(args, settings)
     except ConfigError as exc:
         print(f"recording-agi: {exc}", file=sys.stderr)
@@ -47,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recording-agi", description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", help="SQLAlchemy database URL (default: RECORDING_DATABASE_URL, "
                         "else sqlite:///recording.sqlite3)")
+    parser.add_argument("--config", metavar="FILE", default=os.environ.get(CONFIG_ENV) or None,
+                        help=f"an INI or TOML file of settings (default: {CONFIG_ENV}); the environment and "
+                             "the command line override it; serve re-reads it on SIGHUP")
+    parser.add_argument("--log-format", choices=("text", "json"), help="default: RECORDING_LOG_FORMAT, else text")
     commands = parser.add_subparsers(metavar="COMMAND")
 
     db = commands.add_parser("db", help="the database schema").add_subparsers(metavar="ACTION", required=True)
@@ -93,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     status = journal.add_parser("status", help="what the journal holds")
     status.add_argument("--journal-dir", help="default: RECORDING_JOURNAL_DIR, else ./recording-journal")
     status.set_defaults(command=journal_status)
+
+    commands.add_parser("config-sample", help="print a config file naming every setting at its default").set_defaults(
+        command=config_sample)
+
+    check_cmd = commands.add_parser("check", help="check the settings, database, schema, apiKey, journal, AMI "
+                                    "and listen addresses; exit 1 if anything is wrong")
+    check_cmd.add_argument("--listen", help="HOST:PORT to check (default: RECORDING_AGI_LISTEN)")
+    check_cmd.add_argument("--http", metavar="HOST:PORT", help="HTTP listen address to check")
+    check_cmd.set_defaults(command=check)
 
     rec = commands.add_parser("recordings", help="recording legs").add_subparsers(metavar="ACTION", required=True)
     find = rec.add_parser("find", help="list legs by tag and/or unique call id")
@@ -205,20 +237,31 @@ def journal_status(args, settings: Settings) -> int:
     return 0
 
 
+def config_sample(args, settings: Settings) -> int:
+    from .configfile import sample_text
+
+    sys.stdout.write(sample_text())
+    return 0
+
+
+def check(args, settings: Settings) -> int:
+    from .check import check as run_checks, format_findings
+
+    findings = asyncio.run(run_checks(settings))
+    print(format_findings(findings))
+    return 0 if all(f.ok for f in findings) else 1
+
+
 def serve(args, settings: Settings) -> int:
     from .app import Application, prepare_database
     from .workers import WORKER_ENV, Supervisor, check_shareable
 
-    worker = os.environ.get(WORKER_ENV)
-    if worker:
-        # One of `serve --workers`: its lines must be told apart from its siblings'.
-        configure(settings.log_level, prefix=f"worker {worker}")
-        # NOTE: the supervisor passes SIGHUP on to its workers; whatever the service makes of
-        # it (a handler of its own replaces this), its default action must not end a worker.
+    if os.environ.get(WORKER_ENV):
+        # NOTE: the supervisor passes SIGHUP on to its workers; until the service installs
+        # its own handler, SIGHUP's default action must not end a worker.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if settings.workers > 1:
         check_shareable(settings)
-        configure(settings.log_level, prefix="supervisor")
     store = _store(settings)
     new_key = prepare_database(store)
     if new_key is not None:
@@ -228,10 +271,12 @@ def serve(args, settings: Settings) -> int:
             f"{settings.api_key_variable}.\n",
             flush=True,
         )
+    overrides = {setting: getattr(args, option) for option, setting in OVERRIDES.items()
+                 if getattr(args, option, None) is not None}
     if settings.workers > 1:
         store.close()
-        return Supervisor(settings).run()
-    asyncio.run(Application(settings, store).run_until_signalled())
+        return Supervisor(settings, config=args.config, overrides=overrides).run()
+    asyncio.run(Application(settings, store, config=args.config, overrides=overrides).run_until_signalled())
     return 0
 
 

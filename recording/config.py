@@ -127,6 +127,40 @@ class Settings:
         "let several processes share the listen ports (SO_REUSEPORT); serve --workers sets it for its workers",
         False,
     )
+    agi_allow: str = _setting(
+        "RECORDING_AGI_ALLOW",
+        "addresses or CIDR networks of the Asterisk hosts that may use FastAGI, comma-separated; "
+        "empty: any host that can reach the listen address",
+        "",
+    )
+    http_allow: str = _setting(
+        "RECORDING_HTTP_ALLOW",
+        "addresses or CIDR networks of the clients that may use the HTTP API (the vendor's "
+        "whitelisted IPs); empty: any host that can reach the listen address",
+        "",
+    )
+    apikey_failure_window: float = _setting(
+        "RECORDING_APIKEY_FAILURE_WINDOW",
+        "seconds over which wrong apiKeys from one address are counted (and logged once)",
+        60.0,
+    )
+    apikey_failure_threshold: int = _setting(
+        "RECORDING_APIKEY_FAILURE_THRESHOLD",
+        "wrong apiKeys from one address within the window before its answers are slowed down",
+        5,
+    )
+    apikey_failure_max_delay: float = _setting(
+        "RECORDING_APIKEY_FAILURE_MAX_DELAY",
+        "the longest an answer to an address that keeps sending wrong apiKeys is held back, seconds",
+        5.0,
+    )
+    metrics_listen: str = _setting(
+        "RECORDING_METRICS_LISTEN",
+        "HOST:PORT of a listener for /metrics and /healthz only; empty: they are served on the "
+        "HTTP API's listener when that is on",
+        "",
+    )
+    log_format: str = _setting("RECORDING_LOG_FORMAT", "text (one line per event) or json (for log shippers)", "text")
     log_level: str = _setting("RECORDING_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", "INFO")
 
     def __post_init__(self) -> None:
@@ -137,6 +171,14 @@ class Settings:
             from .ami import parse_ami_url
 
             parse_ami_url(self.ami_url)
+        if self.metrics_listen:
+            parse_listen(self.metrics_listen, "RECORDING_METRICS_LISTEN")
+        from .access import AddressAllowList
+
+        AddressAllowList(self.agi_allow, "RECORDING_AGI_ALLOW")
+        AddressAllowList(self.http_allow, "RECORDING_HTTP_ALLOW")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"RECORDING_LOG_FORMAT {self.log_format!r}: text or json")
         if not _OPTIONS.match(self.mixmonitor_options) or "i(" in self.mixmonitor_options:
             raise ConfigError(
                 f"RECORDING_MIXMONITOR_OPTIONS {self.mixmonitor_options!r}: letters and "
@@ -172,6 +214,10 @@ class Settings:
     @property
     def agi_address(self) -> tuple[str, int]:
         return parse_listen(self.agi_listen, "RECORDING_AGI_LISTEN")
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        return parse_listen(self.metrics_listen, "RECORDING_METRICS_LISTEN") if self.metrics_listen else None
 
     @property
     def http_address(self) -> tuple[str, int] | None:

@@ -217,3 +217,39 @@ def _where(path: Path, text: str, key: str) -> str:
 
 def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split())
+
+
+SAMPLE_HEADER = """# recording-agi configuration: copy to /etc/recording-agi.conf and pass --config.
+#
+# INI: every setting goes in the [recording-agi] section, named by its field name (as below) or
+# by its environment variable (RECORDING_DATABASE_URL), without regard to case. An empty value
+# leaves the default. Precedence, lowest first: the defaults, this file, the environment
+# (systemd's EnvironmentFile), the command line. Relative paths are relative to the working
+# directory (/var/lib/recording-agi under the systemd unit).
+#
+# The file may hold the database password and the AMI secret: keep it readable only by root
+# and the service's group (chown root:recording-agi; chmod 0640).
+#
+# Settings marked "reload" take effect on SIGHUP (systemctl reload recording-agi); the others
+# need a restart.
+
+"""
+
+
+def sample_text() -> str:
+    """A config file naming every setting, commented out at its default, with its variable,
+    whether SIGHUP reloads it, and what it means (``recording-agi config-sample``; the file in
+    contrib/ is this text)."""
+    import textwrap
+
+    from .config import describe
+
+    parts = [SAMPLE_HEADER, "[recording-agi]\n"]
+    for name, env, default, help in describe():
+        when = "reload" if name in RELOADABLE else "restart"
+        text = f"{env} ({when}): {help}."
+        lines = textwrap.wrap(text, width=94, break_on_hyphens=False, break_long_words=False)
+        parts.append("\n" + "".join(f"# {line}\n" for line in lines))
+        value = "" if default == "" else f" {default}"
+        parts.append(f"#{name} ={value}\n")
+    return "".join(parts)

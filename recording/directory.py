@@ -10,7 +10,7 @@ from concurrent.futures import Executor
 
 from . import apikey
 from .domain import DirectorySnapshot, UserRef
-from .errors import Denied, StorageUnavailable
+from .errors import StorageUnavailable, WrongKey
 from .store import Store
 
 log = logging.getLogger("recording.directory")
@@ -19,7 +19,7 @@ log = logging.getLogger("recording.directory")
 class Directory:
     def __init__(self, store: Store, *, refresh: float, executor: Executor | None = None):
         self._store = store
-        self._refresh = refresh
+        self.refresh = refresh
         self._executor = executor
         self._snapshot = DirectorySnapshot(None, {})
         self._keys = apikey.KeyCache()
@@ -53,7 +53,7 @@ class Directory:
 
     async def _refresher(self) -> None:
         while True:
-            await asyncio.sleep(self._refresh)
+            await asyncio.sleep(self.refresh)
             try:
                 await self.load()
             except StorageUnavailable as exc:
@@ -66,7 +66,7 @@ class Directory:
         the database, since the key may have been changed since the last refresh.
         """
         if not presented:
-            raise Denied("no apiKey was given")
+            raise WrongKey("no apiKey was given")
         stored = self._snapshot.api_key_hash
         if stored is not None and await self._verify(presented, stored):
             return
@@ -76,14 +76,14 @@ class Directory:
             if stored is None:
                 raise
             # The database is away: the hash in memory is the best knowledge there is.
-            raise Denied("the apiKey is not valid") from None
+            raise WrongKey("the apiKey is not valid") from None
         if fresh is None:
-            raise Denied("no apiKey is configured on the service (recording-agi apikey generate)")
+            raise WrongKey("no apiKey is configured on the service (recording-agi apikey generate)")
         if fresh != stored:
             self._snapshot = DirectorySnapshot(fresh, self._snapshot.users)
             if await self._verify(presented, fresh):
                 return
-        raise Denied("the apiKey is not valid")
+        raise WrongKey("the apiKey is not valid")
 
     async def _verify(self, presented: str, stored: str) -> bool:
         verdict = self._keys.lookup(presented, stored)

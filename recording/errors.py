@@ -21,6 +21,10 @@ class Denied(RecordingFailure):
     status = "DENIED"
 
 
+class WrongKey(Denied):
+    """The apiKey is missing or wrong (counted per address, to slow down guessing)."""
+
+
 class Invalid(RecordingFailure):
     """The request itself is wrong: a bad or missing argument, an unknown agent, a channel
     that is not this one. Nothing was recorded."""

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Awaitable, Callable, Mapping
 from urllib.parse import parse_qsl
 
 from agi import AGIError, AGITimeout, CommandRejected, HangupError, Overloaded, Router, Session, UnknownRoute, quote
 
 from .domain import Channel, MixMonitorStart, StartRequest, channel_extension
-from .errors import AsteriskFailure, Invalid, RecordingFailure
+from .errors import AsteriskFailure, Invalid, RecordingFailure, WrongKey
+from .gate import Gate
 from .manager import Manager
 from .service import LegRequest, RecordingService
 
@@ -125,9 +127,23 @@ def outcome(status: str, error: str = "", leg_id: str = "", file: str = "", defe
 Route = Callable[[Session, dict[str, str]], Awaitable[dict[str, str]]]
 
 
-def build_router(service: RecordingService, api_key_variable: str, manager: Manager | None = None) -> Router:
+@dataclass
+class Hooks:
+    """What the FastAGI door reports to the rest of the service: each session's outcome
+    (``observe(route, status, seconds)``, for metrics), wrong keys (``gate``), and the
+    service's health for the ``health`` route (``health() -> (ok, sentence)``)."""
+
+    observe: Callable[[str, str, float], None] | None = None
+    gate: Gate | None = None
+    health: Callable[[], tuple[bool, str]] | None = None
+
+
+def build_router(
+    service: RecordingService, api_key_variable: str, manager: Manager | None = None, hooks: Hooks | None = None,
+) -> Router:
     """The FastAGI routes of the recording service: ``recording/start``, ``stop``, ``pause``,
-    ``resume`` and ``hangup`` (for the ``h`` extension)."""
+    ``resume`` and ``hangup`` (for the ``h`` extension), and ``health``."""
+    hooks = hooks or Hooks()
 
     async def api_key(session: Session, args: dict[str, str]) -> None:
         key = args.get("apiKey")
@@ -190,9 +206,16 @@ def build_router(service: RecordingService, api_key_variable: str, manager: Mana
 
     def serve(name: str, route: Route):
         async def handler(session: Session) -> None:
-            await run(session, name, route, api_key)
+            await run(session, name, route, api_key, hooks)
 
         return handler
+
+    async def health(session: Session) -> None:
+        # NOTE: no apiKey: it tells nothing but whether a recording can start now.
+        ok, sentence = hooks.health() if hooks.health else (True, "")
+        await report(session, outcome("OK" if ok else "ERROR", "" if ok else sentence))
+        log.info("health %s status=%s%s", session.env.uniqueid or "-", "OK" if ok else "ERROR",
+                 "" if ok else f" error={sentence!r}")
 
     async def on_error(session: Session, error: AGIError) -> None:
         if isinstance(error, UnknownRoute):
@@ -206,10 +229,11 @@ def build_router(service: RecordingService, api_key_variable: str, manager: Mana
     router = Router(on_error=on_error)
     for name, route in routes.items():
         router.add(name, serve(name, route))
+    router.add("health", health)
     return router
 
 
-async def run(session: Session, name: str, route: Route, api_key) -> None:
+async def run(session: Session, name: str, route: Route, api_key, hooks: Hooks) -> None:
     """Runs one route and always reports: every failure becomes a status and one sentence in
     RECORDING_ERROR, and one log line per session says what happened."""
     started = time.monotonic()
@@ -217,11 +241,15 @@ async def run(session: Session, name: str, route: Route, api_key) -> None:
     try:
         args = parse_arguments(env)
         await api_key(session, args)
+        if hooks.gate is not None:
+            hooks.gate.right_key(session.peer_address)
         values = await route(session, args)
     except RecordingFailure as exc:
         values = outcome(exc.status, str(exc))
         if exc.status == "DENIED":
             audit.warning("denied %s for %s on %s from %s: %s", name, env.uniqueid, env.channel, session.peer, exc)
+        if isinstance(exc, WrongKey) and hooks.gate is not None:
+            await hooks.gate.wrong_key(session.peer_address, "FastAGI")
     except HangupError:
         log.info("%s %s: Asterisk closed the connection", name, env.uniqueid)
         return
@@ -233,10 +261,13 @@ async def run(session: Session, name: str, route: Route, api_key) -> None:
         log.exception("%s %s failed", name, env.uniqueid)
         values = outcome("ERROR", "internal error in the recording service (see its log)")
     await report(session, values)
+    seconds = time.monotonic() - started
+    if hooks.observe is not None:
+        hooks.observe(name, values["RECORDING_STATUS"], seconds)
     log.info(
         "%s %s status=%s leg=%s %.1fms%s%s",
         name, env.uniqueid, values["RECORDING_STATUS"], values["RECORDING_ID"] or "-",
-        (time.monotonic() - started) * 1000,
+        seconds * 1000,
         " hungup" if session.hung_up else "",
         f" error={values['RECORDING_ERROR']!r}" if values["RECORDING_ERROR"] else "",
     )

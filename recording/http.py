@@ -26,8 +26,11 @@ from .errors import (
     RecordingFailure,
     StorageRefused,
     StorageUnavailable,
+    WrongKey,
 )
+from .gate import Gate
 from .manager import Manager
+from .metrics import CONTENT_TYPE, ServiceMetrics
 from .openapi import spec
 from .service import LegRequest, RecordingService, check_text
 from .store import Store
@@ -81,21 +84,31 @@ def plain(status: int, message: str, **headers: str) -> web.Response:
 
 
 class RecordingAPI:
-    def __init__(self, service: RecordingService, store: Store, manager: Manager | None):
+    def __init__(
+        self, service: RecordingService, store: Store, manager: Manager | None, *,
+        gate: Gate | None = None, metrics: ServiceMetrics | None = None, health=None,
+    ):
         self.service = service
         self.store = store
         self.manager = manager
+        self.gate = gate
+        self.metrics = metrics
+        self.health = health
+
+    ROUTES = (
+        ("POST", f"{CALLS}/start", "start"),
+        ("POST", f"{CALLS}/stop", "stop"),
+        ("POST", f"{CALLS}/pause", "pause"),
+        ("POST", f"{CALLS}/resume", "resume"),
+        ("GET", f"{RETRIEVAL}/retrieveMetaData", "by_tag"),
+        ("GET", f"{RETRIEVAL}/retrieveMetaDataByUniqueId", "by_unique_id"),
+        ("GET", "/openapi.json", "openapi"),
+        ("GET", "/metrics", "scrape"),
+        ("GET", "/healthz", "healthz"),
+    )
 
     def routes(self) -> list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]]:
-        return [
-            ("POST", f"{CALLS}/start", self.start),
-            ("POST", f"{CALLS}/stop", self.stop),
-            ("POST", f"{CALLS}/pause", self.pause),
-            ("POST", f"{CALLS}/resume", self.resume),
-            ("GET", f"{RETRIEVAL}/retrieveMetaData", self.by_tag),
-            ("GET", f"{RETRIEVAL}/retrieveMetaDataByUniqueId", self.by_unique_id),
-            ("GET", "/openapi.json", self.openapi),
-        ]
+        return [(method, path, getattr(self, name)) for method, path, name in self.ROUTES]
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._errors], client_max_size=64 * 1024)
@@ -107,9 +120,15 @@ class RecordingAPI:
     async def _errors(self, request: web.Request, handler) -> web.StreamResponse:
         started = time.monotonic()
         try:
+            if self.gate is not None and not self.gate.admits(self.gate.http, request.remote, "HTTP"):
+                raise HTTPFailure(403, f"{request.remote} is not on this service's list of allowed clients")
             response = await handler(request)
         except HTTPFailure as exc:
             response = plain(exc.status, str(exc))
+        except WrongKey as exc:
+            if self.gate is not None:
+                await self.gate.wrong_key(request.remote, "HTTP")
+            response = plain(status_of(exc), str(exc))
         except RecordingFailure as exc:
             response = plain(status_of(exc), str(exc))
         except web.HTTPMethodNotAllowed as exc:
@@ -120,6 +139,8 @@ class RecordingAPI:
         except Exception:
             log.exception("HTTP %s %s failed", request.method, request.path)
             response = plain(500, "internal error in the recording service (see its log)")
+        if self.metrics is not None:
+            self.metrics.record_http(request.path, response.status)
         log.info(
             "HTTP %s %s from %s status=%d %.1fms", request.method, request.path, request.remote,
             response.status, (time.monotonic() - started) * 1000,
@@ -128,9 +149,14 @@ class RecordingAPI:
 
     # -- calls ----------------------------------------------------------------------------
 
+    async def _authorize(self, request: web.Request, key: str | None) -> None:
+        await self.service.authorize(key)
+        if self.gate is not None:
+            self.gate.right_key(request.remote)
+
     async def _target(self, request: web.Request, names: tuple[str, ...]):
         args = await arguments(request, names)
-        await self.service.authorize(args.get("apiKey"))
+        await self._authorize(request, args.get("apiKey"))
         target = check_text("extenOrUniqueId", args.get("extenOrUniqueId"), 150)
         if not target:
             raise HTTPFailure(400, "extenOrUniqueId is required: an extension (410) or a unique call id")
@@ -174,7 +200,7 @@ class RecordingAPI:
 
     async def _retrieve(self, request: web.Request, key: str) -> web.Response:
         args = await arguments(request, (key, "apiKey", "loginName"))
-        await self.service.authorize(args.get("apiKey"))
+        await self._authorize(request, args.get("apiKey"))
         value, login = args.get(key), args.get("loginName")
         if not value:
             raise HTTPFailure(400, f"{key} is required")
@@ -197,6 +223,39 @@ class RecordingAPI:
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.Response(text=json.dumps(spec(), indent=2), content_type="application/json")
+
+    async def scrape(self, request: web.Request) -> web.Response:
+        return metrics_response(self.metrics)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return health_response(self.health)
+
+
+def metrics_response(metrics: ServiceMetrics | None) -> web.Response:
+    if metrics is None:
+        return plain(404, "metrics are not kept by this process")
+    return web.Response(body=metrics.render().encode("utf-8"), headers={"Content-Type": CONTENT_TYPE})
+
+
+def health_response(health) -> web.Response:
+    """200 with what the service can do now, or 503 when it cannot start a recording."""
+    report = health() if health is not None else {"ok": True}
+    return web.json_response(report, status=200 if report["ok"] else 503)
+
+
+def probe_application(metrics: ServiceMetrics | None, health) -> web.Application:
+    """/metrics and /healthz alone, for RECORDING_METRICS_LISTEN."""
+
+    async def scrape(request: web.Request) -> web.Response:
+        return metrics_response(metrics)
+
+    async def healthz(request: web.Request) -> web.Response:
+        return health_response(health)
+
+    app = web.Application()
+    app.router.add_get("/metrics", scrape)
+    app.router.add_get("/healthz", healthz)
+    return app
 
 
 def vendor_fields(leg, now: datetime) -> dict:

@@ -7,9 +7,11 @@ log. The filter sits on the handlers, so it also covers other libraries' records
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
+from datetime import datetime, timezone
 
 _KEY = re.compile(r"(?i)(api_?key\s*[=:]\s*\"?)[^&\s,\"')]+")
 REDACTED = r"\1[redacted]"
@@ -44,12 +46,41 @@ class _Stderr(logging.StreamHandler):
         pass
 
 
-def configure(level: str = "INFO", stream=None, prefix: str = "") -> logging.Handler:
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers: time (UTC, ISO 8601), level, logger,
+    message, and the process's part (``worker``) and a traceback when there is one. Records
+    have already been through the redacting filter."""
+
+    def __init__(self, prefix: str = ""):
+        super().__init__()
+        self.prefix = prefix
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if self.prefix:
+            entry["process"] = self.prefix
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure(level: str = "INFO", stream=None, prefix: str = "", fmt: str = "text") -> logging.Handler:
     """One handler on the root logger, to stderr (journald takes it from there). ``prefix``
-    goes before the logger's name on every line (``worker 2``: which process of several)."""
+    goes before the logger's name on every line (``worker 2``: which process of several);
+    ``fmt`` is ``text`` or ``json``."""
     handler = logging.StreamHandler(stream) if stream is not None else _Stderr()
     where = f"{prefix.replace('%', '%%')} " if prefix else ""
-    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {where}%(name)s: %(message)s"))
+    if fmt == "json":
+        handler.setFormatter(JSONFormatter(prefix))
+    else:
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {where}%(name)s: %(message)s"))
     handler.addFilter(RedactingFilter())
     handler.recording_handler = True
     root = logging.getLogger()
@@ -58,4 +89,6 @@ def configure(level: str = "INFO", stream=None, prefix: str = "") -> logging.Han
             root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # NOTE: Alembic announces each of its plugins at INFO on every command.
+    logging.getLogger("alembic.runtime.plugins").setLevel(max(logging.WARNING, root.level))
     return handler

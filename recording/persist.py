@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -42,10 +43,18 @@ def _storage_failure(exc: Exception) -> BaseException:
 
 
 class Persister:
-    def __init__(self, store: Store, journal: Journal, *, budget: float, executor: Executor | None = None):
+    def __init__(
+        self, store: Store, journal: Journal, *, budget: float, executor: Executor | None = None,
+        on_commit=None,
+    ):
         self.store = store
         self.journal = journal
         self.budget = budget
+        # Told the seconds each direct database write took (for the metrics).
+        self.on_commit = on_commit
+        # Entries in the journal waiting for replay, counted here rather than read from disk.
+        self.backlog = 0
+        self.journal_broken = False
         self._executor = executor
         self._commits = BatchThread("recording-writer", store.commit, _storage_failure)
         self._appends = BatchThread("recording-journal", journal.append, _storage_failure)
@@ -55,6 +64,11 @@ class Persister:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self.journal_peak = 0
+
+    @property
+    def database_away(self) -> bool:
+        """True from the first failed write until a replay succeeds."""
+        return self._database_away
 
     @property
     def journaling(self) -> bool:
@@ -68,6 +82,7 @@ class Persister:
         self._appends.start()
         self._wake = asyncio.Event()
         pending = await self._run(self.journal.pending)
+        self.backlog = pending
         if pending:
             log.warning("%d journaled writes from an earlier run wait for the database", pending)
             self._journaling = True
@@ -93,11 +108,15 @@ class Persister:
         write itself (retrying cannot help), and StorageUnavailable when neither the database
         nor the journal can take it."""
         if not self._journaling:
+            started = time.monotonic()
             try:
                 async with asyncio.timeout(self.budget):
                     # NOTE: shielded: a commit past the budget still completes, and its
                     # journaled twin is then replayed as APPLIED.
-                    return Persisted(await asyncio.shield(self._commits.submit(write)))
+                    result = await asyncio.shield(self._commits.submit(write))
+                if self.on_commit is not None:
+                    self.on_commit(time.monotonic() - started)
+                return Persisted(result)
             except StorageUnavailable as exc:
                 self._went_away(exc)
             except TimeoutError:
@@ -106,8 +125,13 @@ class Persister:
         self._appending += 1
         try:
             await self._appends.submit(write)
+        except StorageUnavailable:
+            self.journal_broken = True
+            raise
         finally:
             self._appending -= 1
+        self.journal_broken = False
+        self.backlog += 1
         self._wake.set()
         return Persisted(None, deferred=True)
 
@@ -133,6 +157,7 @@ class Persister:
                     delay = min(delay * 2, RETRY_MAX)
                     continue
                 delay = RETRY_MIN
+                self.backlog = max(0, self.backlog - replayed)
                 if self._database_away:
                     self._database_away = False
                     log.warning("database available again; replayed %d journaled writes", replayed)
@@ -140,6 +165,7 @@ class Persister:
                 # append in flight and no open file, nothing can slip behind the switch.
                 if self._appending == 0 and not self.journal.has_open_segment():
                     self._journaling = False
+                    self.backlog = 0
                     log.info("journal empty: writing to the database directly again")
                 else:
                     await asyncio.sleep(0.05)

@@ -60,12 +60,17 @@ def worker_journal(settings: Settings, index: int) -> Path:
     return Path(settings.journal_dir) / f"worker-{index}"
 
 
-def worker_environment(settings: Settings, index: int, environ: Mapping[str, str]) -> dict[str, str]:
-    """``environ`` with every setting spelled out (so that a worker runs with exactly the
-    parent's settings, command-line options included), as one worker of several."""
+def worker_environment(
+    settings: Settings, index: int, environ: Mapping[str, str], overrides: Mapping[str, object] | None = None,
+) -> dict[str, str]:
+    """``environ`` plus what makes a process one worker of several: the parent's command-line
+    options (``overrides``, by setting name: they must win over the config file and the
+    environment there too) and its own journal. Everything else a worker reads itself, from
+    the same environment and config file, so that SIGHUP reloads reach it."""
     env = dict(environ)
-    for spec in fields(Settings):
-        env[spec.metadata["env"]] = _text(getattr(settings, spec.name))
+    names = {spec.name: spec.metadata["env"] for spec in fields(Settings)}
+    for name, value in (overrides or {}).items():
+        env[names[name]] = _text(value)
     env.update({
         "RECORDING_WORKERS": "1",
         "RECORDING_REUSE_PORT": "1",
@@ -115,9 +120,12 @@ class Supervisor:
     """Runs ``settings.workers`` workers until SIGTERM or SIGINT (see the module)."""
 
     def __init__(self, settings: Settings, *, command: Sequence[str] | None = None,
-                 environ: Mapping[str, str] | None = None):
+                 environ: Mapping[str, str] | None = None, config: str | None = None,
+                 overrides: Mapping[str, object] | None = None):
         self.settings = settings
-        self.command = list(command or [sys.executable, "-m", "recording", "serve"])
+        config_option = ["--config", os.path.abspath(config)] if config else []
+        self.command = list(command or [sys.executable, "-m", "recording", *config_option, "serve"])
+        self.overrides = dict(overrides or {})
         self.environ = dict(os.environ if environ is None else environ)
         self.workers = [Worker(index) for index in range(1, settings.workers + 1)]
         self._preexec = parent_death_signal()
@@ -216,7 +224,7 @@ class Supervisor:
 
     def _start(self, worker: Worker) -> bool:
         """Starts ``worker``; False when it cannot be started and the supervisor gives up."""
-        environment = worker_environment(self.settings, worker.index, self.environ)
+        environment = worker_environment(self.settings, worker.index, self.environ, self.overrides)
         worker.started = time.monotonic()
         try:
             worker.process = subprocess.Popen(

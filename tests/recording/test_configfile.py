@@ -152,3 +152,12 @@ def test_the_sample_names_every_setting_with_its_default(tmp_path):
     values = read_config_file(write(tmp_path, "all.conf", uncommented))
     assert set(values) == {spec.name for spec in fields(Settings) if spec.default != ""}
     assert Settings(**values) == Settings()
+
+
+def test_the_sample_in_contrib_is_what_config_sample_prints(capsys):
+    from recording.cli import main
+    from recording.configfile import sample_text
+
+    assert SAMPLE.read_text() == sample_text()
+    assert main(["config-sample"]) == 0
+    assert capsys.readouterr().out == sample_text()
