@@ -1,9 +1,10 @@
-"""The writes of recording/start, the hot path, as two prepared statements per batch.
+"""The writes of recording/start, the hot path, as two statements per batch.
 
 SQLAlchemy compiles a multi-row INSERT anew for every batch size and processes every bound
 value in Python; at a few thousand sessions a second that was a quarter of the service's CPU.
-Here the SQL text for each batch size is built once and cached, values go to the driver as
-they are, and the extension rule is resolved by a join inside the same INSERT. Whatever this
+Here the SQL text is fixed (PostgreSQL: arrays through unnest) or built once per batch size
+(SQLite), values go to the driver as they are, and the extension rule is resolved by a join
+inside the same INSERT. Whatever this
 path cannot do alone (a leg that conflicts) falls back to the store's general path, in the same
 transaction. Only the store uses it.
 """
@@ -31,10 +32,34 @@ _OWNERSHIP = (
 )
 
 
+# NOTE: on PostgreSQL the rows go as one array per column through unnest(): one short SQL text
+# for every batch size, which psycopg parses once and the server prepares once (a multi-row
+# VALUES of a new length each time was re-parsed by psycopg for every batch).
+_PG_CALLS = (
+    "INSERT INTO call_records (unique_id, external_reference, created_at, updated_at) "
+    "SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[]) "
+    "ON CONFLICT (unique_id) DO UPDATE SET "
+    "external_reference = COALESCE(excluded.external_reference, call_records.external_reference), "
+    "updated_at = excluded.updated_at"
+)
+_PG_LEGS = (
+    f"INSERT INTO recording_legs ({_LEG_COLUMNS}) "
+    "SELECT v.id, c.id, v.leg, v.unique_id, v.channel, v.extension, v.file, v.mixmonitor_id, "
+    "v.tag, COALESCE(v.agent_id, a.user_id), " + _OWNERSHIP.format(agent="v.agent_id") + ", "
+    "v.source, v.state, v.started_at, v.ended_at "
+    "FROM unnest(%s::text[], %s::integer[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
+    "%s::text[], %s::integer[], %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[]) "
+    "AS v(id, leg, unique_id, channel, extension, file, mixmonitor_id, tag, agent_id, source, state, "
+    "started_at, ended_at) "
+    "JOIN call_records c ON c.unique_id = v.unique_id "
+    "LEFT JOIN extension_attachments a ON v.agent_id IS NULL AND a.extension = v.extension "
+    "ON CONFLICT DO NOTHING RETURNING id, leg, ownership, owner_id"
+)
+
+
 @lru_cache(maxsize=512)
-def _calls_sql(dialect: str, rows: int) -> str:
-    mark = "%s" if dialect == "postgresql" else "?"
-    values = ", ".join([f"({mark}, {mark}, {mark}, {mark})"] * rows)
+def _sqlite_calls(rows: int) -> str:
+    values = ", ".join(["(?, ?, ?, ?)"] * rows)
     # NOTE: a start without a tag keeps the reference an earlier start wrote.
     return (
         f"INSERT INTO call_records (unique_id, external_reference, created_at, updated_at) VALUES {values} "
@@ -45,20 +70,7 @@ def _calls_sql(dialect: str, rows: int) -> str:
 
 
 @lru_cache(maxsize=512)
-def _legs_sql(dialect: str, rows: int) -> str:
-    if dialect == "postgresql":
-        values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"] * rows)
-        return (
-            f"INSERT INTO recording_legs ({_LEG_COLUMNS}) "
-            "SELECT v.id, c.id, v.leg::integer, v.unique_id, v.channel, v.extension, v.file, v.mixmonitor_id, "
-            "v.tag, COALESCE(v.agent_id::integer, a.user_id), " + _OWNERSHIP.format(agent="v.agent_id") + ", "
-            "v.source, v.state, v.started_at::timestamptz, v.ended_at::timestamptz "
-            f"FROM (VALUES {values}) AS v(id, leg, unique_id, channel, extension, file, mixmonitor_id, tag, "
-            "agent_id, source, state, started_at, ended_at) "
-            "JOIN call_records c ON c.unique_id = v.unique_id "
-            "LEFT JOIN extension_attachments a ON v.agent_id IS NULL AND a.extension = v.extension "
-            "ON CONFLICT DO NOTHING RETURNING id, leg, ownership, owner_id"
-        )
+def _sqlite_legs(rows: int) -> str:
     values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
     # NOTE: SQLite names VALUES columns column1..columnN, and needs a WHERE before ON CONFLICT
     # in INSERT ... SELECT to tell the upsert clause from a join's ON.
@@ -110,22 +122,21 @@ class HotPath:
             else:
                 entry[1] = write.tag or entry[1]
                 entry[3] = at
-        params = []
-        for unique_id, tag, created, updated in calls.values():
-            params += (unique_id, tag, time(created), time(updated))
-        self._run(conn, _calls_sql(self._dialect, len(calls)), tuple(params))
+        call_rows = [(uid, tag, time(created), time(updated)) for uid, tag, created, updated in calls.values()]
         legs = [w for w in writes if type(w) is NewLeg]
-        inserted = {}
-        if legs:
-            params = []
-            for leg in legs:
-                params += (
-                    leg.id, leg.leg, leg.unique_id, leg.channel, leg.extension, leg.file, leg.mixmonitor_id,
-                    leg.tag, leg.agent.id if leg.agent is not None else None, leg.source, leg.state,
-                    time(leg.started_at), time(leg.ended_at) if leg.ended_at is not None else None,
-                )
-            rows = self._run(conn, _legs_sql(self._dialect, len(legs)), tuple(params))
-            inserted = {row[0]: row for row in rows}
+        leg_rows = [
+            (leg.id, leg.leg, leg.unique_id, leg.channel, leg.extension, leg.file, leg.mixmonitor_id, leg.tag,
+             leg.agent.id if leg.agent is not None else None, leg.source, leg.state, time(leg.started_at),
+             time(leg.ended_at) if leg.ended_at is not None else None)
+            for leg in legs
+        ]
+        if self._dialect == "postgresql":
+            self._run(conn, _PG_CALLS, tuple(map(list, zip(*call_rows))))
+            rows = self._run(conn, _PG_LEGS, tuple(map(list, zip(*leg_rows)))) if legs else []
+        else:
+            self._run(conn, _sqlite_calls(len(call_rows)), tuple(v for row in call_rows for v in row))
+            rows = self._run(conn, _sqlite_legs(len(leg_rows)), tuple(v for row in leg_rows for v in row)) if legs else []
+        inserted = {row[0]: row for row in rows}
         results = []
         for write in writes:
             if type(write) is TagUpdate:
