@@ -95,10 +95,7 @@ class Persister:
         fsynced (it was, entry by entry, before any session reported it stored)."""
         if self._task is not None:
             self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await asyncio.gather(self._task, return_exceptions=True)
         await self._run(self._commits.stop)
         await self._run(self._appends.stop)
         self.journal.close()

@@ -12,6 +12,7 @@ import pytest
 
 from agi.protocol import split_command
 from tests.recording.conftest import API_KEY
+from tests.waiting import wait_until
 
 START = f"recording/start?apiKey={API_KEY}"
 
@@ -268,7 +269,7 @@ def test_connection_cut_after_mixmonitor_still_stores_leg_and_tag(asterisk, stor
     call = asterisk.call(f"{START}&tag=cut", drop_after=2)
 
     assert call.ended_by == "dropped" and len(call.mixmonitors) == 1
-    legs = wait_for(lambda: store.find_legs(tag="cut"))
+    legs = wait_until(lambda: store.find_legs(tag="cut"), 5, "the cut call's leg in the database")
     assert [leg.state for leg in legs] == ["ended"]
     # The server is unharmed.
     assert asterisk.call(START).status == "STARTED"
@@ -314,17 +315,6 @@ def test_the_api_key_never_reaches_the_log(asterisk, store, caplog):
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-def wait_for(probe, timeout: float = 5.0):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.05)
-
 
 def count(store, table: str) -> int:
     from sqlalchemy import text

@@ -14,6 +14,7 @@ from tests.fake_ami import FakeMixMonitor
 from tests.fake_asterisk import FakeAsterisk
 from tests.recording.conftest import API_KEY
 from tests.recording.test_store import leg as new_leg
+from tests.waiting import wait_until
 
 KEY = f"apiKey={API_KEY}"
 CHANNEL = "PJSIP/410-0000001a"
@@ -218,10 +219,9 @@ def test_a_hangup_event_from_the_manager_ends_the_leg(http, fake_ami, store):
 
     fake_ami.hangup(CHANNEL)
 
-    deadline = time.monotonic() + 5
-    while only_leg(store, channel.uniqueid).state != "ended" and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert (only_leg(store, channel.uniqueid).state, only_leg(store, channel.uniqueid).ended_by) == ("ended", "hangup")
+    leg = wait_until(lambda: (leg := only_leg(store, channel.uniqueid)).state == "ended" and leg, 5,
+                     "the leg ended by the Hangup event")
+    assert leg.ended_by == "hangup"
 
 
 def test_the_sweeper_closes_legs_whose_channel_is_gone(ami_service, fake_ami, store):

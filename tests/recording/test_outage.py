@@ -16,6 +16,7 @@ from tests.fake_asterisk import FakeAsterisk
 from tests.recording.test_cli import Serve
 from tests.service_runner import RunningService
 from tests.throwaway_postgres import ThrowawayPostgres
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -52,16 +53,6 @@ def legs_by_unique_id(url: str) -> dict[str, list]:
         return found
     finally:
         store.close()
-
-
-def wait_until(probe, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = probe()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"not within {timeout}s: {what}")
 
 
 class Caller(threading.Thread):

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +25,7 @@ from tests.fake_asterisk import FakeAsterisk
 from tests.recording.conftest import API_KEY
 from tests.recording.test_cli import Serve
 from tests.recording.test_store import leg
+from tests.waiting import wait_until
 
 LISTENING = re.compile(r" worker (\d+) agi\.server: FastAGI listening on ")
 STARTED = re.compile(r" worker (\d+) started \(pid (\d+)\)")
@@ -57,16 +57,6 @@ def children_of(pid: int) -> set[int]:
             if re.search(rf"^PPid:\s+{pid}$", status, re.M):
                 found.add(int(entry.name))
     return found
-
-
-def wait_until(probe, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = probe()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout}s: {what}")
 
 
 class Workers:
