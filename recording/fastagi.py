@@ -85,6 +85,11 @@ class AGIChannel:
         except HangupError:
             # The command was sent; whether it ran is unknown, and the channel is gone.
             return MixMonitorStart(None, hung_up=True)
+        except AGIError as exc:
+            # Sent, but not answered as it should be (no reply in time, a garbled one): the
+            # recording may well exist, so its leg is written, without a MixMonitor id.
+            log.warning("MixMonitor on %s sent but not answered properly (%s); its leg is kept", self.name, exc)
+            return MixMonitorStart(None)
         if started.code != 200:
             raise AsteriskFailure(f"Asterisk rejected MixMonitor ({started.code} {started.text})")
         if started.value == -2:

@@ -197,7 +197,11 @@ class FakeAsterisk:
                 if reply_delay and line.startswith(delay_only):
                     time.sleep(reply_delay)
                 call.replies.append(reply)
-                sock.sendall(reply.encode("utf-8", "surrogateescape") + b"\n")
+                try:
+                    sock.sendall(reply.encode("utf-8", "surrogateescape") + b"\n")
+                except OSError as exc:
+                    call.ended_by = f"error: {exc}"
+                    break
                 if drop_after is not None and len(call.replies) >= drop_after:
                     call.ended_by = "dropped"
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")

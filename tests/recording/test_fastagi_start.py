@@ -11,6 +11,7 @@ from urllib.parse import quote as urlquote
 import pytest
 
 from agi.protocol import split_command
+from tests.fake_asterisk import FakeAsterisk
 from tests.recording.conftest import API_KEY
 from tests.waiting import wait_until
 
@@ -349,3 +350,14 @@ def refused_legs(store):
             conn.execute(text("DROP TRIGGER refuse_leg ON recording_legs"))
         else:
             conn.execute(text("DROP TRIGGER refuse_leg"))
+
+
+def test_mixmonitor_sent_but_never_answered_still_leaves_its_leg(store, settings):
+    from tests.service_runner import RunningService
+
+    with RunningService(settings.with_(reply_timeout=0.5)) as running:
+        call = FakeAsterisk(running.port).call(f"{START}&tag=silent", reply_delay=3.0, delay_only="EXEC")
+
+    (leg,) = store.find_legs(tag="silent")
+    assert leg.state == "recording" and leg.mixmonitor_id is None
+    assert leg.file == call.mixmonitors[0].file
