@@ -17,7 +17,7 @@ from typing import Awaitable, Callable
 from .errors import AGIError, AGITimeout, HangupError, Overloaded, ProtocolError, UnknownRoute
 from .protocol import Environment, parse_environment, parse_environment_line
 from .session import LineReader, LineTooLong, Session
-from .watchdog import Watch, Watchdog
+from .watchdog import Watch, Watchdog, within
 
 log = logging.getLogger("agi.server")
 
@@ -280,31 +280,25 @@ class Server:
         """The request's environment; None when it was malformed but complete and the
         dialplan has been told so."""
         limits = self.limits
-        watch.waiting(limits.environment_timeout, "environment")
         try:
-            return await read_environment(lines, limits)
-        except asyncio.CancelledError:
-            if not watch.claim("environment"):
-                raise
+            return await within(watch, limits.environment_timeout, read_environment(lines, limits), "environment")
+        except TimeoutError:
             raise AGITimeout(f"no complete AGI environment within {limits.environment_timeout:g}s") from None
         except ProtocolError as exc:
             if not getattr(exc, "framed", False):
                 raise
-            watch.done_waiting()
             session = Session(lines, writer, exc.env, reply_timeout=limits.reply_timeout, watch=watch)
             await self._report(session, exc)
             await session.close(limits.close_timeout)
             return None
-        finally:
-            watch.done_waiting()
 
-    async def _report(self, session: Session, error: AGIError, within: float | None = None) -> None:
+    async def _report(self, session: Session, error: AGIError, seconds: float | None = None) -> None:
         """Logs why a request was not served and lets ``on_error`` tell the dialplan, within
-        ``within`` seconds (a session deadline that already struck is moved to then)."""
+        ``seconds`` (a session deadline that already struck is moved to then)."""
         log.warning("FastAGI request %s (%s) from %s not served: %s",
                     session.env.uniqueid or "-", session.env.script or "-", session.peer, error)
-        if within is not None:
-            session.watch.deadline = time.monotonic() + within
+        if seconds is not None:
+            session.watch.deadline = time.monotonic() + seconds
         if self.router.on_error is not None:
             await self.router.on_error(session, error)
 

@@ -12,7 +12,7 @@ from contextlib import nullcontext
 from typing import Mapping
 
 from .errors import AGIError, AGITimeout, CommandRejected, HangupError, ProtocolError
-from .watchdog import Watch
+from .watchdog import Watch, within
 from .protocol import Environment, Reply, decode, parse_reply, parse_reply_line, quote, word
 
 
@@ -158,20 +158,8 @@ class Session:
     async def _exchange(self, payload: bytes, count: int) -> list[Reply]:
         if self._broken:
             raise ProtocolError(f"session is out of step: {self._broken}")
-        watch = self.watch
         try:
-            if watch is None:
-                async with asyncio.timeout(self.reply_timeout):
-                    return await self._talk(payload, count)
-            watch.waiting(self.reply_timeout, "reply")
-            try:
-                return await self._talk(payload, count)
-            except asyncio.CancelledError:
-                if watch.claim("reply"):
-                    raise TimeoutError from None
-                raise
-            finally:
-                watch.done_waiting()
+            return await within(self.watch, self.reply_timeout, self._talk(payload, count), "reply")
         except TimeoutError:
             self._broken = "no reply in time"
             raise AGITimeout(f"no reply from Asterisk within {self.reply_timeout:g}s") from None
@@ -293,33 +281,16 @@ class Session:
         try:
             if not writer.is_closing() and writer.can_write_eof():
                 writer.write_eof()
-                await self._within(timeout, self._drain_to_eof())
+                await within(self.watch, timeout, self._drain_to_eof(), "close")
         except (AGIError, TimeoutError, OSError):
             pass
         finally:
             writer.close()
             try:
-                await self._within(timeout, writer.wait_closed())
+                await within(self.watch, timeout, writer.wait_closed(), "close")
             except (TimeoutError, OSError):
                 pass
 
     async def _drain_to_eof(self) -> None:
         while True:
             await self._lines.readline(max_skip=0)
-
-    async def _within(self, seconds: float, waiting) -> None:
-        """Awaits ``waiting`` for at most ``seconds``; TimeoutError past them."""
-        watch = self.watch
-        if watch is None:
-            async with asyncio.timeout(seconds):
-                return await waiting
-        watch.waiting(seconds, "close")
-        try:
-            return await waiting
-        except asyncio.CancelledError:
-            if watch.claim("close"):
-                raise TimeoutError from None
-            raise
-        finally:
-            watch.done_waiting()
-

@@ -13,6 +13,9 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import contextmanager
+from typing import Awaitable, TypeVar
+
+T = TypeVar("T")
 
 
 class Watch:
@@ -96,3 +99,20 @@ class Watchdog:
             now = time.monotonic()
             for watch in list(self._watches):
                 watch.check(now)
+
+
+async def within(watch: Watch | None, seconds: float, waiting: Awaitable[T], reason: str) -> T:
+    """Awaits ``waiting`` for at most ``seconds``, raising TimeoutError past them: through the
+    watch when there is one (``reason`` says which wait it was), else with its own timer."""
+    if watch is None:
+        async with asyncio.timeout(seconds):
+            return await waiting
+    watch.waiting(seconds, reason)
+    try:
+        return await waiting
+    except asyncio.CancelledError:
+        if watch.claim(reason):
+            raise TimeoutError from None
+        raise
+    finally:
+        watch.done_waiting()
