@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "and listen addresses; exit 1 if anything is wrong")
     check_cmd.add_argument("--listen", help="HOST:PORT to check (default: RECORDING_AGI_LISTEN)")
     check_cmd.add_argument("--http", metavar="HOST:PORT", help="HTTP listen address to check")
+    check_cmd.add_argument("--dialplan", metavar="FILE", action="append", default=[],
+                           help="also read this extensions.conf for its AGI() calls to the service (repeatable)")
     check_cmd.set_defaults(command=check)
 
     rec = commands.add_parser("recordings", help="recording legs").add_subparsers(metavar="ACTION", required=True)
@@ -247,7 +249,12 @@ def config_sample(args, settings: Settings) -> int:
 def check(args, settings: Settings) -> int:
     from .check import check as run_checks, format_findings
 
+    from .app import ROUTES
+    from .dialplan import check_dialplan
+
     findings = asyncio.run(run_checks(settings))
+    for path in args.dialplan:
+        findings += check_dialplan(path, ROUTES)
     print(format_findings(findings))
     return 0 if all(f.ok for f in findings) else 1
 
