@@ -1,4 +1,4 @@
-"""The pure FastAGI parsers, against the bytes a real Asterisk 22 sent (``/work/shared/asterisk``)
+"""The pure FastAGI parsers, against the bytes a real Asterisk 22 sent (``tests/captures``)
 and against deliberately malformed input."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from agi.protocol import (
     word,
 )
 
-CAPTURES = Path("/work/shared/asterisk")
+CAPTURES = Path(__file__).resolve().parents[1] / "captures"
 RAW = sorted(CAPTURES.glob("fastagi-*.raw.txt"))
 
 

@@ -23,7 +23,7 @@ from agi.protocol import is_clean_text, split_command
 from agi.server import read_environment
 from agi.session import LineReader
 
-CAPTURES = Path("/work/shared/asterisk")
+CAPTURES = Path(__file__).resolve().parents[1] / "captures"
 WAIT = 5.0  # the longest any peer waits for the server
 FAST = dict(environment_timeout=1.0, reply_timeout=2.0, session_timeout=5.0, close_timeout=1.0)
 
