@@ -18,7 +18,7 @@ from .config import Settings
 from .directory import Directory
 from .errors import ConfigError
 from .configfile import load_settings, reload_changes
-from .fastagi import Hooks, build_router
+from .fastagi import ROUTES, Hooks, build_router
 from .gate import Gate
 from .http import RecordingAPI, probe_application, start_site
 from .metrics import ServiceMetrics
@@ -30,8 +30,6 @@ from .store import Store
 from .sweeper import Sweeper
 
 log = logging.getLogger("recording.app")
-
-ROUTES = ("recording/start", "recording/stop", "recording/pause", "recording/resume", "recording/hangup", "health")
 
 
 def prepare_database(store: Store) -> str | None:

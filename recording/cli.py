@@ -249,8 +249,8 @@ def config_sample(args, settings: Settings) -> int:
 def check(args, settings: Settings) -> int:
     from .check import check as run_checks, format_findings
 
-    from .app import ROUTES
     from .dialplan import check_dialplan
+    from .fastagi import ROUTES
 
     findings = asyncio.run(run_checks(settings))
     for path in args.dialplan:

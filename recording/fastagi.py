@@ -27,6 +27,9 @@ audit = logging.getLogger("recording.audit")
 # The seed's argument names, matched without regard to case.
 ARGUMENTS = {name.lower(): name for name in ("extenOrUniqueId", "agentLoginName", "tag", "apiKey")}
 MIXMONITOR_ID_VARIABLE = "RECORDING_MIXMONITOR_ID"
+# Every FastAGI route, as the dialplan names it; build_router registers exactly these (metrics
+# and `check --dialplan` read them here).
+ROUTES = ("recording/start", "recording/stop", "recording/pause", "recording/resume", "recording/hangup", "health")
 RESULT_VARIABLES = ("RECORDING_STATUS", "RECORDING_ERROR", "RECORDING_ID", "RECORDING_FILE", "RECORDING_DEFERRED")
 
 
@@ -231,10 +234,11 @@ def build_router(
             values = outcome("INVALID", f"the AGI request is malformed: {error}")
         await report(session, values)
 
+    handlers = {name: serve(name, route) for name, route in routes.items()} | {"health": health}
     router = Router(on_error=on_error)
-    for name, route in routes.items():
-        router.add(name, serve(name, route))
-    router.add("health", health)
+    for name in ROUTES:
+        # NOTE: a KeyError here means ROUTES and the handlers above disagree.
+        router.add(name, handlers[name])
     return router
 
 

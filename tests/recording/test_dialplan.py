@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recording.app import ROUTES
+from recording.fastagi import ROUTES
 from recording.cli import main
 from recording.dialplan import check_dialplan
 
