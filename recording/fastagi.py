@@ -132,6 +132,11 @@ def outcome(status: str, error: str = "", leg_id: str = "", file: str = "", defe
     return dict(zip(RESULT_VARIABLES, (status, error, leg_id, file, "1" if deferred else "0")))
 
 
+def told(result) -> dict[str, str]:
+    """The result variables of a service outcome (StartOutcome or LegOutcome)."""
+    return outcome(result.status, "", result.leg_id, result.file, result.deferred)
+
+
 Route = Callable[[Session, dict[str, str]], Awaitable[dict[str, str]]]
 
 
@@ -175,8 +180,7 @@ def build_router(
             unique_id=env.uniqueid, channel=env.channel, agent_login=args.get("agentLoginName"),
             tag=args.get("tag"), source="agi",
         )
-        result = await service.start(request, AGIChannel(session))
-        return outcome(result.status, "", result.leg_id, result.file, result.deferred)
+        return told(await service.start(request, AGIChannel(session)))
 
     async def target(session: Session, args: dict[str, str]) -> Channel:
         """The channel stop/pause/resume act on: this one unless extenOrUniqueId names another
@@ -195,14 +199,12 @@ def build_router(
             actor = args.get("agentLoginName") or None
             if "tag" in args:
                 raise Invalid(f"tag is for recording/start, not recording/{verb}")
-            result = await operation(LegRequest(channel.unique_id, channel.name, actor, actor or "dialplan"), channel)
-            return outcome(result.status, "", result.leg_id, result.file, result.deferred)
+            return told(await operation(LegRequest(channel.unique_id, channel.name, actor, actor or "dialplan"), channel))
 
         return route
 
     async def hangup(session: Session, args: dict[str, str]) -> dict[str, str]:
-        result = await service.channel_gone(session.env.uniqueid, by="hangup")
-        return outcome(result.status, "", result.leg_id, result.file, result.deferred)
+        return told(await service.channel_gone(session.env.uniqueid, by="hangup"))
 
     routes: dict[str, Route] = {
         "recording/start": start,

@@ -79,6 +79,14 @@ async def arguments(request: web.Request, names: tuple[str, ...]) -> dict[str, s
     return found
 
 
+def answer(outcome, channel) -> web.Response:
+    """200 with a service outcome (StartOutcome or LegOutcome) on ``channel``, as JSON."""
+    return web.json_response({
+        "status": outcome.status, "recordingId": outcome.leg_id, "uniqueId": channel.unique_id,
+        "channel": channel.name, "leg": outcome.leg, "file": outcome.file, "deferred": outcome.deferred,
+    })
+
+
 def plain(status: int, message: str, **headers: str) -> web.Response:
     return web.Response(status=status, text=message + "\n", content_type="text/plain", headers=headers)
 
@@ -170,10 +178,7 @@ class RecordingAPI:
             StartRequest(channel.unique_id, channel.name, args.get("agentLoginName"), args.get("tag"), "http"),
             channel,
         )
-        return web.json_response({
-            "status": outcome.status, "recordingId": outcome.leg_id, "uniqueId": channel.unique_id,
-            "channel": channel.name, "leg": outcome.leg, "file": outcome.file, "deferred": outcome.deferred,
-        })
+        return answer(outcome, channel)
 
     async def _change(self, request: web.Request, operation) -> web.Response:
         args, channel = await self._target(request, ("extenOrUniqueId", "agentLoginName", "apiKey"))
@@ -182,10 +187,7 @@ class RecordingAPI:
         outcome = await operation(leg_request, channel)
         if outcome.status == "NOT_RECORDING":
             return plain(409, f"this service is not recording {channel.name} ({channel.unique_id})")
-        return web.json_response({
-            "status": outcome.status, "recordingId": outcome.leg_id, "uniqueId": channel.unique_id,
-            "channel": channel.name, "leg": outcome.leg, "file": outcome.file, "deferred": outcome.deferred,
-        })
+        return answer(outcome, channel)
 
     async def stop(self, request: web.Request) -> web.Response:
         return await self._change(request, self.service.stop)
