@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from .errors import AGIError, AGITimeout, HangupError, Overloaded, ProtocolError, UnknownRoute
-from .protocol import Environment, parse_environment, parse_environment_line
-from .session import LineReader, LineTooLong, Session
+from .protocol import Environment, parse_environment, parse_environment_block, parse_environment_line
+from .session import Session
 from .watchdog import Watch, Watchdog, within
+from .wire import LineReader, LineTooLong, Wire
 
 log = logging.getLogger("agi.server")
 
@@ -84,13 +85,13 @@ async def read_environment(lines: LineReader, limits: Limits) -> Environment:
     malformed block; the error's ``env`` holds what could be parsed and its ``framed`` is True
     when the empty line was reached, so the session can still answer the dialplan.
     """
-    raw = await lines.read_block(limits.max_environment_bytes)
-    if raw is not None:
-        # NOTE: the usual case: the whole block in one read, split once.
+    block = await lines.read_block(limits.max_environment_bytes)
+    if block is not None:
+        # NOTE: the usual case: the whole block in one read, parsed in one pass.
         try:
-            return parse_environment(raw)
+            return parse_environment_block(block)
         except ProtocolError as exc:
-            exc.env = _lenient_environment(raw)
+            exc.env = _lenient_environment(block.split(b"\n"))
             exc.framed = True
             raise
     raw = []
@@ -172,8 +173,9 @@ class Server:
 
     async def start(self) -> None:
         self._watchdog.start()
-        self._server = await asyncio.start_server(
-            self._accept,
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: Wire(self._connected),
             self.host,
             self.requested_port,
             backlog=self.limits.backlog,
@@ -205,41 +207,43 @@ class Server:
         await self._watchdog.stop()
         return len(pending)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _connected(self, wire: Wire) -> None:
+        """A new connection: refused, or given its session task (counted from this moment,
+        so that a burst of connections cannot slip past the limit before their tasks run)."""
         if self.admit is not None:
-            peer = writer.get_extra_info("peername")
+            peer = wire.peername()
             if not self.admit(peer[0] if isinstance(peer, tuple) else None):
-                writer.close()
+                wire.close()
                 return
-        task = asyncio.current_task()
         busy = len(self._tasks) >= self.limits.max_sessions
         if busy:
             self.sessions_refused += 1
             if len(self._busy) >= self.limits.busy_sessions:
                 log.warning("dropping a FastAGI connection: %d sessions open, %d told busy",
                             len(self._tasks), len(self._busy))
-                writer.close()
+                wire.close()
                 return
         tasks = self._busy if busy else self._tasks
+        task = asyncio.get_running_loop().create_task(self._accept(wire, busy))
         tasks.add(task)
-        watch = self._watchdog.watch(task, self.limits.session_timeout)
+        task.add_done_callback(tasks.discard)
+
+    async def _accept(self, wire: Wire, busy: bool) -> None:
+        watch = self._watchdog.watch(asyncio.current_task(), self.limits.session_timeout)
         try:
-            await self._serve(reader, writer, watch, busy)
+            await self._serve(wire, watch, busy)
         finally:
             self._watchdog.forget(watch)
-            tasks.discard(task)
 
-    async def _serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, watch: Watch, busy: bool = False
-    ) -> None:
+    async def _serve(self, wire: Wire, watch: Watch, busy: bool = False) -> None:
         limits = self.limits
-        lines = LineReader(reader, limits.max_line_bytes)
+        lines = LineReader(wire, limits.max_line_bytes)
         session: Session | None = None
         try:
-            env = await self._environment(lines, writer, watch)
+            env = await self._environment(lines, watch)
             if env is None:
                 return
-            session = Session(lines, writer, env, reply_timeout=limits.reply_timeout, watch=watch)
+            session = Session(lines, env, reply_timeout=limits.reply_timeout, watch=watch)
             if busy:
                 await self._report(session, Overloaded(
                     f"the server is at its limit of {limits.max_sessions} sessions; try again"
@@ -258,25 +262,25 @@ class Server:
                 expired = AGITimeout(f"the session ran past its limit of {limits.session_timeout:g}s")
                 await self._report(session, expired, limits.close_timeout)
         except HangupError as exc:
-            log.info("FastAGI connection from %s ended early: %s", _peer(writer), exc)
+            log.info("FastAGI connection from %s ended early: %s", _peer(wire), exc)
         except AGIError as exc:
-            log.warning("FastAGI connection from %s failed: %s", _peer(writer), exc)
+            log.warning("FastAGI connection from %s failed: %s", _peer(wire), exc)
         except asyncio.CancelledError:
             # NOTE: a session deadline that struck outside the handler (while reporting):
             # the connection is closed below like any other; anything else is a real cancel.
             if not watch.claim("session"):
                 raise
-            log.warning("FastAGI connection from %s ran past its session limit", _peer(writer))
+            log.warning("FastAGI connection from %s ran past its session limit", _peer(wire))
         except Exception:
-            log.exception("FastAGI handler failed on a connection from %s", _peer(writer))
+            log.exception("FastAGI handler failed on a connection from %s", _peer(wire))
         finally:
             if session is None:
-                writer.close()
+                wire.close()
             else:
                 watch.deadline = float("inf")
                 await session.close(limits.close_timeout)
 
-    async def _environment(self, lines: LineReader, writer: asyncio.StreamWriter, watch: Watch) -> Environment | None:
+    async def _environment(self, lines: LineReader, watch: Watch) -> Environment | None:
         """The request's environment; None when it was malformed but complete and the
         dialplan has been told so."""
         limits = self.limits
@@ -287,7 +291,7 @@ class Server:
         except ProtocolError as exc:
             if not getattr(exc, "framed", False):
                 raise
-            session = Session(lines, writer, exc.env, reply_timeout=limits.reply_timeout, watch=watch)
+            session = Session(lines, exc.env, reply_timeout=limits.reply_timeout, watch=watch)
             await self._report(session, exc)
             await session.close(limits.close_timeout)
             return None
@@ -303,6 +307,6 @@ class Server:
             await self.router.on_error(session, error)
 
 
-def _peer(writer: asyncio.StreamWriter) -> str:
-    peer = writer.get_extra_info("peername")
+def _peer(wire: Wire) -> str:
+    peer = wire.peername()
     return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)

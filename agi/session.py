@@ -1,4 +1,4 @@
-"""One FastAGI conversation: commands out, replies in, over an asyncio stream pair.
+"""One FastAGI conversation: commands out, replies in, over a :class:`~agi.wire.Wire`.
 
 A session sends a command and reads its reply; it keeps the stream in step when Asterisk slips
 an unprompted ``HANGUP`` line or a ``100 Trying...`` line in front of a reply, and it bounds
@@ -12,85 +12,11 @@ from contextlib import nullcontext
 from typing import Mapping
 
 from .errors import AGIError, AGITimeout, CommandRejected, HangupError, ProtocolError
-from .watchdog import Watch, within
 from .protocol import Environment, Reply, decode, parse_reply, parse_reply_line, quote, word
+from .watchdog import Watch, within
+from .wire import LineReader, LineTooLong
 
-
-class LineTooLong(ProtocolError):
-    """A line exceeded the size limit. ``framed`` is True when its end was found and
-    discarded, so the stream is still in step and the session can go on."""
-
-    def __init__(self, limit: int, framed: bool):
-        self.framed = framed
-        super().__init__(f"line longer than {limit} bytes from the peer")
-
-
-class LineReader:
-    """Reads ``\\n``-terminated lines with a size limit, over a :class:`asyncio.StreamReader`.
-
-    The standard reader's ``readuntil()`` leaves an over-long line in its buffer with no way to
-    skip it; this one discards it up to its newline so that the conversation can continue.
-    """
-
-    def __init__(self, reader: asyncio.StreamReader, max_line: int, max_skip: int = 1 << 20):
-        self._reader = reader
-        self._buffer = bytearray()
-        self.max_line = max_line
-        self.max_skip = max_skip
-
-    async def readline(self, max_skip: int | None = None) -> bytes:
-        """The next line without its ``\\n``. Raises :class:`HangupError` at end of stream and
-        :class:`LineTooLong` past the limit (after skipping up to ``max_skip`` bytes)."""
-        buffer = self._buffer
-        while True:
-            end = buffer.find(b"\n")
-            if end >= 0:
-                line = bytes(buffer[:end])
-                del buffer[: end + 1]
-                if end > self.max_line:
-                    raise LineTooLong(self.max_line, framed=True)
-                return line
-            if len(buffer) > self.max_line:
-                await self._skip_line(self.max_skip if max_skip is None else max_skip)
-                raise LineTooLong(self.max_line, framed=True)
-            chunk = await self._reader.read(65536)
-            if not chunk:
-                raise HangupError("Asterisk closed the connection")
-            buffer += chunk
-
-    async def read_block(self, limit: int) -> list[bytes] | None:
-        """The lines before the first empty line, read in one go, when they all arrive within
-        ``limit`` bytes and none is over the line limit; None otherwise, with nothing consumed,
-        so that :meth:`readline` can deal with the block line by line. Raises HangupError."""
-        buffer = self._buffer
-        while True:
-            end = buffer.find(b"\n\n", 0, limit + 2)
-            if end >= 0:
-                lines = bytes(buffer[:end]).split(b"\n")
-                if max(map(len, lines)) > self.max_line or buffer[:1] == b"\n":
-                    return None
-                del buffer[: end + 2]
-                return lines
-            if len(buffer) > limit or buffer[:1] == b"\n":
-                return None
-            chunk = await self._reader.read(65536)
-            if not chunk:
-                raise HangupError("Asterisk closed the connection")
-            buffer += chunk
-
-    async def _skip_line(self, max_skip: int) -> None:
-        skipped = len(self._buffer)
-        self._buffer.clear()
-        while skipped <= max_skip:
-            chunk = await self._reader.read(65536)
-            if not chunk:
-                raise HangupError("Asterisk closed the connection inside an over-long line")
-            end = chunk.find(b"\n")
-            if end >= 0:
-                self._buffer += chunk[end + 1:]
-                return
-            skipped += len(chunk)
-        raise LineTooLong(self.max_line, framed=False)
+__all__ = ["LineReader", "LineTooLong", "Session"]
 
 
 class Session:
@@ -104,7 +30,6 @@ class Session:
     def __init__(
         self,
         lines: LineReader,
-        writer: asyncio.StreamWriter,
         env: Environment,
         *,
         reply_timeout: float = 10.0,
@@ -117,7 +42,10 @@ class Session:
         self.hung_up = False
         self.reply_timeout = reply_timeout
         self._lines = lines
-        self._writer = writer
+        self._wire = lines.wire
+        # The opening line of a multi-line 520 usage reply and the lines after it, while
+        # its end has not arrived yet.
+        self._usage: list[str] | None = None
         self._broken: str | None = None
         # Replies Asterisk owes for commands already sent: non-zero only when a send() was
         # cancelled (a session deadline) while waiting; they are read and dropped first.
@@ -128,13 +56,13 @@ class Session:
 
     @property
     def peer(self) -> str:
-        peer = self._writer.get_extra_info("peername")
+        peer = self._wire.peername()
         return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
     @property
     def peer_address(self) -> str | None:
         """The peer's IP address alone (None for a peer without one)."""
-        peer = self._writer.get_extra_info("peername")
+        peer = self._wire.peername()
         return peer[0] if isinstance(peer, tuple) else None
 
     # -- the exchange -------------------------------------------------------------------
@@ -173,11 +101,14 @@ class Session:
 
     async def _talk(self, payload: bytes, count: int) -> list[Reply]:
         while self._owed:
-            await self._read_reply()
-            self._owed -= 1
-        self._writer.write(payload)
+            try:
+                await self._read_replies(1)
+            except LineTooLong as exc:
+                if not exc.framed:
+                    raise
+        self._wire.write(payload)
         self._owed = count
-        await self._writer.drain()
+        await self._wire.drain()
         return await self._read_replies(count)
 
     async def command(self, command: str) -> Reply:
@@ -190,48 +121,61 @@ class Session:
     async def _read_replies(self, count: int) -> list[Reply]:
         replies: list[Reply] = []
         skipped: LineTooLong | None = None
-        for _ in range(count):
+        while count:
             try:
-                replies.append(await self._read_reply())
-                self._owed -= 1
+                reply = self._take_reply()
             except LineTooLong as exc:
                 self._owed -= 1
+                count -= 1
                 if not exc.framed:
                     raise
                 # NOTE: the replies to the commands pipelined after this one are still on the
                 # wire; raising before reading them would hand them to the next send() as its
                 # own, silently out of step. Read them, then report the over-long line.
                 skipped = skipped or exc
+                continue
+            if reply is None:
+                if not await self._wire.more():
+                    raise HangupError("Asterisk closed the connection")
+                continue
+            replies.append(reply)
+            self._owed -= 1
+            count -= 1
         if skipped is not None:
             raise skipped
         return replies
 
-    async def _read_reply(self) -> Reply:
+    def _take_reply(self) -> Reply | None:
+        """The next whole reply in the buffer, or None until it has all arrived (the lines
+        of a usage reply read so far are kept meanwhile)."""
+        lines = self._lines
         while True:
-            line = decode(await self._lines.readline())
-            if line.endswith("\r"):
+            raw = lines.next_line()
+            if raw is None:
+                return None
+            line = decode(raw)
+            if line[-1:] == "\r":
                 line = line[:-1]
             if line == "HANGUP":
                 self.hung_up = True
                 continue
+            usage = self._usage
+            if usage is not None:
+                if line.startswith(usage[0]):
+                    self._usage = None
+                    return parse_reply(line, tuple(usage[1:]))
+                usage.append(line)
+                continue
+            if line[:4] == "200 ":
+                return parse_reply(line)
             code, continued, text = parse_reply_line(line)
             if continued:
-                return await self._read_usage(code, text)
+                # The usage ends at the line that starts with the same code and a space.
+                self._usage = [f"{code} ", text]
+                continue
             if code == 100:
                 continue
             return parse_reply(line)
-
-    async def _read_usage(self, code: int, first: str) -> Reply:
-        usage = [first]
-        final = f"{code} "
-        while True:
-            line = decode(await self._lines.readline())
-            if line == "HANGUP":
-                self.hung_up = True
-                continue
-            if line.startswith(final):
-                return parse_reply(line, tuple(usage))
-            usage.append(line)
 
     # -- one small method per verb ------------------------------------------------------
 
@@ -277,17 +221,16 @@ class Session:
     async def close(self, timeout: float = 2.0) -> None:
         """Ends the session: half-closes, lets Asterisk answer ``HANGUP`` and close its side
         (which returns the channel to the dialplan), then closes. Never waits past ``timeout``."""
-        writer = self._writer
+        wire = self._wire
         try:
-            if not writer.is_closing() and writer.can_write_eof():
-                writer.write_eof()
+            if wire.write_eof():
                 await within(self.watch, timeout, self._drain_to_eof(), "close")
         except (AGIError, TimeoutError, OSError):
             pass
         finally:
-            writer.close()
+            wire.close()
             try:
-                await within(self.watch, timeout, writer.wait_closed(), "close")
+                await within(self.watch, timeout, wire.wait_closed(), "close")
             except (TimeoutError, OSError):
                 pass
 

@@ -18,7 +18,7 @@ from agi.protocol import (
     split_command,
 )
 from agi.server import read_environment
-from agi.session import LineReader
+from agi.wire import LineReader, Wire
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 STREAMS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -79,6 +79,41 @@ def test_parse_environment_raises_only_protocol_error(block):
         assert "network_script" in env.variables
 
 
+def environment_line_by_line(lines):
+    """The environment as read one line at a time with parse_environment_line: what the
+    one-pass block parser must agree with."""
+    variables = {}
+    for line in lines:
+        key, value = parse_environment_line(line)
+        if key[4:] in variables:
+            raise ProtocolError("repeated")
+        variables[key[4:]] = value
+    return variables
+
+
+ENVIRONMENT_LINES = st.lists(
+    st.one_of(
+        st.lists(PIECES, max_size=8).map(b"".join).filter(lambda line: b"\n" not in line),
+        st.builds(lambda key, value: b"agi_" + key + b": " + value,
+                  st.sampled_from([b"network_script", b"uniqueid", b"arg_1", b"arg_2", b"x_", b"_", b"a-b"]),
+                  st.binary(max_size=30).filter(lambda v: b"\n" not in v)),
+    ),
+    max_size=8,
+)
+
+
+@FUZZ
+@given(ENVIRONMENT_LINES)
+def test_block_parser_agrees_with_the_line_parser(lines):
+    expected = only_protocol_errors(environment_line_by_line, lines)
+    env = only_protocol_errors(parse_environment, lines)
+    if env is not None:
+        assert dict(env.variables) == expected
+    elif expected is not None:
+        # Refused for the block as a whole (no agi_network_script, a gap in agi_arg_N).
+        assert "network_script" not in expected or any(key.startswith("arg_") for key in expected)
+
+
 @FUZZ
 @given(REPLY_TEXT)
 def test_parse_reply_line_raises_only_protocol_error(line):
@@ -113,26 +148,26 @@ def test_quoted_words_stay_apart(words):
     assert split_command(" ".join(quote(w) for w in words)) == words
 
 
-class BoundedReader(asyncio.StreamReader):
-    """A StreamReader that fails a reader which keeps reading past EOF: such a loop never
+class BoundedWire(Wire):
+    """A Wire that fails a reader which keeps asking for more past EOF: such a loop never
     suspends, so no asyncio timeout could end it."""
 
     reads = 0
 
-    async def read(self, n: int = -1) -> bytes:
+    async def more(self) -> bool:
         self.reads += 1
-        assert self.reads < 100, "read() called again and again: the reader spins at EOF"
-        return await super().read(n)
+        assert self.reads < 100, "more() called again and again: the reader spins at EOF"
+        return await super().more()
 
 
 async def read_stream(data: bytes, cut: int, limits: Limits):
     """read_environment over ``data`` fed in two pieces, then EOF."""
-    reader = BoundedReader()
-    reader.feed_data(data[:cut])
-    reader.feed_data(data[cut:])
-    reader.feed_eof()
+    wire = BoundedWire()
+    wire.data_received(data[:cut])
+    wire.data_received(data[cut:])
+    wire.eof_received()
     async with asyncio.timeout(2):
-        return await read_environment(LineReader(reader, limits.max_line_bytes), limits)
+        return await read_environment(LineReader(wire, limits.max_line_bytes), limits)
 
 
 @STREAMS

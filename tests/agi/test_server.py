@@ -21,7 +21,7 @@ import pytest
 from agi import AGIError, AGITimeout, Limits, LineTooLong, Overloaded, ProtocolError, Router, Server, UnknownRoute
 from agi.protocol import is_clean_text, split_command
 from agi.server import read_environment
-from agi.session import LineReader
+from agi.wire import LineReader, Wire
 
 CAPTURES = Path(__file__).resolve().parents[1] / "captures"
 WAIT = 5.0  # the longest any peer waits for the server
@@ -399,11 +399,11 @@ def test_over_long_environment_line_is_reported_as_line_too_long():
 
 
 async def read_block(block: bytes, limits: Limits):
-    reader = asyncio.StreamReader()
-    reader.feed_data(block)
-    reader.feed_eof()
+    wire = Wire()
+    wire.data_received(block)
+    wire.eof_received()
     async with asyncio.timeout(WAIT):
-        return await read_environment(LineReader(reader, limits.max_line_bytes), limits)
+        return await read_environment(LineReader(wire, limits.max_line_bytes), limits)
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import pytest
 
 from agi import AGITimeout, CommandRejected, Environment, HangupError, LineTooLong, ProtocolError, Session
 from agi.protocol import split_command
-from agi.session import LineReader
+from agi.wire import LineReader, Wire
 
 ENV = Environment({"network_script": "recording/start", "uniqueid": "1795825765.3"})
 WAIT = 3.0  # seconds the Asterisk side waits for anything; no test should come near it
@@ -61,13 +61,13 @@ class Asterisk:
 @contextlib.asynccontextmanager
 async def connected(*, max_line: int = 8192, max_skip: int = 1 << 20, reply_timeout: float = 2.0):
     ours, theirs = socket.socketpair()
-    reader, writer = await asyncio.open_connection(sock=ours)
+    _, wire = await asyncio.get_running_loop().connect_accepted_socket(Wire, sock=ours)
     their_reader, their_writer = await asyncio.open_connection(sock=theirs)
-    lines = LineReader(reader, max_line, max_skip)
+    lines = LineReader(wire, max_line, max_skip)
     try:
-        yield Session(lines, writer, ENV, reply_timeout=reply_timeout), Asterisk(their_reader, their_writer)
+        yield Session(lines, ENV, reply_timeout=reply_timeout), Asterisk(their_reader, their_writer)
     finally:
-        for w in (writer, their_writer):
+        for w in (wire, their_writer):
             w.close()
             with contextlib.suppress(OSError, TimeoutError):
                 await asyncio.wait_for(w.wait_closed(), WAIT)
