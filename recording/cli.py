@@ -15,7 +15,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Sequence
 
-from . import apikey
+from . import apikey, eventloop
 from .config import Settings
 from .configfile import load_settings
 from .errors import ConfigError, RecordingFailure
@@ -269,6 +269,7 @@ def serve(args, settings: Settings) -> int:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if settings.workers > 1:
         check_shareable(settings)
+    eventloop.loop_factory(settings.event_loop)  # a loop that cannot run is said before anything starts
     store = _store(settings)
     new_key = prepare_database(store)
     if new_key is not None:
@@ -283,7 +284,8 @@ def serve(args, settings: Settings) -> int:
     if settings.workers > 1:
         store.close()
         return Supervisor(settings, config=args.config, overrides=overrides).run()
-    asyncio.run(Application(settings, store, config=args.config, overrides=overrides).run_until_signalled())
+    app = Application(settings, store, config=args.config, overrides=overrides)
+    eventloop.run(app.run_until_signalled, settings.event_loop)
     return 0
 
 

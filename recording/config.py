@@ -160,6 +160,12 @@ class Settings:
         "HTTP API's listener when that is on",
         "",
     )
+    event_loop: str = _setting(
+        "RECORDING_EVENT_LOOP",
+        "auto (uvloop when it is installed, as it is with the package on Linux), uvloop, or asyncio "
+        "(the standard library's loop)",
+        "auto",
+    )
     log_format: str = _setting("RECORDING_LOG_FORMAT", "text (one line per event) or json (for log shippers)", "text")
     log_level: str = _setting("RECORDING_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", "INFO")
 
@@ -177,6 +183,8 @@ class Settings:
 
         AddressAllowList(self.agi_allow, "RECORDING_AGI_ALLOW")
         AddressAllowList(self.http_allow, "RECORDING_HTTP_ALLOW")
+        if self.event_loop not in ("auto", "uvloop", "asyncio"):
+            raise ConfigError(f"RECORDING_EVENT_LOOP {self.event_loop!r}: auto, uvloop or asyncio")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"RECORDING_LOG_FORMAT {self.log_format!r}: text or json")
         if not _OPTIONS.match(self.mixmonitor_options) or "i(" in self.mixmonitor_options:

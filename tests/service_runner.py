@@ -8,13 +8,14 @@ import threading
 
 from recording.app import Application
 from recording.config import Settings
+from recording.eventloop import loop_factory
 
 
 class RunningService:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.app: Application | None = None
-        self.loop = asyncio.new_event_loop()
+        self.loop = loop_factory(settings.event_loop)[0]()
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._stop: asyncio.Event | None = None

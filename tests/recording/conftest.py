@@ -93,6 +93,9 @@ def settings(database_url, tmp_path) -> Settings:
         reply_timeout=2.0,
         session_timeout=10.0,
         directory_refresh=0.5,
+        # NOTE: the service runs on both loops it supports: uvloop on one backend, the
+        # standard library's on the other.
+        event_loop="uvloop" if database_url.startswith("sqlite") else "asyncio",
     )
 
 

@@ -175,3 +175,28 @@ def test_serve_uses_the_database_url_from_the_environment(tmp_path, key):
     code, out, _ = server.stop()
 
     assert call.status == "STARTED" and code == 0 and out == ""
+
+
+@pytest.mark.parametrize("choice, named", [("auto", "uvloop"), ("uvloop", "uvloop"), ("asyncio", "asyncio")])
+def test_serve_runs_on_the_event_loop_it_is_told(tmp_path, choice, named):
+    from recording import apikey
+    from recording.store import Store
+
+    url = f"sqlite:///{tmp_path}/loop.sqlite3"
+    store = Store(url)
+    store.upgrade()
+    store.set_api_key_hash(apikey.hash_key(API_KEY))
+    store.close()
+
+    server = Serve(url, tmp_path, {"RECORDING_EVENT_LOOP": choice})
+    call = FakeAsterisk(server.port).call(f"recording/start?tag=loop&apiKey={API_KEY}")
+    code, _, err = server.stop()
+
+    assert call.status == "STARTED" and code == 0, err
+    assert re.search(rf"event loop: {named}\b", err), err
+
+
+def test_an_event_loop_that_is_not_known_is_refused(capsys, monkeypatch):
+    monkeypatch.setenv("RECORDING_EVENT_LOOP", "twisted")
+    code = main(["--database-url", "sqlite:///x.sqlite3", "serve"])
+    assert code == 2 and "RECORDING_EVENT_LOOP 'twisted': auto, uvloop or asyncio" in capsys.readouterr().err
