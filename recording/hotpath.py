@@ -1,12 +1,15 @@
-"""The writes of recording/start, the hot path, as two statements per batch.
+"""The writes of recording/start, the hot path: one statement per batch on PostgreSQL, two
+on SQLite.
 
 SQLAlchemy compiles a multi-row INSERT anew for every batch size and processes every bound
 value in Python; at a few thousand sessions a second that was a quarter of the service's CPU.
 Here the SQL text is fixed (PostgreSQL: arrays through unnest) or built once per batch size
 (SQLite), values go to the driver as they are, and the extension rule is resolved by a join
-inside the same INSERT. Whatever this
-path cannot do alone (a leg that conflicts) falls back to the store's general path, in the same
-transaction. Only the store uses it.
+inside the same INSERT. On PostgreSQL the call records are upserted in a CTE of the legs'
+INSERT, and that one statement runs in autocommit: a batch is one round trip, where BEGIN, two
+INSERTs and COMMIT were four (each one psycopg's overhead and a wait). A leg this path could not
+insert (its call has an active leg) comes back as None for the store's general path to settle.
+Only the store uses it.
 """
 
 from __future__ import annotations
@@ -42,7 +45,11 @@ _PG_CALLS = (
     "external_reference = COALESCE(excluded.external_reference, call_records.external_reference), "
     "updated_at = excluded.updated_at"
 )
-_PG_LEGS = (
+# NOTE: the FK of recording_legs is checked at the end of the statement, so a leg may point
+# at the call record its own CTE just inserted; RETURNING of ON CONFLICT DO UPDATE gives the
+# rows updated as well as those inserted, so every leg finds its call.
+_PG_START = (
+    "WITH c AS (" + _PG_CALLS + " RETURNING id, unique_id) "
     f"INSERT INTO recording_legs ({_LEG_COLUMNS}) "
     "SELECT v.id, c.id, v.leg, v.unique_id, v.channel, v.extension, v.file, v.mixmonitor_id, "
     "v.tag, COALESCE(v.agent_id, a.user_id), " + _OWNERSHIP.format(agent="v.agent_id") + ", "
@@ -51,7 +58,7 @@ _PG_LEGS = (
     "%s::text[], %s::integer[], %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[]) "
     "AS v(id, leg, unique_id, channel, extension, file, mixmonitor_id, tag, agent_id, source, state, "
     "started_at, ended_at) "
-    "JOIN call_records c ON c.unique_id = v.unique_id "
+    "JOIN c ON c.unique_id = v.unique_id "
     "LEFT JOIN extension_attachments a ON v.agent_id IS NULL AND a.extension = v.extension "
     "ON CONFLICT DO NOTHING RETURNING id, leg, ownership, owner_id"
 )
@@ -109,9 +116,15 @@ class HotPath:
         finally:
             cursor.close()
 
-    def commit(self, conn: "Connection", writes: Sequence[NewLeg | TagUpdate], replay: bool) -> list:
-        """Writes legs (without an unresolved agent login) and tag updates; returns the
-        results in order, as Store.commit."""
+    @staticmethod
+    def takes(writes: Sequence) -> bool:
+        """True when every write is one this path can do: a tag update, or a leg without an
+        agent login still to resolve."""
+        return all(type(w) is TagUpdate or (type(w) is NewLeg and w.agent_login is None) for w in writes)
+
+    def commit(self, writes: Sequence[NewLeg | TagUpdate]) -> list:
+        """Writes the batch, durably, and returns a CommitResult per write, in order, or None
+        for a leg that was not inserted. Raises as Store._batch does."""
         time = self._time
         calls: dict[str, list] = {}
         for write in writes:
@@ -130,12 +143,15 @@ class HotPath:
              time(leg.ended_at) if leg.ended_at is not None else None)
             for leg in legs
         ]
+        store = self._store
         if self._dialect == "postgresql":
-            self._run(conn, _PG_CALLS, tuple(map(list, zip(*call_rows))))
-            rows = self._run(conn, _PG_LEGS, tuple(map(list, zip(*leg_rows)))) if legs else []
+            columns = [list(column) for column in zip(*leg_rows)] if legs else [[]] * 13
+            with store._batch(autocommit=True) as conn:
+                rows = self._run(conn, _PG_START, (*map(list, zip(*call_rows)), *columns))
         else:
-            self._run(conn, _sqlite_calls(len(call_rows)), tuple(v for row in call_rows for v in row))
-            rows = self._run(conn, _sqlite_legs(len(leg_rows)), tuple(v for row in leg_rows for v in row)) if legs else []
+            with store._batch() as conn:
+                self._run(conn, _sqlite_calls(len(call_rows)), tuple(v for row in call_rows for v in row))
+                rows = self._run(conn, _sqlite_legs(len(leg_rows)), tuple(v for row in leg_rows for v in row)) if legs else []
         inserted = {row[0]: row for row in rows}
         results = []
         for write in writes:
@@ -143,13 +159,8 @@ class HotPath:
                 results.append(CommitResult("TAGGED", write.unique_id))
                 continue
             row = inserted.get(write.id)
-            if row is not None:
-                results.append(CommitResult(
-                    "STARTED", write.unique_id, leg_id=write.id, leg=row[1], file=write.file,
-                    ownership=row[2], owner_id=row[3],
-                ))
-            else:
-                store = self._store
-                fallback = store.leg_row(conn, write)
-                results.append(store._resolve_conflict(conn, write, fallback["call_record_id"], fallback, replay))
+            results.append(None if row is None else CommitResult(
+                "STARTED", write.unique_id, leg_id=write.id, leg=row[1], file=write.file,
+                ownership=row[2], owner_id=row[3],
+            ))
         return results

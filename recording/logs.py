@@ -89,6 +89,11 @@ def configure(level: str = "INFO", stream=None, prefix: str = "", fmt: str = "te
             root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # NOTE: our lines show none of a record's thread, process or source position, and working
+    # them out (a stack walk among them) was most of the cost of the line each session logs;
+    # the logging docs' "Optimization" section names these switches.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging._srcfile = None
     # NOTE: Alembic announces each of its plugins at INFO on every command.
     logging.getLogger("alembic.runtime.plugins").setLevel(max(logging.WARNING, root.level))
     return handler

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections import OrderedDict
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager
@@ -31,6 +30,7 @@ from .domain import (
     TagUpdate,
     UserRef,
     channel_extension,
+    new_leg_id,
 )
 from .errors import AsteriskFailure, AsteriskUnavailable, Denied, Invalid, StorageRefused, StorageUnavailable
 from .persist import Persister
@@ -265,7 +265,7 @@ class RecordingService:
         state = "ended" if mixmonitor.hung_up else "recording"
         ended = utcnow() if mixmonitor.hung_up else None
         leg = NewLeg(
-            id=uuid.uuid4().hex, unique_id=unique_id, leg=number, channel=request.channel,
+            id=new_leg_id(), unique_id=unique_id, leg=number, channel=request.channel,
             extension=channel_extension(request.channel), file=file, mixmonitor_id=mixmonitor.mixmonitor_id,
             tag=tag, agent=agent[0], agent_login=agent[1], source=request.source, state=state,
             started_at=started, ended_at=ended,

@@ -300,6 +300,8 @@ class Store:
         Raises StorageUnavailable when the database is away.
         """
         try:
+            if self._hot.takes(writes):
+                return self._commit_hot(writes, replay)
             with self._batch() as conn:
                 return self._commit(conn, writes, replay)
         except IntegrityError as exc:
@@ -317,9 +319,20 @@ class Store:
         except StorageRefused as exc:
             return exc
 
+    def _commit_hot(self, writes: Sequence[NewLeg | TagUpdate], replay: bool) -> list:
+        """The hot path's writes; a leg it could not insert (the call has an active leg
+        already) is settled by the general path afterwards, in a transaction of its own."""
+        results = self._hot.commit(writes)
+        if None in results:
+            with self._batch() as conn:
+                for index, result in enumerate(results):
+                    if result is None:
+                        write = writes[index]
+                        row = self.leg_row(conn, write)
+                        results[index] = self._resolve_conflict(conn, write, row["call_record_id"], row, replay)
+        return results
+
     def _commit(self, conn: Connection, writes: Sequence[NewLeg | TagUpdate | LegChange], replay: bool) -> list:
-        if all(type(w) is TagUpdate or (type(w) is NewLeg and w.agent_login is None) for w in writes):
-            return self._hot.commit(conn, writes, replay)
         call_ids = self._upsert_calls(conn, [w for w in writes if not isinstance(w, LegChange)])
         legs = [w for w in writes if isinstance(w, NewLeg)]
         owners = self._attached_owners(conn, [w.extension for w in legs if w.agent is None and not w.agent_login])
@@ -562,27 +575,37 @@ class Store:
     _read = _write
 
     @contextmanager
-    def _batch(self) -> Iterator[Connection]:
+    def _batch(self, autocommit: bool = False) -> Iterator[Connection]:
         """A transaction on a connection the calling thread keeps between batches (the writer
         thread commits hundreds of batches a second; a pool checkout each time showed in
-        profiles). A connection that failed is dropped, and the next batch opens a new one."""
-        conn = getattr(self._kept, "conn", None)
+        profiles). A connection that failed is dropped, and the next batch opens a new one.
+
+        ``autocommit``: a second kept connection on which each statement is its own
+        transaction, for the hot path's single statement (no BEGIN and COMMIT round trips)."""
+        slot = "auto" if autocommit else "conn"
         try:
+            conn = getattr(self._kept, slot, None)
             if conn is None or conn.closed or conn.invalidated:
-                conn = self._kept.conn = self.engine.connect()
+                conn = self.engine.connect()
+                if autocommit:
+                    conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                setattr(self._kept, slot, conn)
                 with self._kept_lock:
                     self._kept_all.add(conn)
-            with conn.begin():
+            if autocommit:
                 yield conn
+            else:
+                with conn.begin():
+                    yield conn
         except IntegrityError:
             raise
         except SQLAlchemyError as exc:
-            self._drop_kept()
+            self._drop_kept(slot)
             raise self._failure(exc) from exc
 
-    def _drop_kept(self) -> None:
-        conn = getattr(self._kept, "conn", None)
-        self._kept.conn = None
+    def _drop_kept(self, slot: str) -> None:
+        conn = getattr(self._kept, slot, None)
+        setattr(self._kept, slot, None)
         if conn is not None:
             with self._kept_lock:
                 self._kept_all.discard(conn)
