@@ -18,9 +18,9 @@ from .errors import ProtocolError
 # kept ("agi_accountcode: "). We accept a missing space too, which some AGI proxies produce.
 _ARG_KEY = re.compile(r"^arg_([1-9][0-9]{0,2})$")
 # One whole line of the block, as parse_environment_line reads it: the name is ASCII letters,
-# digits and "_" with at least one letter or digit; one space after the colon is dropped, and
-# a trailing "\r".
-_ENVIRONMENT_LINE = re.compile(r"^agi_([A-Za-z0-9_]*[A-Za-z0-9][A-Za-z0-9_]*):[ ]?(.*?)\r?$", re.MULTILINE)
+# digits and "_" with at least one letter or digit; one space after the colon is dropped (a
+# trailing "\r" is dropped after the match).
+_ENVIRONMENT_LINE = re.compile(r"^agi_([A-Za-z0-9_]*[A-Za-z0-9][A-Za-z0-9_]*):[ ]?(.*)$", re.MULTILINE)
 _REPLY = re.compile(r"^([1-5][0-9][0-9])([ -])(.*)$", re.DOTALL)
 # "(data)" then optional "key=value" words, e.g. "(timeout) endpos=1234". The greedy data
 # group keeps parentheses that belong to a value, as in "(a) b)".
@@ -111,11 +111,16 @@ def parse_environment_block(block: bytes) -> Environment:
     """:func:`parse_environment` of the block's lines joined by ``\n``, as it came off the
     wire. One decode and one regex pass over the whole block: done per line, this was the
     largest single cost of a session."""
-    pairs = _ENVIRONMENT_LINE.findall(decode(block))
+    text = decode(block)
+    pairs = _ENVIRONMENT_LINE.findall(text)
     if len(pairs) != (block.count(b"\n") + 1 if block else 0):
         for line in block.split(b"\n"):
             parse_environment_line(line)
         raise ProtocolError("malformed AGI environment")
+    if "\r" in text:
+        # NOTE: values are matched greedily (a lazy match before an optional "\r" was a
+        # third of the parse); the rare CRLF block loses its "\r" here.
+        pairs = [(key, value[:-1] if value[-1:] == "\r" else value) for key, value in pairs]
     variables = dict(pairs)
     if len(variables) != len(pairs):
         seen: set[str] = set()

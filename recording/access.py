@@ -180,7 +180,8 @@ class FailureLimiter:
 
     def record_success(self, address: str | None) -> None:
         """A right key from ``address``: its failures are forgotten."""
-        self._records.pop(_key(address), None)
+        if self._records:  # NOTE: on every session; usually there is nothing to forget
+            self._records.pop(_key(address), None)
 
     def _current(self, key: str, now: float | None = None) -> _Record | None:
         """The address's record if its window is still running; a finished one is dropped."""

@@ -12,6 +12,7 @@ import logging
 import math
 import re
 import threading
+from bisect import bisect_left
 from typing import Callable, Iterable
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ class Histogram(_Metric):
 
     def observe(self, value: float, **labels: object) -> None:
         key = self._key(labels)
-        index = next((i for i, bound in enumerate(self.buckets) if value <= bound), len(self.buckets))
+        index = bisect_left(self.buckets, value)  # the first bucket with value <= bound
         with self._lock:
             counts, total = self._series.setdefault(key, ([0] * (len(self.buckets) + 1), [0.0]))
             counts[index] += 1
