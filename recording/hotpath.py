@@ -14,6 +14,8 @@ Only the store uses it.
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Sequence
 
@@ -35,33 +37,40 @@ _OWNERSHIP = (
 )
 
 
-# NOTE: on PostgreSQL the rows go as one array per column through unnest(): one short SQL text
-# for every batch size, which psycopg parses once and the server prepares once (a multi-row
-# VALUES of a new length each time was re-parsed by psycopg for every batch).
-_PG_CALLS = (
+# NOTE: on PostgreSQL the rows go as two JSON texts (one per table), made by the json module's
+# C encoder: one short SQL text for every batch size, which psycopg parses once and the server
+# prepares once. Arrays through unnest() did the same with one parameter per column, but
+# psycopg dumps arrays element by element in Python: 50 us of the writer's CPU per row, against
+# 20 us with JSON (measured, batches of 6 to 20 rows).
+_PG_START = (
+    "WITH c AS ("
     "INSERT INTO call_records (unique_id, external_reference, created_at, updated_at) "
-    "SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[]) "
+    "SELECT r->>0, r->>1, (r->>2)::timestamptz, (r->>3)::timestamptz FROM json_array_elements(%s::json) r "
     "ON CONFLICT (unique_id) DO UPDATE SET "
     "external_reference = COALESCE(excluded.external_reference, call_records.external_reference), "
-    "updated_at = excluded.updated_at"
-)
-# NOTE: the FK of recording_legs is checked at the end of the statement, so a leg may point
-# at the call record its own CTE just inserted; RETURNING of ON CONFLICT DO UPDATE gives the
-# rows updated as well as those inserted, so every leg finds its call.
-_PG_START = (
-    "WITH c AS (" + _PG_CALLS + " RETURNING id, unique_id) "
+    "updated_at = excluded.updated_at "
+    # NOTE: the FK of recording_legs is checked at the end of the statement, so a leg may point
+    # at the call record this CTE inserts; RETURNING of ON CONFLICT DO UPDATE gives the rows
+    # updated as well as those inserted, so every leg finds its call.
+    "RETURNING id, unique_id) "
     f"INSERT INTO recording_legs ({_LEG_COLUMNS}) "
     "SELECT v.id, c.id, v.leg, v.unique_id, v.channel, v.extension, v.file, v.mixmonitor_id, "
     "v.tag, COALESCE(v.agent_id, a.user_id), " + _OWNERSHIP.format(agent="v.agent_id") + ", "
     "v.source, v.state, v.started_at, v.ended_at "
-    "FROM unnest(%s::text[], %s::integer[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
-    "%s::text[], %s::integer[], %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[]) "
-    "AS v(id, leg, unique_id, channel, extension, file, mixmonitor_id, tag, agent_id, source, state, "
-    "started_at, ended_at) "
+    "FROM (SELECT r->>0 AS id, (r->>1)::integer AS leg, r->>2 AS unique_id, r->>3 AS channel, "
+    "r->>4 AS extension, r->>5 AS file, r->>6 AS mixmonitor_id, r->>7 AS tag, (r->>8)::integer AS agent_id, "
+    "r->>9 AS source, r->>10 AS state, (r->>11)::timestamptz AS started_at, (r->>12)::timestamptz AS ended_at "
+    "FROM json_array_elements(%s::json) r) v "
     "JOIN c ON c.unique_id = v.unique_id "
     "LEFT JOIN extension_attachments a ON v.agent_id IS NULL AND a.extension = v.extension "
     "ON CONFLICT DO NOTHING RETURNING id, leg, ownership, owner_id"
 )
+_to_json = json.JSONEncoder(ensure_ascii=False, check_circular=False, separators=(",", ":")).encode
+
+
+def _stamp(value: datetime) -> str:
+    """A time as PostgreSQL reads a timestamptz; a naive one is UTC, as the ORM stores it."""
+    return value.isoformat() if value.tzinfo is not None else value.isoformat() + "+00:00"
 
 
 @lru_cache(maxsize=512)
@@ -125,7 +134,8 @@ class HotPath:
     def commit(self, writes: Sequence[NewLeg | TagUpdate]) -> list:
         """Writes the batch, durably, and returns a CommitResult per write, in order, or None
         for a leg that was not inserted. Raises as Store._batch does."""
-        time = self._time
+        postgres = self._dialect == "postgresql"
+        time = _stamp if postgres else self._time
         calls: dict[str, list] = {}
         for write in writes:
             at = write.at if type(write) is TagUpdate else write.started_at
@@ -144,10 +154,9 @@ class HotPath:
             for leg in legs
         ]
         store = self._store
-        if self._dialect == "postgresql":
-            columns = [list(column) for column in zip(*leg_rows)] if legs else [[]] * 13
+        if postgres:
             with store._batch(autocommit=True) as conn:
-                rows = self._run(conn, _PG_START, (*map(list, zip(*call_rows)), *columns))
+                rows = self._run(conn, _PG_START, (_to_json(call_rows), _to_json(leg_rows)))
         else:
             with store._batch() as conn:
                 self._run(conn, _sqlite_calls(len(call_rows)), tuple(v for row in call_rows for v in row))
