@@ -51,10 +51,15 @@ class BatchThread:
             self._thread = None
 
     async def submit(self, item: Any) -> Any:
+        return await self.enqueue(item)
+
+    def enqueue(self, item: Any) -> asyncio.Future:
+        """Queues ``item`` and returns the future of its outcome (for a caller that bounds the
+        wait itself; a future settled or cancelled meanwhile is left as it is)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._queue.put((item, future, loop))
-        return await future
+        return future
 
     def _run(self) -> None:
         while True:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -23,6 +24,8 @@ from .store import Store
 log = logging.getLogger("recording.persist")
 
 REPLAY_BATCH = 200
+# The budget is kept to within a fifth of itself, checked at least this often apart (seconds).
+BUDGET_TICK_MIN = 0.01
 RETRY_MIN, RETRY_MAX = 0.5, 5.0
 
 
@@ -63,6 +66,9 @@ class Persister:
         self._appending = 0
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        # The database writes waiting for their commit, with their deadlines, oldest first.
+        self._in_flight: deque[tuple[float, asyncio.Future]] = deque()
+        self._budget_task: asyncio.Task | None = None
         self.journal_peak = 0
 
     @property
@@ -89,13 +95,15 @@ class Persister:
             self.journal_peak = pending
             self._wake.set()
         self._task = asyncio.create_task(self._replayer(), name="journal-replay")
+        self._budget_task = asyncio.create_task(self._keep_budget(), name="database-budget")
 
     async def stop(self) -> None:
         """Ends replay, commits what is queued, and closes the journal with everything in it
         fsynced (it was, entry by entry, before any session reported it stored)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._budget_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self._run(self._commits.stop)
         await self._run(self._appends.stop)
         self.journal.close()
@@ -106,12 +114,12 @@ class Persister:
         nor the journal can take it."""
         if not self._journaling:
             started = time.monotonic()
+            future = self._commits.enqueue(write)
+            # NOTE: a commit past the budget still completes (the writer thread does not look
+            # at a future already settled), and its journaled twin is then replayed as APPLIED.
+            self._in_flight.append((started + self.budget, future))
             try:
-                async with asyncio.timeout(self.budget):
-                    # NOTE: a commit past the budget still completes (the writer thread does
-                    # not look at the abandoned future), and its journaled twin is then
-                    # replayed as APPLIED.
-                    result = await self._commits.submit(write)
+                result = await future
                 if self.on_commit is not None:
                     self.on_commit(time.monotonic() - started)
                 return Persisted(result)
@@ -132,6 +140,19 @@ class Persister:
         self.backlog += 1
         self._wake.set()
         return Persisted(None, deferred=True)
+
+    async def _keep_budget(self) -> None:
+        """Fails with TimeoutError the writes whose commit has taken longer than the budget.
+        One task ticking for all of them: an asyncio timeout per write (a timer handle made,
+        pushed on the heap and cancelled for every session) showed in profiles."""
+        in_flight = self._in_flight
+        while True:
+            await asyncio.sleep(max(BUDGET_TICK_MIN, self.budget / 5))
+            now = time.monotonic()
+            while in_flight and (in_flight[0][1].done() or in_flight[0][0] <= now):
+                _, future = in_flight.popleft()
+                if not future.done():
+                    future.set_exception(TimeoutError())
 
     def _went_away(self, exc: Exception) -> None:
         if not self._database_away:

@@ -10,7 +10,6 @@ import asyncio
 import logging
 from collections import OrderedDict
 from concurrent.futures import Executor
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Protocol
@@ -98,6 +97,38 @@ class Muter(Protocol):
     async def mute(self, channel: str, mixmonitor_id: str, state: bool) -> None: ...
 
 
+class _CallTurn:
+    """``async with``: holds the call's lock, made when first needed and dropped when no one
+    holds or waits for it (a class, not an asynccontextmanager: this runs for every session)."""
+
+    __slots__ = ("_locks", "_unique_id", "_lock")
+
+    def __init__(self, locks: dict[str, tuple[asyncio.Lock, int]], unique_id: str):
+        self._locks = locks
+        self._unique_id = unique_id
+
+    async def __aenter__(self) -> None:
+        lock, users = self._locks.get(self._unique_id) or (asyncio.Lock(), 0)
+        self._locks[self._unique_id] = (lock, users + 1)
+        self._lock = lock
+        try:
+            await lock.acquire()
+        except BaseException:
+            self._leave()
+            raise
+
+    async def __aexit__(self, *exc) -> None:
+        self._lock.release()
+        self._leave()
+
+    def _leave(self) -> None:
+        lock, users = self._locks[self._unique_id]
+        if users == 1:
+            del self._locks[self._unique_id]
+        else:
+            self._locks[self._unique_id] = (lock, users - 1)
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -152,20 +183,9 @@ class RecordingService:
     def active(self, unique_id: str) -> ActiveLeg | None:
         return self._active.get(unique_id)
 
-    @asynccontextmanager
-    async def _call(self, unique_id: str):
+    def _call(self, unique_id: str) -> "_CallTurn":
         """One operation at a time per call: a stop racing a start or a pause waits for it."""
-        lock, users = self._locks.get(unique_id) or (asyncio.Lock(), 0)
-        self._locks[unique_id] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[unique_id]
-            if users == 1:
-                del self._locks[unique_id]
-            else:
-                self._locks[unique_id] = (lock, users - 1)
+        return _CallTurn(self._locks, unique_id)
 
     async def read(self, function, *args):
         """Runs a blocking store read in a worker thread."""
