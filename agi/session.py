@@ -68,26 +68,33 @@ class Session:
     # -- the exchange -------------------------------------------------------------------
 
     async def send(self, *commands: str) -> list[Reply]:
-        """Sends the commands in one write and returns their replies in order.
+        """Sends the commands one at a time, each once the one before has its reply, and
+        returns the replies in order. Non-200 replies are returned, not raised; see
+        :meth:`command` for the raising form.
 
-        Asterisk runs the commands of one session one after the other, so pipelining them
-        saves a round trip per command without changing their meaning. Non-200 replies are
-        returned, not raised; see :meth:`command` for the raising form.
+        NOTE: never more than one command in flight. res_agi reads a command with fgets() on
+        a stdio FILE over the socket, then waits for the next by polling the socket itself:
+        lines that arrived together with the first sit in the FILE's buffer, where the poll
+        cannot see them, and Asterisk waits until more bytes come (on a live channel, for as
+        long as the call lasts). asterisk/asterisk#2148 is the same design in ExternalIVR.
+        The fake Asterisk of the tests and of bench/ behaves the same way.
         """
-        payload = "".join(f"{command}\n" for command in commands).encode("utf-8")
+        replies = []
         async with self._turn:
-            return await self._exchange(payload, len(commands))
+            for command in commands:
+                replies.append(await self._exchange(f"{command}\n".encode("utf-8")))
+        return replies
 
     def hold(self):
         """A context in which the session's own deadline waits (each reply's does not): for
         work that must finish once begun. A no-op without a watchdog."""
         return self.watch.hold() if self.watch is not None else nullcontext()
 
-    async def _exchange(self, payload: bytes, count: int) -> list[Reply]:
+    async def _exchange(self, payload: bytes) -> Reply:
         if self._broken:
             raise ProtocolError(f"session is out of step: {self._broken}")
         try:
-            return await within(self.watch, self.reply_timeout, self._talk(payload, count), "reply")
+            return await within(self.watch, self.reply_timeout, self._talk(payload), "reply")
         except TimeoutError:
             self._broken = "no reply in time"
             raise AGITimeout(f"no reply from Asterisk within {self.reply_timeout:g}s") from None
@@ -99,17 +106,19 @@ class Session:
                 self._broken = str(exc)
             raise
 
-    async def _talk(self, payload: bytes, count: int) -> list[Reply]:
-        while self._owed:
+    async def _talk(self, payload: bytes) -> Reply:
+        if self._owed:
+            # The reply to a command whose wait was cancelled (a session deadline): it is
+            # read and dropped, so that the next reply read is this command's own.
             try:
-                await self._read_replies(1)
+                await self._read_reply()
             except LineTooLong as exc:
                 if not exc.framed:
                     raise
         self._wire.write(payload)
-        self._owed = count
+        self._owed = 1
         await self._wire.drain()
-        return await self._read_replies(count)
+        return await self._read_reply()
 
     async def command(self, command: str) -> Reply:
         """Sends one command; returns its 200 reply or raises :class:`CommandRejected`."""
@@ -118,32 +127,19 @@ class Session:
             raise CommandRejected(command, reply)
         return reply
 
-    async def _read_replies(self, count: int) -> list[Reply]:
-        replies: list[Reply] = []
-        skipped: LineTooLong | None = None
-        while count:
+    async def _read_reply(self) -> Reply:
+        """The reply owed; an over-long one is skipped whole and raised as LineTooLong."""
+        while True:
             try:
                 reply = self._take_reply()
-            except LineTooLong as exc:
-                self._owed -= 1
-                count -= 1
-                if not exc.framed:
-                    raise
-                # NOTE: the replies to the commands pipelined after this one are still on the
-                # wire; raising before reading them would hand them to the next send() as its
-                # own, silently out of step. Read them, then report the over-long line.
-                skipped = skipped or exc
-                continue
-            if reply is None:
-                if not await self._wire.more():
-                    raise HangupError("Asterisk closed the connection")
-                continue
-            replies.append(reply)
-            self._owed -= 1
-            count -= 1
-        if skipped is not None:
-            raise skipped
-        return replies
+            except LineTooLong:
+                self._owed = 0
+                raise
+            if reply is not None:
+                self._owed = 0
+                return reply
+            if not await self._wire.more():
+                raise HangupError("Asterisk closed the connection")
 
     def _take_reply(self) -> Reply | None:
         """The next whole reply in the buffer, or None until it has all arrived (the lines
@@ -193,7 +189,7 @@ class Session:
         await self.command(f"SET VARIABLE {word(name)} {quote(value)}")
 
     async def set_variables(self, values: Mapping[str, str]) -> None:
-        """Sets several channel variables in one round trip."""
+        """Sets several channel variables, one command after the other (see :meth:`send`)."""
         commands = [f"SET VARIABLE {word(k)} {quote(v)}" for k, v in values.items()]
         for command, reply in zip(commands, await self.send(*commands)):
             if not reply.ok:

@@ -5,7 +5,7 @@ Why not asyncio's streams: a StreamReader copies every chunk into its own buffer
 task per chunk through a future, and a line reader on top of it copies again. A session reads
 a handful of short lines per command and the caller's channel waits meanwhile; here the lines
 are taken straight from the protocol's one buffer, synchronously, and a session suspends only
-when the buffer holds no complete line (for a pipelined exchange, typically once).
+when the buffer holds no complete line (for a reply, typically once).
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ import re
 import resource
 import sys
 import time
-from collections import Counter, deque
+from collections import Counter
 
 MAX_ERROR_SAMPLES = 5
 
@@ -225,7 +225,14 @@ class Channel:
 # -- one session -------------------------------------------------------------------------------
 
 class AsteriskProtocol(asyncio.Protocol):
-    """Plays Asterisk on one FastAGI connection."""
+    """Plays Asterisk on one FastAGI connection.
+
+    Commands are read as res_agi.c's run_agi() reads them: each wake-up of its poll on the
+    socket takes ONE line with fgets() from a stdio buffer that holds whatever had arrived.
+    A line that came with an earlier one waits in that buffer, unseen by the poll, until more
+    bytes (or the server's EOF) arrive; at EOF every buffered line is taken in turn. A server
+    that pipelines commands therefore stalls here as it would on a real Asterisk.
+    """
 
     def __init__(self, env: bytes, channel: Channel, delay: float, done: asyncio.Future):
         self.env = env
@@ -234,11 +241,14 @@ class AsteriskProtocol(asyncio.Protocol):
         self.done = done
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
-        self.pending: deque[str] = deque()
-        self.replying = False
+        # New bytes arrived since the last line was taken: the poll would return.
+        self.woken = False
+        # A command is being run (its reply waits ``delay``).
+        self.busy = False
         self.eof = False
         self.eof_at = 0.0
         self.commands = 0
+        self.stalled = 0
         self.self_connected = False
 
     def connection_made(self, transport) -> None:
@@ -252,46 +262,53 @@ class AsteriskProtocol(asyncio.Protocol):
         transport.write(self.env)
 
     def data_received(self, data: bytes) -> None:
-        buffer = self.buffer + data
-        if b"\n" not in buffer:
-            self.buffer = buffer
-            return
-        *lines, self.buffer = buffer.split(b"\n")
-        self.commands += len(lines)
-        if self.delay <= 0 and not self.pending:
-            answer = self.channel.answer
-            out = "".join(answer(raw.decode("utf-8", "surrogateescape")) + "\n" for raw in lines)
-            self.transport.write(out.encode("utf-8", "surrogateescape"))
-            return
-        self.pending.extend(raw.decode("utf-8", "surrogateescape") for raw in lines)
-        if not self.replying:
-            self.replying = True
-            asyncio.get_running_loop().call_later(self.delay, self._reply_next)
-
-    def _reply_next(self) -> None:
-        """Asterisk runs one command at a time: each reply comes ``delay`` after the last."""
-        if self.transport is None or self.transport.is_closing():
-            return
-        line = self.pending.popleft()
-        self.transport.write((self.channel.answer(line) + "\n").encode("utf-8", "surrogateescape"))
-        if self.pending:
-            asyncio.get_running_loop().call_later(self.delay, self._reply_next)
-        else:
-            self.replying = False
-            if self.eof:
-                self._hangup()
+        self.buffer += data
+        self.woken = True
+        self._turn()
 
     def eof_received(self) -> bool:
-        # The server half-closed: Asterisk answers HANGUP and closes.
+        # The server half-closed: the lines still buffered are run, then Asterisk answers
+        # HANGUP and closes.
         self.eof = True
         self.eof_at = time.monotonic()
-        if not self.replying:
-            self._hangup()
+        self._turn()
         return True  # we close ourselves once HANGUP is written
 
+    def _turn(self) -> None:
+        """One turn of run_agi()'s loop, if its poll would return now."""
+        while not self.busy and (self.woken or self.eof):
+            end = self.buffer.find(b"\n")
+            if end < 0:
+                if not self.eof:
+                    return  # fgets goes on reading until the line is whole
+                if not self.buffer:
+                    self._hangup()
+                    return
+                end = len(self.buffer)
+            line = self.buffer[:end].decode("utf-8", "surrogateescape")
+            self.buffer = self.buffer[end + 1:]
+            self.woken = False
+            self.commands += 1
+            if b"\n" in self.buffer and not self.eof:
+                self.stalled += 1
+            if self.delay > 0:
+                self.busy = True
+                asyncio.get_running_loop().call_later(self.delay, self._reply, line)
+                return
+            self.transport.write((self.channel.answer(line) + "\n").encode("utf-8", "surrogateescape"))
+
+    def _reply(self, line: str) -> None:
+        """Asterisk runs one command at a time: each reply comes ``delay`` after the command."""
+        self.busy = False
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.transport.write((self.channel.answer(line) + "\n").encode("utf-8", "surrogateescape"))
+        self._turn()
+
     def _hangup(self) -> None:
-        self.transport.write(b"HANGUP\n")
-        self.transport.close()
+        if not self.transport.is_closing():
+            self.transport.write(b"HANGUP\n")
+            self.transport.close()
 
     def connection_lost(self, exc) -> None:
         if not self.done.done():
@@ -344,7 +361,9 @@ async def one_session(loop, cfg, seq: int, totals: Totals) -> None:
             totals.error("connect: connected to itself", f"{uniqueid}: nobody listens on {cfg.host}:{cfg.port}")
         elif exc is None:  # aborted by our timer
             totals.error("timeout", f"{uniqueid}: no half-close within {cfg.timeout:g}s "
-                                    f"after {proto.commands} commands")
+                                    f"after {proto.commands} commands"
+                                    + (f" ({proto.stalled} sent before the reply to the one before, which "
+                                       "res_agi leaves waiting)" if proto.stalled else ""))
         else:
             totals.error(f"connection lost: {type(exc).__name__}",
                          f"{uniqueid}: {exc} after {proto.commands} commands")

@@ -75,16 +75,13 @@ class AGIChannel:
 
     async def start_mixmonitor(self, file: str, options: str) -> MixMonitorStart:
         data = f"{file},{options}i({MIXMONITOR_ID_VARIABLE})"
-        # NOTE: the id variable is cleared first: a stale id from an earlier leg on this
-        # channel must not pass for the id of a MixMonitor that failed to start.
-        commands = (
-            f"SET VARIABLE {MIXMONITOR_ID_VARIABLE} \"\"",
-            f"EXEC MixMonitor {quote(data)}",
-            f"GET VARIABLE {MIXMONITOR_ID_VARIABLE}",
-        )
         session = self._session
+        # NOTE: the id variable is cleared first: a stale id from an earlier leg on this
+        # channel must not pass for the id of a MixMonitor that failed to start. Nothing has
+        # been started yet if this fails, so its errors go up as they are.
+        await session.set_variable(MIXMONITOR_ID_VARIABLE, "")
         try:
-            _, started, variable = await session.send(*commands)
+            (started,) = await session.send(f"EXEC MixMonitor {quote(data)}")
         except HangupError:
             # The command was sent; whether it ran is unknown, and the channel is gone.
             return MixMonitorStart(None, hung_up=True)
@@ -99,6 +96,13 @@ class AGIChannel:
             raise AsteriskFailure("Asterisk has no MixMonitor application (is app_mixmonitor loaded?)")
         if started.value != 0 and not session.hung_up:
             raise AsteriskFailure(f"MixMonitor failed to start (result {started.result})")
+        try:
+            (variable,) = await session.send(f"GET VARIABLE {MIXMONITOR_ID_VARIABLE}")
+        except HangupError:
+            return MixMonitorStart(None, hung_up=True)
+        except AGIError as exc:
+            log.warning("MixMonitor on %s started but its id was not read (%s); its leg is kept", self.name, exc)
+            return MixMonitorStart(None, hung_up=session.hung_up)
         mixmonitor_id = variable.data if variable.ok and variable.value == 1 and variable.data else None
         if mixmonitor_id is None and not session.hung_up:
             raise AsteriskFailure("MixMonitor did not start: Asterisk gave no MixMonitor id")

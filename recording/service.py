@@ -297,17 +297,19 @@ class RecordingService:
             if mixmonitor.mixmonitor_id:
                 await self._stop_quietly(channel, mixmonitor.mixmonitor_id)
             raise type(exc)(f"the recording was stopped because it could not be stored: {exc}") from exc
-        remembered = ActiveLeg(
-            leg.id, number, file, tag, request.channel, mixmonitor.mixmonitor_id,
-            agent[0].id if agent[0] else None,
-        )
         if persisted.deferred:
+            remembered = ActiveLeg(
+                leg.id, number, file, tag, request.channel, mixmonitor.mixmonitor_id,
+                agent[0].id if agent[0] else None,
+            )
             self.remember(unique_id, number, remembered if state == "recording" else None)
             return StartOutcome("STARTED", leg.id, file, number, deferred=True)
         result = persisted.result
         if result.status == "ALREADY_RECORDING":
             return await self._lost_race(unique_id, channel, leg, result, tag)
-        active = replace(remembered, leg_id=result.leg_id, leg=result.leg, file=result.file, owner_id=result.owner_id)
+        active = ActiveLeg(
+            result.leg_id, result.leg, result.file, tag, request.channel, mixmonitor.mixmonitor_id, result.owner_id,
+        )
         self.remember(unique_id, result.leg, active if state == "recording" else None)
         return StartOutcome("STARTED", result.leg_id, result.file, result.leg)
 

@@ -5,6 +5,8 @@ order with ``\\n`` line ends, one reply per command in the same forms (``200 res
 ``200 result=0``, ``510``, ``511``, ``520``), EXEC taking one data word split as res_agi's
 ``parse_args()`` does, MixMonitor's ``i(VAR)`` id, an unprompted ``HANGUP`` when the caller
 hangs up followed by dead-channel mode, and ``HANGUP`` then close when the server half-closes.
+It reads commands as res_agi.c's run_agi() does (see :class:`CommandReader`), so a server that
+sends a command before the previous one's reply waits, as it would on a real Asterisk.
 Everything runs on blocking sockets in the calling thread, so tests assert from the peer's side.
 """
 
@@ -74,6 +76,8 @@ class Call:
     state: ChannelState = field(default_factory=ChannelState)
     # What this session itself set, whatever other sessions on the channel did meanwhile.
     assigned: dict[str, str] = field(default_factory=dict)
+    # Commands that arrived before the reply to the one before (see CommandReader).
+    stalled: int = 0
 
     @property
     def status(self) -> str | None:
@@ -123,6 +127,45 @@ def environment(
     ]
     lines += [f"agi_arg_{n}: {value}" for n, value in enumerate(args, 1)]
     return ("\n".join(lines) + "\n\n").encode("utf-8")
+
+
+class CommandReader:
+    """Command lines as res_agi's run_agi() reads them.
+
+    run_agi() waits until the socket is readable (poll), then takes ONE line with fgets() from
+    a stdio FILE, which reads whatever has arrived into its own buffer (for FastAGI it goes on
+    reading until the line is whole). A line that arrived in the same read as the one before
+    stays in that buffer, where the poll cannot see it: it is only taken after more bytes, or
+    the server's EOF, wake the poll again. At EOF every buffered line is still taken, one per
+    turn of the loop, before run_agi() sees the end.
+    """
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.buffer = b""
+        self.eof = False
+        # Lines that waited in the buffer for a later wake-up: a server that pipelines.
+        self.stalled = 0
+
+    def readline(self) -> bytes:
+        """The next command line with its ``\\n``; b"" once the server has closed and nothing
+        is left. Raises socket.timeout when the poll waits past the socket's timeout."""
+        if not self.eof:
+            if b"\n" in self.buffer:
+                self.stalled += 1
+            self._receive()
+        while b"\n" not in self.buffer and not self.eof:
+            self._receive()
+        line, newline, rest = self.buffer.partition(b"\n")
+        self.buffer = rest
+        return line + newline
+
+    def _receive(self) -> None:
+        chunk = self.sock.recv(65536)
+        if chunk:
+            self.buffer += chunk
+        else:
+            self.eof = True
 
 
 class FakeAsterisk:
@@ -175,7 +218,7 @@ class FakeAsterisk:
             ))
             if hangup_after == 0:
                 self._hangup(sock, call)
-            reader = sock.makefile("rb")
+            reader = CommandReader(sock)
             while True:
                 try:
                     raw = reader.readline()
@@ -208,6 +251,7 @@ class FakeAsterisk:
                     break
                 if hangup_after is not None and len(call.replies) == hangup_after and not call.hung_up:
                     self._hangup(sock, call)
+            call.stalled = reader.stalled
         # What the channel held when this session ended, kept apart from later sessions.
         call.variables = dict(state.variables)
         return call

@@ -38,6 +38,8 @@ def test_start_records_the_channel_and_tells_the_dialplan(asterisk, store):
     assert (leg.tag, leg.external_reference) == ("CRM-22", "CRM-22")
     assert (leg.ownership, leg.owner) == ("DEFAULT", None)
     assert call.server_closed
+    # Each command waited for the reply before it (res_agi would leave a pipelined one unread).
+    assert call.stalled == 0
 
 
 def test_exec_sends_one_quoted_data_word_without_dialplan_variables(asterisk):
