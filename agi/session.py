@@ -94,7 +94,10 @@ class Session:
         if self._broken:
             raise ProtocolError(f"session is out of step: {self._broken}")
         try:
-            return await within(self.watch, self.reply_timeout, self._talk(payload), "reply")
+            if self.watch is None:
+                return await within(None, self.reply_timeout, self._talk(payload), "reply")
+            with self.watch.bounded(self.reply_timeout, "reply"):
+                return await self._talk(payload)
         except TimeoutError:
             self._broken = "no reply in time"
             raise AGITimeout(f"no reply from Asterisk within {self.reply_timeout:g}s") from None
@@ -115,9 +118,11 @@ class Session:
             except LineTooLong as exc:
                 if not exc.framed:
                     raise
-        self._wire.write(payload)
+        wire = self._wire
+        wire.write(payload)
         self._owed = 1
-        await self._wire.drain()
+        if wire.must_drain:
+            await wire.drain()
         return await self._read_reply()
 
     async def command(self, command: str) -> Reply:

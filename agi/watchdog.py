@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from contextlib import contextmanager
 from typing import Awaitable, TypeVar
 
 T = TypeVar("T")
@@ -39,6 +38,23 @@ class Watch:
     def done_waiting(self) -> None:
         self.wait_deadline = None
 
+    def bounded(self, seconds: float, reason: str) -> "Watch":
+        """``with watch.bounded(seconds, reason):`` around one wait: raises TimeoutError when
+        the watchdog ended it. (A plain context manager, not a coroutine around the wait:
+        this runs for every command a session sends.)"""
+        self.waiting(seconds, reason)
+        return self
+
+    def __enter__(self) -> "Watch":
+        return self
+
+    def __exit__(self, kind, exc, traceback) -> bool:
+        reason = self.wait_reason
+        self.wait_deadline = None
+        if kind is asyncio.CancelledError and self.claim(reason):
+            raise TimeoutError from None
+        return False
+
     def claim(self, reason: str) -> bool:
         """True if the task was cancelled by this watch for ``reason``; the cancellation is
         then taken back, so that the task can go on (to report, to close)."""
@@ -48,15 +64,10 @@ class Watch:
         self.task.uncancel()
         return True
 
-    @contextmanager
-    def hold(self):
+    def hold(self) -> "_Held":
         """Defers the session deadline (not the waits' own) until the block ends: work that
         must finish once begun, such as writing the leg of a recording already started."""
-        self.held += 1
-        try:
-            yield
-        finally:
-            self.held -= 1
+        return _Held(self)
 
     def check(self, now: float) -> None:
         if self.expired is not None or self.task.done():
@@ -67,6 +78,22 @@ class Watch:
         elif now >= self.deadline and not self.held:
             self.expired = "session"
             self.task.cancel()
+
+
+class _Held:
+    """``with watch.hold():`` (a class: it runs twice per session)."""
+
+    __slots__ = ("_watch",)
+
+    def __init__(self, watch: Watch):
+        self._watch = watch
+
+    def __enter__(self) -> None:
+        self._watch.held += 1
+
+    def __exit__(self, *exc) -> bool:
+        self._watch.held -= 1
+        return False
 
 
 class Watchdog:
@@ -107,12 +134,5 @@ async def within(watch: Watch | None, seconds: float, waiting: Awaitable[T], rea
     if watch is None:
         async with asyncio.timeout(seconds):
             return await waiting
-    watch.waiting(seconds, reason)
-    try:
+    with watch.bounded(seconds, reason):
         return await waiting
-    except asyncio.CancelledError:
-        if watch.claim(reason):
-            raise TimeoutError from None
-        raise
-    finally:
-        watch.done_waiting()

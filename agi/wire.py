@@ -102,6 +102,11 @@ class Wire(asyncio.Protocol):
             raise ConnectionResetError("the connection is closed")
         self.transport.write(data)
 
+    @property
+    def must_drain(self) -> bool:
+        """True when :meth:`drain` has something to wait for or to report."""
+        return self._paused or self.lost
+
     async def drain(self) -> None:
         """Waits while the transport's buffer is over its high-water mark."""
         if self._paused and not self.lost:
