@@ -25,15 +25,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
+from .domain import MIXMONITOR_ID_VARIABLE
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 5038
 BANNER_PREFIX = "Asterisk Call Manager/"
-# The channel variable MixMonitor's i() option stores the recording's id in; the same id comes
-# back as MixMonitorID in the action's answer.
-MIXMONITOR_ID_VARIABLE = "RECORDING_MIXMONITOR_ID"
 MUTE_DIRECTIONS = ("read", "write", "both")
 
 # Bounds that keep a broken or hostile peer from eating memory. Asterisk's own lines are far

@@ -15,6 +15,11 @@ from typing import ContextManager, Mapping, Protocol
 from .models import RECORDING_MANAGER
 
 
+# The channel variable MixMonitor's i() option stores the recording's id in, whichever door
+# started it (over AMI the same id also comes back as MixMonitorID in the action's answer).
+MIXMONITOR_ID_VARIABLE = "RECORDING_MIXMONITOR_ID"
+
+
 class LegIds:
     """Random leg ids in uuid4's hex form, drawn from the OS 256 at a time: one getrandom()
     per leg showed in profiles of the start path (a system call per session)."""

@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 
 from agi import AGIError, AGITimeout, CommandRejected, HangupError, Overloaded, Router, Session, UnknownRoute, quote
 
-from .domain import Channel, MixMonitorStart, StartRequest, channel_extension
+from .domain import MIXMONITOR_ID_VARIABLE, Channel, MixMonitorStart, StartRequest, channel_extension
 from .errors import AsteriskFailure, Invalid, RecordingFailure, WrongKey
 from .gate import Gate
 from .manager import Manager
@@ -26,7 +26,6 @@ audit = logging.getLogger("recording.audit")
 
 # The seed's argument names, matched without regard to case.
 ARGUMENTS = {name.lower(): name for name in ("extenOrUniqueId", "agentLoginName", "tag", "apiKey")}
-MIXMONITOR_ID_VARIABLE = "RECORDING_MIXMONITOR_ID"
 # Every FastAGI route, as the dialplan names it; build_router registers exactly these (metrics
 # and `check --dialplan` read them here).
 ROUTES = ("recording/start", "recording/stop", "recording/pause", "recording/resume", "recording/hangup", "health")
@@ -121,7 +120,7 @@ class AGIChannel:
 
 
 async def report(session: Session, values: Mapping[str, str]) -> None:
-    """Sets the result variables in one round trip; a channel that is gone is only logged.
+    """Sets the result variables, one command after the other; a channel that is gone is only logged.
     Held: an outcome reached is told, even if the session's deadline came meanwhile."""
     try:
         with session.hold():
