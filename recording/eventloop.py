@@ -1,8 +1,8 @@
 """Which asyncio event loop the service runs on (RECORDING_EVENT_LOOP).
 
-uvloop runs the same asyncio code with its sockets, transports and timers in C (libuv): in the
-benchmark it took a tenth to a fifth off the CPU each call costs the service. The standard
-loop stays one setting away, for a platform without uvloop or to rule it out when chasing a bug.
+uvloop runs the same asyncio code with its sockets, transports and timers in C (libuv): in A/B
+runs of one server it took 5-10% off the CPU a call costs (bench/README.md). The standard loop
+stays one setting away, for a platform without uvloop or to rule it out when chasing a bug.
 """
 
 from __future__ import annotations

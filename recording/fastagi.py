@@ -76,8 +76,9 @@ class AGIChannel:
         data = f"{file},{options}i({MIXMONITOR_ID_VARIABLE})"
         session = self._session
         # NOTE: the id variable is cleared first: a stale id from an earlier leg on this
-        # channel must not pass for the id of a MixMonitor that failed to start. Nothing has
-        # been started yet if this fails, so its errors go up as they are.
+        # channel must not pass for the id of a MixMonitor that failed to start (MixMonitor
+        # answers 0 even when its thread did not launch: app_mixmonitor.c). Nothing has been
+        # started yet if this fails, so its errors go up as they are.
         await session.set_variable(MIXMONITOR_ID_VARIABLE, "")
         try:
             (started,) = await session.send(f"EXEC MixMonitor {quote(data)}")
