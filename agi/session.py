@@ -79,10 +79,12 @@ class Session:
         long as the call lasts). asterisk/asterisk#2148 is the same design in ExternalIVR.
         The fake Asterisk of the tests and of bench/ behaves the same way.
         """
+        # Encoded first: a command that cannot be sent stops the others before any is sent.
+        payloads = [f"{command}\n".encode("utf-8") for command in commands]
         replies = []
         async with self._turn:
-            for command in commands:
-                replies.append(await self._exchange(f"{command}\n".encode("utf-8")))
+            for payload in payloads:
+                replies.append(await self._exchange(payload))
         return replies
 
     def hold(self):
