@@ -5,8 +5,9 @@ Per session it reads the environment block, sends ``EXEC MixMonitor "/tmp/ref-<u
 and awaits the reply, sends ``SET VARIABLE RECORDING_STATUS "STARTED"`` and awaits the reply,
 then half-closes, reads until Asterisk's ``HANGUP`` and EOF, and closes. No database, no
 logging per session, no checks: what any Python recorder pays for the conversation alone.
+With ``--in-turn`` it sends the 8 commands our ``recording/start`` sends instead (``ref8``).
 
-    python bench/reference_server.py --listen 127.0.0.1:4599
+    python bench/reference_server.py --listen 127.0.0.1:4599 [--in-turn]
 """
 
 from __future__ import annotations
@@ -20,6 +21,22 @@ import sys
 
 ENV_LIMIT = 65536
 TIMEOUT = 30.0
+
+
+# The reference's conversation, and with --in-turn the same commands our recording/start sends
+# (each after the reply to the one before, as res_agi requires), with nothing else around them.
+BARE = ('EXEC MixMonitor "/tmp/ref-{uid}.wav,b"\n', 'SET VARIABLE RECORDING_STATUS "STARTED"\n')
+IN_TURN = (
+    'SET VARIABLE RECORDING_MIXMONITOR_ID ""\n',
+    'EXEC MixMonitor "/tmp/ref-{uid}.wav,bi(RECORDING_MIXMONITOR_ID)"\n',
+    "GET VARIABLE RECORDING_MIXMONITOR_ID\n",
+    'SET VARIABLE RECORDING_STATUS "STARTED"\n',
+    'SET VARIABLE RECORDING_ERROR ""\n',
+    'SET VARIABLE RECORDING_ID "{uid}"\n',
+    'SET VARIABLE RECORDING_FILE "/tmp/ref-{uid}.wav"\n',
+    'SET VARIABLE RECORDING_DEFERRED "0"\n',
+)
+in_turn = False
 
 
 async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -37,10 +54,9 @@ async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
                 if line.startswith(b"agi_uniqueid:"):
                     uniqueid = line[13:].strip().decode("utf-8", "replace")
             safe = "".join(c for c in uniqueid if c.isalnum() or c in ".-_") or "unknown"
-            writer.write(f'EXEC MixMonitor "/tmp/ref-{safe}.wav,b"\n'.encode())
-            await reader.readline()
-            writer.write(b'SET VARIABLE RECORDING_STATUS "STARTED"\n')
-            await reader.readline()
+            for command in (IN_TURN if in_turn else BARE):
+                writer.write(command.replace("{uid}", safe).encode())
+                await reader.readline()
             writer.write_eof()
             while await reader.read(4096):  # HANGUP, then EOF
                 pass
@@ -72,7 +88,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--listen", default="127.0.0.1:4599", help="HOST:PORT (default 127.0.0.1:4599)")
     parser.add_argument("--backlog", type=int, default=4096, help="listen backlog (default 4096)")
+    parser.add_argument("--in-turn", action="store_true",
+                        help="send the 8 commands of our recording/start instead of the reference's 2")
     args = parser.parse_args(argv)
+    global in_turn
+    in_turn = args.in_turn
     host, sep, port = args.listen.rpartition(":")
     if not sep or not port.isdigit():
         parser.error(f"--listen {args.listen!r} is not HOST:PORT")

@@ -40,7 +40,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TICK = os.sysconf("SC_CLK_TCK")
-SERVER_NAMES = ("ref", "sqlite", "pg")
+# ref8: the reference's server sending the 8 commands our start sends, in turn (ratios are
+# still to ref, so its row shows what the conversation alone costs).
+SERVER_NAMES = ("ref", "ref8", "sqlite", "pg")
 
 
 def log(message: str) -> None:
@@ -568,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sessions per level and server, at most (default 20000; at least the concurrency)")
     p.add_argument("--duration-cap", type=float, default=8.0,
                    help="seconds after which a level starts no new session (default 8; 0: none)")
-    p.add_argument("--servers", default=",".join(SERVER_NAMES), help="which of ref,sqlite,pg (default all)")
+    p.add_argument("--servers", default=",".join(SERVER_NAMES), help="which of ref,ref8,sqlite,pg (default all)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 300 sessions per level (1000 at concurrency 1000), 3 s cap")
     p.add_argument("--procs", type=int, default=1, help="load generator processes (default 1)")
@@ -614,7 +616,7 @@ def main(argv=None) -> int:
     levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
     wanted = [s.strip() for s in args.servers.split(",") if s.strip()]
     if not levels or any(c < 1 for c in levels) or any(s not in SERVER_NAMES for s in wanted):
-        print("run.py: --concurrency takes positive integers, --servers names from ref,sqlite,pg", file=sys.stderr)
+        print("run.py: --concurrency takes positive integers, --servers names from ref,ref8,sqlite,pg", file=sys.stderr)
         return 2
     if args.profile:
         found = shutil.which(args.profile)
@@ -675,9 +677,9 @@ def main(argv=None) -> int:
         for name in wanted:
             port = free_port()
             log_path = tmp / f"{name}.log"
-            if name == "ref":
+            if name in ("ref", "ref8"):
                 cmd = [sys.executable, str(HERE / "reference_server.py"), "--listen", f"127.0.0.1:{port}"]
-                servers.append(Server(name, port, log_path, cmd))
+                servers.append(Server(name, port, log_path, cmd + (["--in-turn"] if name == "ref8" else [])))
                 continue
             if name == "sqlite":
                 url = f"sqlite:///{tmp / 'recording.sqlite3'}"
@@ -717,7 +719,7 @@ def main(argv=None) -> int:
                 busy_before = wait_for_quiet(args.quiet_wait) if args.quiet_wait else None
                 sessions = 1000 if args.quick and concurrency >= 1000 else args.sessions
                 profile_to = None
-                if args.profile and server.name != "ref":
+                if args.profile and not server.name.startswith("ref"):
                     profile_to = tmp / f"profile-{server.name}-c{concurrency}.txt"
                     profiles.append((server.name, concurrency, profile_to))
                 row = run_level(server, concurrency, sessions, args, epoch, cap, profile_to)
