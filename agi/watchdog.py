@@ -49,9 +49,8 @@ class Watch:
         return self
 
     def __exit__(self, kind, exc, traceback) -> bool:
-        reason = self.wait_reason
-        self.wait_deadline = None
-        if kind is asyncio.CancelledError and self.claim(reason):
+        self.done_waiting()
+        if kind is asyncio.CancelledError and self.claim(self.wait_reason):
             raise TimeoutError from None
         return False
 
