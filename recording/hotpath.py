@@ -32,6 +32,12 @@ _LEG_COLUMNS = (
     "id, call_record_id, leg, unique_id, channel, extension, file, mixmonitor_id, tag, owner_id, ownership, "
     "source, state, started_at, ended_at"
 )
+# NOTE: a start without a tag keeps the reference an earlier start wrote.
+_CALL_UPSERT = (
+    "ON CONFLICT (unique_id) DO UPDATE SET "
+    "external_reference = COALESCE(excluded.external_reference, call_records.external_reference), "
+    "updated_at = excluded.updated_at"
+)
 _OWNERSHIP = (
     "CASE WHEN {agent} IS NOT NULL THEN 'AGENT' WHEN a.user_id IS NOT NULL THEN 'EXTENSION' ELSE 'DEFAULT' END"
 )
@@ -46,9 +52,7 @@ _PG_START = (
     "WITH c AS ("
     "INSERT INTO call_records (unique_id, external_reference, created_at, updated_at) "
     "SELECT r->>0, r->>1, (r->>2)::timestamptz, (r->>3)::timestamptz FROM json_array_elements(%s::json) r "
-    "ON CONFLICT (unique_id) DO UPDATE SET "
-    "external_reference = COALESCE(excluded.external_reference, call_records.external_reference), "
-    "updated_at = excluded.updated_at "
+    + _CALL_UPSERT + " "
     # NOTE: the FK of recording_legs is checked at the end of the statement, so a leg may point
     # at the call record this CTE inserts; RETURNING of ON CONFLICT DO UPDATE gives the rows
     # updated as well as those inserted, so every leg finds its call.
@@ -76,12 +80,9 @@ def _stamp(value: datetime) -> str:
 @lru_cache(maxsize=512)
 def _sqlite_calls(rows: int) -> str:
     values = ", ".join(["(?, ?, ?, ?)"] * rows)
-    # NOTE: a start without a tag keeps the reference an earlier start wrote.
     return (
         f"INSERT INTO call_records (unique_id, external_reference, created_at, updated_at) VALUES {values} "
-        "ON CONFLICT (unique_id) DO UPDATE SET "
-        "external_reference = COALESCE(excluded.external_reference, call_records.external_reference), "
-        "updated_at = excluded.updated_at"
+        + _CALL_UPSERT
     )
 
 
