@@ -269,7 +269,7 @@ def serve(args, settings: Settings) -> int:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if settings.workers > 1:
         check_shareable(settings)
-    eventloop.loop_factory(settings.event_loop)  # a loop that cannot run is said before anything starts
+    loop = eventloop.loop_factory(settings.event_loop)  # a loop that cannot run is said before anything starts
     store = _store(settings)
     new_key = prepare_database(store)
     if new_key is not None:
@@ -285,7 +285,7 @@ def serve(args, settings: Settings) -> int:
         store.close()
         return Supervisor(settings, config=args.config, overrides=overrides).run()
     app = Application(settings, store, config=args.config, overrides=overrides)
-    eventloop.run(app.run_until_signalled, settings.event_loop)
+    eventloop.run(app.run_until_signalled, loop)
     return 0
 
 

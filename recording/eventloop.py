@@ -30,9 +30,9 @@ def loop_factory(choice: str) -> tuple[Callable[[], asyncio.AbstractEventLoop], 
     return asyncio.new_event_loop, "asyncio"
 
 
-def run(main: Callable[[], Awaitable[None]], choice: str) -> None:
-    """Runs ``main()`` to the end on the chosen loop."""
-    factory, name = loop_factory(choice)
+def run(main: Callable[[], Awaitable[None]], loop: tuple[Callable[[], asyncio.AbstractEventLoop], str]) -> None:
+    """Runs ``main()`` to the end on ``loop``, a :func:`loop_factory` result."""
+    factory, name = loop
     log.info("event loop: %s", name)
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(main())
