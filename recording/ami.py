@@ -28,7 +28,7 @@ from urllib.parse import unquote, urlsplit
 from .domain import MIXMONITOR_ID_VARIABLE
 from .errors import ConfigError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("recording.ami")
 
 DEFAULT_PORT = 5038
 BANNER_PREFIX = "Asterisk Call Manager/"

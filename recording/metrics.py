@@ -15,7 +15,7 @@ import threading
 from bisect import bisect_left
 from typing import Callable, Iterable
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("recording.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds, from a millisecond (a commit on a quiet SQLite) to ten (a session near its timeout).
