@@ -3,9 +3,9 @@
 
 from alembic import context
 
-from recording.config import Settings
-from recording.models import Base
-from recording.store import make_engine, normalize_url
+from recording.ops.config import Settings
+from recording.storage.models import Base
+from recording.storage.store import make_engine, normalize_url
 
 config = context.config
 

@@ -13,21 +13,21 @@ from datetime import timedelta
 from agi import Limits, Server
 
 from . import apikey
-from .ami import AMIClient
-from .config import Settings
-from .directory import Directory
+from .asterisk.ami import AMIClient
+from .ops.config import Settings
+from .storage.directory import Directory
 from .errors import ConfigError
-from .configfile import load_settings, reload_changes
-from .fastagi import ROUTES, Hooks, build_router
-from .gate import Gate
-from .http import RecordingAPI, probe_application, start_site
-from .metrics import ServiceMetrics
-from .journal import Journal
-from .manager import Manager
-from .persist import Persister
+from .ops.configfile import load_settings, reload_changes
+from .doors.fastagi import ROUTES, Hooks, build_router
+from .ops.gate import Gate
+from .doors.http import RecordingAPI, probe_application, start_site
+from .ops.metrics import ServiceMetrics
+from .storage.journal import Journal
+from .asterisk.manager import Manager
+from .storage.persist import Persister
 from .service import ActiveLeg, RecordingService
-from .store import Store
-from .sweeper import Sweeper
+from .storage.store import Store
+from .doors.sweeper import Sweeper
 
 log = logging.getLogger("recording.app")
 

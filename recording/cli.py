@@ -15,12 +15,13 @@ import sys
 from datetime import datetime, timezone
 from typing import Sequence
 
-from . import apikey, eventloop
-from .config import Settings
-from .configfile import load_settings
+from . import apikey
 from .errors import ConfigError, RecordingFailure
-from .logs import configure
-from .store import Store, redact_url
+from .ops import eventloop
+from .ops.config import Settings
+from .ops.configfile import load_settings
+from .ops.logs import configure
+from .storage.store import Store, redact_url
 
 
 CONFIG_ENV = "RECORDING_CONFIG"
@@ -31,7 +32,7 @@ OVERRIDES = {"database_url": "database_url", "listen": "agi_listen", "http": "ht
 def _process_name(args, settings: Settings) -> str:
     """Which process of several this is, for its log lines: a worker of `serve --workers`,
     their supervisor, or '' for a process on its own."""
-    from .workers import WORKER_ENV
+    from .ops.workers import WORKER_ENV
 
     if os.environ.get(WORKER_ENV):
         return f"worker {os.environ[WORKER_ENV]}"
@@ -219,7 +220,7 @@ def recordings_find(args, settings: Settings) -> int:
 
 
 def journal_status(args, settings: Settings) -> int:
-    from .journal import REJECTED, Journal, worker_directories
+    from .storage.journal import REJECTED, Journal, worker_directories
 
     top = args.journal_dir or settings.journal_dir
     # `serve --workers` gives each worker a worker-N folder: those with something in them too.
@@ -240,17 +241,17 @@ def journal_status(args, settings: Settings) -> int:
 
 
 def config_sample(args, settings: Settings) -> int:
-    from .configfile import sample_text
+    from .ops.configfile import sample_text
 
     sys.stdout.write(sample_text())
     return 0
 
 
 def check(args, settings: Settings) -> int:
-    from .check import check as run_checks, format_findings
+    from .ops.check import check as run_checks, format_findings
 
-    from .dialplan import check_dialplan
-    from .fastagi import ROUTES
+    from .ops.dialplan import check_dialplan
+    from .doors.fastagi import ROUTES
 
     findings = asyncio.run(run_checks(settings))
     for path in args.dialplan:
@@ -261,7 +262,7 @@ def check(args, settings: Settings) -> int:
 
 def serve(args, settings: Settings) -> int:
     from .app import Application, prepare_database
-    from .workers import WORKER_ENV, Supervisor, check_shareable
+    from .ops.workers import WORKER_ENV, Supervisor, check_shareable
 
     if os.environ.get(WORKER_ENV):
         # NOTE: the supervisor passes SIGHUP on to its workers; until the service installs

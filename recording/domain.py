@@ -12,8 +12,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import ContextManager, Mapping, Protocol
 
-from .models import RECORDING_MANAGER
 
+# The group whose members may access every leg, whoever owns it (the vendor's name).
+RECORDING_MANAGER = "Recording Manager"
+# Who owns a leg, by the rule that decided it (README, "Ownership of the recording leg").
+OWNERSHIP_RULES = ("AGENT", "EXTENSION", "DEFAULT")
+LEG_STATES = ("recording", "paused", "stopped", "ended", "lost")
+ACTIVE_STATES = ("recording", "paused")
 
 # The channel variable MixMonitor's i() option stores the recording's id in, whichever door
 # started it (over AMI the same id also comes back as MixMonitorID in the action's answer).

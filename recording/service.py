@@ -16,8 +16,8 @@ from typing import Protocol
 
 from agi.protocol import is_clean_text
 
-from .config import Settings, render_file
-from .directory import Directory
+from .ops.config import Settings, render_file
+from .storage.directory import Directory
 from .domain import (
     Channel,
     CommitResult,
@@ -32,8 +32,8 @@ from .domain import (
     new_leg_id,
 )
 from .errors import AsteriskFailure, AsteriskUnavailable, Denied, Invalid, StorageRefused, StorageUnavailable
-from .persist import Persister
-from .store import Store
+from .storage.persist import Persister
+from .storage.store import Store
 
 log = logging.getLogger("recording.service")
 

@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from recording.logs import RedactingFilter
+from recording.ops.logs import RedactingFilter
 from tests.recording.conftest import API_KEY
 
 

@@ -7,8 +7,8 @@ import asyncio
 import threading
 
 from recording.app import Application
-from recording.config import Settings
-from recording.eventloop import loop_factory
+from recording.ops.config import Settings
+from recording.ops.eventloop import loop_factory
 
 
 class RunningService:

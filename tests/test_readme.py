@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recording.config import describe
+from recording.ops.config import describe
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

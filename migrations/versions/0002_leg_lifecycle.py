@@ -9,7 +9,7 @@ Create Date: 2026-11-28
 import sqlalchemy as sa
 from alembic import op
 
-from recording.models import UTCDateTime
+from recording.storage.models import UTCDateTime
 
 revision = "0002"
 down_revision = "0001"

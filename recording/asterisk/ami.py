@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
-from .domain import MIXMONITOR_ID_VARIABLE
-from .errors import ConfigError
+from ..domain import MIXMONITOR_ID_VARIABLE
+from ..errors import ConfigError
 
 log = logging.getLogger("recording.ami")
 

@@ -9,8 +9,8 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 from .ami import AMIClient, AMIError, AMIFailure
-from .domain import MixMonitorStart, channel_extension
-from .errors import AmbiguousChannel, AsteriskFailure, AsteriskUnavailable, NoSuchChannel
+from ..domain import MixMonitorStart, channel_extension
+from ..errors import AmbiguousChannel, AsteriskFailure, AsteriskUnavailable, NoSuchChannel
 
 log = logging.getLogger("recording.manager")
 

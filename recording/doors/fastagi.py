@@ -15,11 +15,11 @@ from urllib.parse import parse_qsl
 
 from agi import AGIError, AGITimeout, CommandRejected, HangupError, Overloaded, Router, Session, UnknownRoute, quote
 
-from .domain import MIXMONITOR_ID_VARIABLE, Channel, MixMonitorStart, StartRequest, channel_extension
-from .errors import AsteriskFailure, Invalid, RecordingFailure, WrongKey
-from .gate import Gate
-from .manager import Manager
-from .service import LegRequest, RecordingService
+from ..domain import MIXMONITOR_ID_VARIABLE, Channel, MixMonitorStart, StartRequest, channel_extension
+from ..errors import AsteriskFailure, Invalid, RecordingFailure, WrongKey
+from ..ops.gate import Gate
+from ..asterisk.manager import Manager
+from ..service import LegRequest, RecordingService
 
 log = logging.getLogger("recording.fastagi")
 audit = logging.getLogger("recording.audit")

@@ -15,8 +15,8 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from .domain import StartRequest
-from .errors import (
+from ..domain import StartRequest
+from ..errors import (
     AmbiguousChannel,
     AsteriskFailure,
     AsteriskUnavailable,
@@ -28,12 +28,12 @@ from .errors import (
     StorageUnavailable,
     WrongKey,
 )
-from .gate import Gate
-from .manager import Manager
-from .metrics import CONTENT_TYPE, ServiceMetrics
+from ..ops.gate import Gate
+from ..asterisk.manager import Manager
+from ..ops.metrics import CONTENT_TYPE, ServiceMetrics
 from .openapi import spec
-from .service import LegRequest, RecordingService, check_text
-from .store import Store
+from ..service import LegRequest, RecordingService, check_text
+from ..storage.store import Store
 
 log = logging.getLogger("recording.http")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import __version__
+from .. import __version__
 
 _CALL_ARGS = {
     "extenOrUniqueId": "an extension (410) or a unique call id (1795825765.3 or system-1795825765.3)",

@@ -8,9 +8,9 @@ import asyncio
 import logging
 from datetime import timedelta
 
-from .errors import AsteriskUnavailable, StorageUnavailable
-from .manager import Manager
-from .service import RecordingService, utcnow
+from ..errors import AsteriskUnavailable, StorageUnavailable
+from ..asterisk.manager import Manager
+from ..service import RecordingService, utcnow
 
 log = logging.getLogger("recording.sweeper")
 

@@ -23,9 +23,9 @@ from typing import Any, Awaitable, Callable
 
 from sqlalchemy.engine import make_url
 
-from .ami import AMIClient, AMILoginRefused, AMIUnavailable, parse_ami_url
+from ..asterisk.ami import AMIClient, AMILoginRefused, AMIUnavailable, parse_ami_url
 from .config import Settings, parse_listen, render_file
-from .store import Store, migrations_path, normalize_url, redact_url
+from ..storage.store import Store, migrations_path, normalize_url, redact_url
 
 CHECK_TIMEOUT = 5.0
 UPGRADE = "run 'recording-agi db upgrade'"
@@ -254,7 +254,7 @@ def _probe_directory(directory: Path) -> str:
                 folder.rmdir()
     if missing:
         return "does not exist yet and can be created (the service creates it)"
-    from .journal import Journal
+    from ..storage.journal import Journal
 
     # serve --workers gives each worker a journal of its own in a worker-N folder
     folders = [directory, *sorted(p for p in directory.glob("worker-*") if p.is_dir())]

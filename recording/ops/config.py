@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 DEFAULT_DATABASE_URL = "sqlite:///recording.sqlite3"
 DEFAULT_MONITOR_TEMPLATE = "/var/spool/asterisk/monitor/{date:%Y/%m/%d}/{uniqueid}-{leg}.wav"
@@ -174,7 +174,7 @@ class Settings:
         if self.http_listen:
             parse_listen(self.http_listen, "RECORDING_HTTP_LISTEN")
         if self.ami_url:
-            from .ami import parse_ami_url
+            from ..asterisk.ami import parse_ami_url
 
             parse_ami_url(self.ami_url)
         if self.metrics_listen:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .config import Settings, _convert
-from .errors import ConfigError
+from ..errors import ConfigError
 
 SECTION = "recording-agi"
 

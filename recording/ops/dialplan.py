@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl
 import asterisk.config
 
 from .check import Finding
-from .fastagi import ARGUMENTS
+from ..doors.fastagi import ARGUMENTS
 
 # The first argument of AGI(...): it ends at a comma or the closing paren.
 _AGI = re.compile(r"\bAGI\(\s*([^,)]*)", re.IGNORECASE)

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from typing import Awaitable, Callable
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 log = logging.getLogger("recording.app")
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from .config import Settings
-from .errors import ConfigError
+from ..errors import ConfigError
 
 log = logging.getLogger("recording.workers")
 

@@ -8,9 +8,9 @@ import asyncio
 import logging
 from concurrent.futures import Executor
 
-from . import apikey
-from .domain import DirectorySnapshot, UserRef
-from .errors import StorageUnavailable, WrongKey
+from .. import apikey
+from ..domain import DirectorySnapshot, UserRef
+from ..errors import StorageUnavailable, WrongKey
 from .store import Store
 
 log = logging.getLogger("recording.directory")

@@ -17,16 +17,17 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from functools import lru_cache
-from typing import TYPE_CHECKING, Sequence
+from typing import Callable, ContextManager, Sequence
 
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from .domain import CommitResult, NewLeg, TagUpdate
+from ..domain import CommitResult, NewLeg, TagUpdate
+from .models import RecordingLeg
 
-if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection
-
-    from .store import Store
+# The store's transaction, as Store._batch gives it: (autocommit=False) -> a connection whose
+# errors come out translated.
+Batch = Callable[..., ContextManager[Connection]]
 
 _LEG_COLUMNS = (
     "id, call_record_id, leg, unique_id, channel, extension, file, mixmonitor_id, tag, owner_id, ownership, "
@@ -104,17 +105,15 @@ def _sqlite_legs(rows: int) -> str:
 
 
 class HotPath:
-    def __init__(self, store: "Store"):
-        self._store = store
-        self._dialect = store.dialect
-        from .models import RecordingLeg
-
+    def __init__(self, engine: Engine, batch: Batch):
+        self._batch = batch
+        self._dialect = engine.dialect.name
         # The same conversion the ORM applies (UTC, and SQLite's text format), done once here.
-        processor = RecordingLeg.__table__.c.started_at.type._cached_bind_processor(store.engine.dialect)
+        processor = RecordingLeg.__table__.c.started_at.type._cached_bind_processor(engine.dialect)
         self._time = processor or (lambda value: value)
-        self._dbapi_error = store.engine.dialect.loaded_dbapi.Error
+        self._dbapi_error = engine.dialect.loaded_dbapi.Error
 
-    def _run(self, conn: "Connection", sql: str, params: tuple) -> list:
+    def _run(self, conn: Connection, sql: str, params: tuple) -> list:
         """Executes on the driver's own cursor, in the connection's transaction: no result
         metadata is built for these two statements. Driver errors come out as SQLAlchemy's."""
         cursor = conn.connection.dbapi_connection.cursor()
@@ -154,12 +153,11 @@ class HotPath:
              time(leg.ended_at) if leg.ended_at is not None else None)
             for leg in legs
         ]
-        store = self._store
         if postgres:
-            with store._batch(autocommit=True) as conn:
+            with self._batch(autocommit=True) as conn:
                 rows = self._run(conn, _PG_START, (_to_json(call_rows), _to_json(leg_rows)))
         else:
-            with store._batch() as conn:
+            with self._batch() as conn:
                 self._run(conn, _sqlite_calls(len(call_rows)), tuple(v for row in call_rows for v in row))
                 rows = self._run(conn, _sqlite_legs(len(leg_rows)), tuple(v for row in leg_rows for v in row)) if legs else []
         inserted = {row[0]: row for row in rows}

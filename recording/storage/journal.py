@@ -27,8 +27,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Sequence
 
-from .domain import LegChange, NewLeg, TagUpdate, UserRef
-from .errors import StorageUnavailable
+from ..domain import LegChange, NewLeg, TagUpdate, UserRef
+from ..errors import StorageUnavailable
 
 log = logging.getLogger("recording.journal")
 

@@ -20,6 +20,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from ..domain import LEG_STATES, OWNERSHIP_RULES
+
 # Every constraint gets a predictable name, so migrations can refer to them on every backend.
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -29,10 +31,6 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-OWNERSHIP_RULES = ("AGENT", "EXTENSION", "DEFAULT")
-LEG_STATES = ("recording", "paused", "stopped", "ended", "lost")
-ACTIVE_STATES = ("recording", "paused")
-RECORDING_MANAGER = "Recording Manager"
 API_KEY_VARIABLE = "apiKey"
 
 

@@ -16,8 +16,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from .batching import BatchThread
-from .domain import CommitResult, NewLeg, TagUpdate
-from .errors import StorageRefused, StorageUnavailable
+from ..domain import CommitResult, NewLeg, TagUpdate
+from ..errors import StorageRefused, StorageUnavailable
 from .journal import Journal
 from .store import Store
 

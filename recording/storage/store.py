@@ -26,7 +26,8 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from .domain import (
+from ..domain import (
+    ACTIVE_STATES,
     CommitResult,
     DirectorySnapshot,
     LegChange,
@@ -36,9 +37,9 @@ from .domain import (
     TagUpdate,
     UserRef,
 )
-from .errors import ConfigError, Invalid, StorageRefused, StorageUnavailable
+from ..errors import ConfigError, Invalid, StorageRefused, StorageUnavailable
+from .hotpath import HotPath
 from .models import (
-    ACTIVE_STATES,
     API_KEY_VARIABLE,
     CallRecord,
     ExtensionAttachment,
@@ -141,9 +142,7 @@ class Store:
         self.engine = make_engine(self.url)
         self.dialect = self.engine.dialect.name
         self._insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        from .hotpath import HotPath
-
-        self._hot = HotPath(self)
+        self._hot = HotPath(self.engine, self._batch)
         self._kept = threading.local()
         self._kept_lock = threading.Lock()
         self._kept_all: set[Connection] = set()

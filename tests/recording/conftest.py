@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import text
 
 from recording import apikey
-from recording.config import Settings
-from recording.store import Store
+from recording.ops.config import Settings
+from recording.storage.store import Store
 
 from tests.fake_asterisk import FakeAsterisk
 from tests.service_runner import RunningService

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from recording.access import AddressAllowList, FailureLimiter, parse_address
+from recording.ops.access import AddressAllowList, FailureLimiter, parse_address
 from recording.errors import ConfigError
 
 

@@ -1,4 +1,4 @@
-"""recording.ami against the fake manager over real loopback TCP, plus its pure parsers.
+"""recording.asterisk.ami against the fake manager over real loopback TCP, plus its pure parsers.
 
 Each scenario runs under asyncio.run with a hard deadline, so a hang fails instead of blocking
 the suite; assertions about what Asterisk received are made on the fake's side of the socket.
@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from recording.ami import (
+from recording.asterisk.ami import (
     MIXMONITOR_ID_VARIABLE,
     AMIClient,
     AMIConfigError,

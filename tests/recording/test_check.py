@@ -15,9 +15,9 @@ import pytest
 from sqlalchemy import text
 
 from recording import apikey
-from recording.check import Finding, check, format_findings
-from recording.config import Settings
-from recording.store import Store
+from recording.ops.check import Finding, check, format_findings
+from recording.ops.config import Settings
+from recording.storage.store import Store
 from tests.fake_ami import FakeAMI
 
 UNIT = Path(__file__).resolve().parents[2] / "contrib" / "recording-agi.service"
@@ -73,7 +73,7 @@ def test_a_good_setup_passes_every_check(good, tmp_path):
 
 def test_the_journal_finding_counts_writes_waiting_for_replay(good, tmp_path):
     # Two entries left by a worker of serve --workers, one by a single process: the files as
-    # recording.journal names them, counted by line.
+    # recording.storage.journal names them, counted by line.
     (tmp_path / "journal" / "worker-1").mkdir(parents=True)
     (tmp_path / "journal" / "worker-1" / "journal-00000000000000000001.jsonl").write_text("{}\n{}\n")
     (tmp_path / "journal" / "journal-00000000000000000002.jsonl").write_text("{}\n")

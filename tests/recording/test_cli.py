@@ -162,7 +162,7 @@ def test_serve_on_a_fresh_sqlite_file_makes_schema_and_key_once(tmp_path):
 @pytest.mark.parametrize("key", [API_KEY])
 def test_serve_uses_the_database_url_from_the_environment(tmp_path, key):
     from recording import apikey
-    from recording.store import Store
+    from recording.storage.store import Store
 
     url = f"sqlite:///{tmp_path}/env.sqlite3"
     store = Store(url)
@@ -180,7 +180,7 @@ def test_serve_uses_the_database_url_from_the_environment(tmp_path, key):
 @pytest.mark.parametrize("choice, named", [("auto", "uvloop"), ("uvloop", "uvloop"), ("asyncio", "asyncio")])
 def test_serve_runs_on_the_event_loop_it_is_told(tmp_path, choice, named):
     from recording import apikey
-    from recording.store import Store
+    from recording.storage.store import Store
 
     url = f"sqlite:///{tmp_path}/loop.sqlite3"
     store = Store(url)

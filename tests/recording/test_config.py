@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from recording.config import DEFAULT_MONITOR_TEMPLATE, Settings, describe, render_file
+from recording.ops.config import DEFAULT_MONITOR_TEMPLATE, Settings, describe, render_file
 from recording.errors import ConfigError
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from recording.config import Settings
-from recording.configfile import RELOADABLE, load_settings, read_config_file, reload_changes
+from recording.ops.config import Settings
+from recording.ops.configfile import RELOADABLE, load_settings, read_config_file, reload_changes
 from recording.errors import ConfigError
 
 SAMPLE = Path(__file__).resolve().parents[2] / "contrib" / "recording-agi.conf.sample"
-# The access settings the lead adds with recording/access.py; RELOADABLE names them ahead.
+# The access settings the lead adds with recording/ops/access.py; RELOADABLE names them ahead.
 ACCESS_SETTINGS = {"agi_allow", "http_allow", "apikey_failure_window", "apikey_failure_threshold",
                    "apikey_failure_max_delay"}
 
@@ -156,7 +156,7 @@ def test_the_sample_names_every_setting_with_its_default(tmp_path):
 
 def test_the_sample_in_contrib_is_what_config_sample_prints(capsys):
     from recording.cli import main
-    from recording.configfile import sample_text
+    from recording.ops.configfile import sample_text
 
     assert SAMPLE.read_text() == sample_text()
     assert main(["config-sample"]) == 0

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recording.fastagi import ROUTES
+from recording.doors.fastagi import ROUTES
 from recording.cli import main
-from recording.dialplan import check_dialplan
+from recording.ops.dialplan import check_dialplan
 
 SAMPLE = Path(__file__).resolve().parents[2] / "extensions.conf.sample"
 

@@ -10,7 +10,7 @@ from urllib.parse import quote
 import asterisk.config
 import pytest
 
-from recording.fastagi import ARGUMENTS
+from recording.doors.fastagi import ARGUMENTS
 from tests.recording.conftest import API_KEY
 
 SAMPLE = Path(__file__).resolve().parents[2] / "extensions.conf.sample"

@@ -10,8 +10,8 @@ import pytest
 
 from recording.domain import TagUpdate, UserRef
 from recording.errors import StorageUnavailable
-from recording.journal import Journal, decode, encode
-from recording.persist import Persister
+from recording.storage.journal import Journal, decode, encode
+from recording.storage.persist import Persister
 from tests.recording.test_store import NOW, leg
 
 

@@ -6,7 +6,7 @@ import io
 import logging
 
 from recording import apikey
-from recording.logs import RedactingFilter, configure, redact
+from recording.ops.logs import RedactingFilter, configure, redact
 
 
 def test_hash_verifies_only_the_right_key():

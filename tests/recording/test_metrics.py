@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from recording.metrics import CONTENT_TYPE, DEFAULT_BUCKETS, Registry, ServiceMetrics
+from recording.ops.metrics import CONTENT_TYPE, DEFAULT_BUCKETS, Registry, ServiceMetrics
 
 NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'

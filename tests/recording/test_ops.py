@@ -13,7 +13,7 @@ import time
 from sqlalchemy import text
 
 from recording.cli import main
-from recording.logs import configure
+from recording.ops.logs import configure
 from tests.fake_asterisk import FakeAsterisk
 from tests.http_client import HTTPClient
 from tests.recording.conftest import API_KEY

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from recording.config import Settings
-from recording.store import Store
+from recording.ops.config import Settings
+from recording.storage.store import Store
 from tests.recording.conftest import API_KEY
 from tests.fake_asterisk import FakeAsterisk
 from tests.recording.test_cli import Serve
@@ -163,7 +163,7 @@ def test_journal_status_command_lists_what_waits(tmp_path, capsys):
     from datetime import datetime, timezone
 
     from recording.cli import main
-    from recording.journal import Journal
+    from recording.storage.journal import Journal
     from tests.recording.test_store import leg
 
     journal = Journal(tmp_path / "j")

@@ -15,8 +15,8 @@ from sqlalchemy.exc import IntegrityError
 
 from recording.domain import NewLeg, TagUpdate, UserRef
 from recording.errors import Invalid
-from recording.models import Base
-from recording.store import Store, normalize_url, redact_url
+from recording.storage.models import Base
+from recording.storage.store import Store, normalize_url, redact_url
 
 NOW = datetime(2026, 11, 28, 9, 30, tzinfo=timezone.utc)
 

@@ -19,8 +19,8 @@ import pytest
 
 from recording.cli import main
 from recording.errors import StorageUnavailable
-from recording.journal import LOCK_NAME, Journal
-from recording.store import Store
+from recording.storage.journal import LOCK_NAME, Journal
+from recording.storage.store import Store
 from tests.fake_asterisk import FakeAsterisk
 from tests.recording.conftest import API_KEY
 from tests.recording.test_cli import Serve
