@@ -17,7 +17,9 @@ from typing import ContextManager, Mapping, Protocol
 RECORDING_MANAGER = "Recording Manager"
 # Who owns a leg, by the rule that decided it (README, "Ownership of the recording leg").
 OWNERSHIP_RULES = ("AGENT", "EXTENSION", "DEFAULT")
-LEG_STATES = ("recording", "paused", "stopped", "ended", "lost")
+# A leg is written as "recording" before its MixMonitor answers (the write overlaps the AGI
+# round trips); one whose MixMonitor then did not start is settled as "failed".
+LEG_STATES = ("recording", "paused", "stopped", "ended", "lost", "failed")
 ACTIVE_STATES = ("recording", "paused")
 
 # The channel variable MixMonitor's i() option stores the recording's id in, whichever door

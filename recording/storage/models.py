@@ -22,6 +22,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from ..domain import LEG_STATES, OWNERSHIP_RULES
 
+
+def _one_of(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
 # Every constraint gets a predictable name, so migrations can refer to them on every backend.
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -130,12 +134,8 @@ class RecordingLeg(Base):
     __tablename__ = "recording_legs"
     __table_args__ = (
         UniqueConstraint("call_record_id", "leg"),
-        CheckConstraint(
-            "ownership IN ('AGENT', 'EXTENSION', 'DEFAULT')", name="ownership_rule"
-        ),
-        CheckConstraint(
-            "state IN ('recording', 'paused', 'stopped', 'ended', 'lost')", name="state"
-        ),
+        CheckConstraint(_one_of("ownership", OWNERSHIP_RULES), name="ownership_rule"),
+        CheckConstraint(_one_of("state", LEG_STATES), name="state"),
         CheckConstraint("(ownership = 'DEFAULT') = (owner_id IS NULL)", name="owner_matches_rule"),
         Index(
             "uq_recording_legs_active_unique_id",

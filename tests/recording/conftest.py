@@ -46,19 +46,33 @@ def _drop_postgres_database(name: str) -> None:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def _fresh_database(backend: str, folder) -> tuple[str, str | None]:
+    """An empty database of ``backend``: its URL, and the PostgreSQL name to drop after."""
+    if backend == "sqlite":
+        return f"sqlite:///{folder}/recording.sqlite3", None
+    if backend == "postgresql":
+        name, url = _postgres_database()
+        return url, name
+    raise ValueError(f"unknown backend {backend}")
+
+
 @pytest.fixture(scope="session", params=BACKENDS)
 def database_url(request, tmp_path_factory):
     """A migrated, empty database of each backend, for the whole run."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('sqlite')}/recording.sqlite3"
-        name = None
-    elif request.param == "postgresql":
-        name, url = _postgres_database()
-    else:
-        raise ValueError(f"unknown backend {request.param}")
+    url, name = _fresh_database(request.param, tmp_path_factory.mktemp("sqlite"))
     store = Store(url)
     store.upgrade()
     store.close()
+    yield url
+    if name:
+        _drop_postgres_database(name)
+
+
+@pytest.fixture
+def empty_database_url(database_url, tmp_path):
+    """A database of the same backend as ``database_url`` with no schema at all, for tests that
+    migrate by themselves (up, down, from an older revision)."""
+    url, name = _fresh_database("sqlite" if database_url.startswith("sqlite") else "postgresql", tmp_path)
     yield url
     if name:
         _drop_postgres_database(name)

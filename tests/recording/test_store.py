@@ -176,3 +176,25 @@ def test_an_unreachable_database_is_reported_as_unavailable(tmp_path):
 def test_user_refs_know_managers():
     assert UserRef(1, "x", frozenset({"Recording Manager"})).is_manager
     assert not UserRef(1, "x", frozenset({"Sales"})).is_manager
+
+
+def test_migration_0003_adds_the_failed_state_and_takes_it_back(empty_database_url):
+    from alembic import command
+
+    store = Store(empty_database_url)
+    try:
+        store.upgrade("0002")
+        store.commit([leg(unique_id="1.1")])
+        store.upgrade()
+        failed = replace(leg(unique_id="1.2"), state="failed", ended_at=NOW)
+        (result,) = store.commit([failed])
+        assert result.status == "STARTED"
+        with pytest.raises(IntegrityError):
+            with store.engine.begin() as conn:
+                conn.execute(text("UPDATE recording_legs SET state = 'bogus' WHERE unique_id = '1.1'"))
+        with store.engine.begin() as conn:
+            command.downgrade(store._alembic(conn), "0002")
+        states = {v.unique_id: v.state for v in store.find_legs(unique_id="1.1") + store.find_legs(unique_id="1.2")}
+        assert states == {"1.1": "recording", "1.2": "lost"}
+    finally:
+        store.close()
