@@ -20,6 +20,7 @@ from .errors import ConfigError
 from .ops.configfile import load_settings, reload_changes
 from .doors.fastagi import ROUTES, Hooks, build_router
 from .ops.gate import Gate
+from .ops.health import PUBLISH_EVERY, Board
 from .doors.http import RecordingAPI, probe_application, start_site
 from .ops.metrics import ServiceMetrics
 from .storage.journal import Journal
@@ -68,8 +69,10 @@ class Application:
     are the bound ports."""
 
     def __init__(self, settings: Settings, store: Store | None = None, *, config: str | None = None,
-                 overrides: dict | None = None):
+                 overrides: dict | None = None, board: Board | None = None):
         self.settings = settings
+        # Under serve --workers: where this worker publishes its health and reads its siblings'.
+        self.board = board
         # Where SIGHUP re-reads the settings from: the config file, the environment, and the
         # command-line options (which still win).
         self.config = config
@@ -109,6 +112,7 @@ class Application:
         self.http_port: int | None = None
         self.metrics_port: int | None = None
         self._background: set[asyncio.Task] = set()
+        self._publisher: asyncio.Task | None = None
 
     @property
     def agi_port(self) -> int:
@@ -125,17 +129,19 @@ class Application:
             self.manager.client.on_connect(self.sweeper.wake)
             await self.manager.client.start()
         self.sweeper.start()
+        if self.board is not None or self.metrics.shared is not None:
+            self._publisher = asyncio.create_task(self._publish())
         await self.agi.start()
         if self.settings.http_address is not None:
             api = RecordingAPI(self.service, self.store, self.manager, gate=self.gate, metrics=self.metrics,
-                               health=self.health)
+                               health=self.service_health)
             self._http, self.http_port = await start_site(
                 api.application(), *self.settings.http_address, reuse_port=self.settings.reuse_port
             )
             log.info("HTTP recording API listening on %s:%d", self.settings.http_address[0], self.http_port)
         if self.settings.metrics_address is not None:
             self._probes, self.metrics_port = await start_site(
-                probe_application(self.metrics, self.health), *self.settings.metrics_address,
+                probe_application(self.metrics, self.service_health), *self.settings.metrics_address,
                 reuse_port=self.settings.reuse_port,
             )
             log.info("metrics and health on %s:%d", self.settings.metrics_address[0], self.metrics_port)
@@ -160,9 +166,28 @@ class Application:
             report["problems"] = ["the database is away: recordings start and their legs are journaled"]
         return report
 
+    def service_health(self) -> dict:
+        """What ``/healthz`` and the dialplan's ``health`` route tell: this process's
+        :meth:`health`, or under ``serve --workers`` the service's, from every worker's
+        (see ``ops/health.py``)."""
+        own = self.health()
+        return own if self.board is None else self.board.combine(own)
+
     def health_sentence(self) -> tuple[bool, str]:
-        report = self.health()
+        report = self.service_health()
         return report["ok"], "; ".join(report["problems"])
+
+    async def _publish(self) -> None:
+        """Under ``serve --workers``, every second: this worker's gauges into the shared
+        metrics, and its health report for its siblings to read."""
+        while True:
+            try:
+                self.metrics.refresh()
+                if self.board is not None:
+                    self.board.publish(self.health())
+            except Exception:
+                log.exception("publishing this worker's metrics and health failed; trying again")
+            await asyncio.sleep(PUBLISH_EVERY)
 
     def _on_event(self, event: dict) -> None:
         # NOTE: Asterisk sends a Hangup for every channel; only ours are worth a look.
@@ -175,6 +200,11 @@ class Application:
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.shutdown_grace if grace is None else grace
+        if self._publisher is not None:
+            self._publisher.cancel()
+            await asyncio.gather(self._publisher, return_exceptions=True)
+        if self.board is not None:
+            self.board.withdraw()
         for runner in (self._http, self._probes):
             if runner is not None:
                 await runner.cleanup()

@@ -262,6 +262,7 @@ def check(args, settings: Settings) -> int:
 
 def serve(args, settings: Settings) -> int:
     from .app import Application, prepare_database
+    from .ops.health import HEALTH_ENV, Board
     from .ops.workers import WORKER_ENV, Supervisor, check_shareable
 
     if os.environ.get(WORKER_ENV):
@@ -285,7 +286,10 @@ def serve(args, settings: Settings) -> int:
     if settings.workers > 1:
         store.close()
         return Supervisor(settings, config=args.config, overrides=overrides).run()
-    app = Application(settings, store, config=args.config, overrides=overrides)
+    board = None
+    if os.environ.get(WORKER_ENV) and os.environ.get(HEALTH_ENV):
+        board = Board(os.environ[HEALTH_ENV], int(os.environ[WORKER_ENV]))
+    app = Application(settings, store, config=args.config, overrides=overrides, board=board)
     eventloop.run(app.run_until_signalled, loop)
     return 0
 

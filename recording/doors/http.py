@@ -30,7 +30,7 @@ from ..errors import (
 )
 from ..ops.gate import Gate
 from ..asterisk.manager import Manager
-from ..ops.metrics import CONTENT_TYPE, ServiceMetrics
+from ..ops.metrics import ServiceMetrics
 from .openapi import spec
 from ..service import LegRequest, RecordingService, check_text
 from ..storage.store import Store
@@ -227,20 +227,24 @@ class RecordingAPI:
         return web.Response(text=json.dumps(spec(), indent=2), content_type="application/json")
 
     async def scrape(self, request: web.Request) -> web.Response:
-        return metrics_response(self.metrics)
+        return metrics_response(self.metrics, request)
 
     async def healthz(self, request: web.Request) -> web.Response:
         return health_response(self.health)
 
 
-def metrics_response(metrics: ServiceMetrics | None) -> web.Response:
+def metrics_response(metrics: ServiceMetrics | None, request: web.Request) -> web.Response:
+    """The scrape, in the format the ``Accept`` header asks for (OpenMetrics or the text
+    format 0.0.4, the default); under ``serve --workers``, the service's totals."""
     if metrics is None:
         return plain(404, "metrics are not kept by this process")
-    return web.Response(body=metrics.render().encode("utf-8"), headers={"Content-Type": CONTENT_TYPE})
+    body, content_type = metrics.exposition(request.headers.get("Accept", ""))
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 def health_response(health) -> web.Response:
-    """200 with what the service can do now, or 503 when it cannot start a recording."""
+    """200 with what the service can do now, or 503 when it cannot start a recording (under
+    ``serve --workers``: when no worker can)."""
     report = health() if health is not None else {"ok": True}
     return web.json_response(report, status=200 if report["ok"] else 503)
 
@@ -249,7 +253,7 @@ def probe_application(metrics: ServiceMetrics | None, health) -> web.Application
     """/metrics and /healthz alone, for RECORDING_METRICS_LISTEN."""
 
     async def scrape(request: web.Request) -> web.Response:
-        return metrics_response(metrics)
+        return metrics_response(metrics, request)
 
     async def healthz(request: web.Request) -> web.Response:
         return health_response(health)

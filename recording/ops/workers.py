@@ -8,6 +8,16 @@ settings in the environment), passes SIGTERM, SIGINT and SIGHUP on to them, star
 when it dies unexpectedly (with a backoff, a few times a minute at most), and leaves none
 behind: on its way out it stops them, and should it be killed outright, the kernel tells them
 (``PR_SET_PDEATHSIG``) and they stop by themselves.
+
+The supervisor also makes a folder for the run (in TMPDIR; removed at the end) where the
+workers share their metrics (``metrics/``, the Prometheus client's multiprocess mode) and their
+health reports (``health/``), so that whichever worker a scrape or ``/healthz`` reaches answers
+for the service; when a worker ends, its live gauges and its report leave the folder with it.
+
+A worker runs the ``recording`` package the supervisor runs, whatever the current folder
+holds: ``python -P`` leaves the current folder off its path (``-m`` would put it first, and a
+checkout's ``recording/`` would win over the installed package), and when the supervisor itself
+found ``recording`` in the folder of its script, that folder is put first on the worker's path.
 """
 
 from __future__ import annotations
@@ -17,15 +27,19 @@ import ctypes
 import logging
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from .config import Settings
+from .health import HEALTH_ENV, report_path
+from .metrics import MULTIPROCESS_ENV, worker_gone
 from ..errors import ConfigError
 
 log = logging.getLogger("recording.workers")
@@ -40,6 +54,8 @@ QUICK_EXIT, QUICK_EXITS = 10.0, 6
 # Seconds past RECORDING_SHUTDOWN_GRACE that a stopping worker gets before it is killed.
 STOP_MARGIN = 10.0
 PR_SET_PDEATHSIG = 1
+# The folder this process found the ``recording`` package in (recording/ops/workers.py).
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
 def check_shareable(settings: Settings) -> None:
@@ -62,11 +78,13 @@ def worker_journal(settings: Settings, index: int) -> Path:
 
 def worker_environment(
     settings: Settings, index: int, environ: Mapping[str, str], overrides: Mapping[str, object] | None = None,
+    shared: Path | None = None,
 ) -> dict[str, str]:
     """``environ`` plus what makes a process one worker of several: the parent's command-line
     options (``overrides``, by setting name: they must win over the config file and the
-    environment there too) and its own journal. Everything else a worker reads itself, from
-    the same environment and config file, so that SIGHUP reloads reach it."""
+    environment there too), its own journal, the run's ``shared`` folder for metrics and
+    health, and the parent's import path (:func:`import_path`). Everything else a worker reads
+    itself, from the same environment and config file, so that SIGHUP reloads reach it."""
     env = dict(environ)
     names = {spec.name: spec.metadata["env"] for spec in fields(Settings)}
     for name, value in (overrides or {}).items():
@@ -77,7 +95,32 @@ def worker_environment(
         "RECORDING_JOURNAL_DIR": str(worker_journal(settings, index)),
         WORKER_ENV: str(index),
     })
+    if shared is not None:
+        env[MULTIPROCESS_ENV] = str(shared / "metrics")
+        env[HEALTH_ENV] = str(shared / "health")
+    first = import_path()
+    if first is not None:
+        env["PYTHONPATH"] = os.pathsep.join([first, *filter(None, [env.get("PYTHONPATH")])])
     return env
+
+
+def worker_command(config: str | None = None) -> list[str]:
+    """How a worker is started: this interpreter, ``-P`` (see the module), ``recording serve``."""
+    config_option = ["--config", os.path.abspath(config)] if config else []
+    return [sys.executable, "-P", "-m", "recording", *config_option, "serve"]
+
+
+def import_path(path: Sequence[str] | None = None, safe: bool | None = None) -> str | None:
+    """The folder a worker must have first on its path to import this process's ``recording``:
+    the folder of this process's script (``path[0]``, as in ``sys.path``) when ``recording``
+    was found there, which ``-P`` leaves out; None when ``recording`` comes from the rest of
+    the path, which a worker has too (same interpreter, same environment)."""
+    path = sys.path if path is None else path
+    safe = sys.flags.safe_path if safe is None else safe
+    if safe or not path:
+        return None
+    first = Path(path[0] or os.getcwd()).resolve()
+    return str(first) if first == PACKAGE_ROOT else None
 
 
 def _text(value) -> str:
@@ -123,9 +166,9 @@ class Supervisor:
                  environ: Mapping[str, str] | None = None, config: str | None = None,
                  overrides: Mapping[str, object] | None = None):
         self.settings = settings
-        config_option = ["--config", os.path.abspath(config)] if config else []
-        self.command = list(command or [sys.executable, "-m", "recording", *config_option, "serve"])
+        self.command = list(command or worker_command(config))
         self.overrides = dict(overrides or {})
+        self.shared: Path | None = None
         self.environ = dict(os.environ if environ is None else environ)
         self.workers = [Worker(index) for index in range(1, settings.workers + 1)]
         self._preexec = parent_death_signal()
@@ -142,6 +185,13 @@ class Supervisor:
         except OSError as exc:
             log.warning("journal directory %s cannot be created (the workers will say why): %s",
                         self.settings.journal_dir, exc)
+        try:
+            self.shared = make_shared()
+        except OSError as exc:
+            log.error("cannot make the workers' folder for metrics and health in %s (set TMPDIR): %s",
+                      tempfile.gettempdir(), exc)
+            return 1
+        log.info("the workers share their metrics and health in %s", self.shared)
         previous = self._install_signals()
         gave_up = True
         clean = False
@@ -150,6 +200,7 @@ class Supervisor:
         finally:
             clean = self._stop_all(self._stop_signal or signal.SIGTERM)
             self._restore_signals(previous)
+            shutil.rmtree(self.shared, ignore_errors=True)
         if not gave_up:
             log.info("all %d workers stopped%s", len(self.workers), "" if clean else ", not all cleanly")
         return 0 if clean and not gave_up else 1
@@ -224,7 +275,7 @@ class Supervisor:
 
     def _start(self, worker: Worker) -> bool:
         """Starts ``worker``; False when it cannot be started and the supervisor gives up."""
-        environment = worker_environment(self.settings, worker.index, self.environ, self.overrides)
+        environment = worker_environment(self.settings, worker.index, self.environ, self.overrides, self.shared)
         worker.started = time.monotonic()
         try:
             worker.process = subprocess.Popen(
@@ -240,6 +291,7 @@ class Supervisor:
         """Notes a worker's unexpected end and when to start it again; True to give up."""
         code, pid = worker.process.returncode, worker.process.pid
         worker.process = None
+        self._forget(worker.index, pid)
         return self._failed(worker, now, f"(pid {pid}) {_how(code)} unexpectedly",
                             logging.WARNING if code == 0 else logging.ERROR)
 
@@ -252,6 +304,17 @@ class Supervisor:
         delay = self._schedule(worker, now)
         log.log(level, "worker %d %s; starting it again in %.1fs", worker.index, what, delay)
         return False
+
+    def _forget(self, index: int, pid: int) -> None:
+        """A worker ended: its live gauges and its health report leave the shared folder (its
+        counts stay: they are part of the service's totals)."""
+        if self.shared is None:
+            return
+        try:
+            worker_gone(pid, str(self.shared / "metrics"))
+            report_path(self.shared / "health", index).unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("worker %d (pid %d): cannot tidy its files in %s: %s", index, pid, self.shared, exc)
 
     def _schedule(self, worker: Worker, now: float) -> float:
         """Sets when ``worker`` starts again: a delay doubling with each restart in the last
@@ -296,8 +359,18 @@ class Supervisor:
                 log.error("worker %d (pid %d) %s while stopping", worker.index, process.pid,
                           _how(process.returncode))
                 clean = False
+            self._forget(worker.index, process.pid)
             worker.process = None
         return clean
+
+
+def make_shared() -> Path:
+    """A new folder for one run's shared metrics and health (the client's rule: a run starts
+    from an empty one), private to this user."""
+    shared = Path(tempfile.mkdtemp(prefix="recording-agi-workers-"))
+    (shared / "metrics").mkdir()
+    (shared / "health").mkdir()
+    return shared
 
 
 def _how(code: int) -> str:

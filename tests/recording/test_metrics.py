@@ -1,133 +1,64 @@
-"""The metrics registry: its output checked line by line against the text exposition format
-0.0.4 with a strict grammar, then parsed back (escapes undone) to compare values."""
+"""The service's metrics through the Prometheus client: the names and labels dashboards know,
+read back with the client's own parser; OpenMetrics on request; and multiprocess mode for real,
+in processes of their own (the client picks its mode when it is first imported)."""
 
 from __future__ import annotations
 
-import re
+import logging
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from recording.ops.metrics import CONTENT_TYPE, DEFAULT_BUCKETS, Registry, ServiceMetrics
+from recording.errors import ConfigError
+from recording.ops.metrics import DEFAULT_BUCKETS, MULTIPROCESS_ENV, ServiceMetrics
 
-NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
-LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'
-VALUE = r"(?:[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]Inf|NaN)"
-HELP_LINE = re.compile(rf"^# HELP ({NAME}) (?:[^\\\n]|\\[\\n])*$")
-TYPE_LINE = re.compile(rf"^# TYPE ({NAME}) (counter|gauge|histogram|summary|untyped)$")
-SAMPLE_LINE = re.compile(rf"^({NAME})(\{{{LABEL}(?:,{LABEL})*\}})? ({VALUE})$")
-PAIR = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-SUFFIXES = {"counter": ("",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
+# What a scrape shows of ours, by family: its type and its label names (the README lists them).
+FAMILIES = {
+    "recording_sessions": ("counter", {"route", "status"}),
+    "recording_session_seconds": ("histogram", {"route"}),
+    "recording_database_seconds": ("histogram", set()),
+    "recording_journal_backlog": ("gauge", set()),
+    "recording_ami_connected": ("gauge", set()),
+    "recording_http_requests": ("counter", {"path", "status"}),
+    "recording_apikey_failures": ("counter", set()),
+}
 
 
-def parse(text: str) -> dict[tuple[str, frozenset], float]:
-    """The samples of an exposition, after checking every line against the format: HELP and
-    TYPE once per family and before its samples, sample names within their family."""
-    assert text.endswith("\n")
-    samples: dict[tuple[str, frozenset], float] = {}
-    types: dict[str, str] = {}
-    family = None
-    for line in text.splitlines():
-        if match := HELP_LINE.match(line):
-            family = match.group(1)
-            assert family not in types, f"{family} described twice"
-        elif match := TYPE_LINE.match(line):
-            assert match.group(1) == family, line
-            types[family] = match.group(2)
-        else:
-            match = SAMPLE_LINE.match(line)
-            assert match, f"not a valid exposition line: {line!r}"
-            name, labels, value = match.groups()
-            assert name in {family + s for s in SUFFIXES[types[family]]}, f"{name} outside family {family}"
-            pairs = frozenset(
-                (key, re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), raw))
-                for key, raw in PAIR.findall(labels or "")
-            )
-            assert (name, pairs) not in samples, f"duplicate sample {line!r}"
-            samples[(name, pairs)] = float(value)
-    return samples
+def samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """The samples of a scrape in the text format, parsed by the client's parser."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = (sample.name, frozenset(sample.labels.items()))
+            assert key not in found, f"duplicate sample {key}"
+            found[key] = sample.value
+    return found
+
+
+def families(text: str) -> dict[str, tuple[str, set[str]]]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        names = {label for sample in family.samples for label in sample.labels if label not in ("le",)}
+        found[family.name] = (family.type, names)
+    return found
 
 
 def labels(**values) -> frozenset:
-    return frozenset(values.items())
+    return frozenset((key, str(value)) for key, value in values.items())
 
 
-def test_counter_with_labels_and_escaping():
-    registry = Registry()
-    counter = registry.counter("demo_total", 'Help with a \\ backslash\nand a "quote"', ("path", "status"))
-    counter.inc(path="/a", status=200)
-    counter.inc(2, path="/a", status=200)
-    counter.inc(path='we"ird\\pa\nth', status=404)
-    text = registry.render()
-    assert text.splitlines()[:2] == [
-        '# HELP demo_total Help with a \\\\ backslash\\nand a "quote"',
-        "# TYPE demo_total counter",
-    ]
-    assert 'demo_total{path="/a",status="200"} 3.0' in text.splitlines()
-    assert 'demo_total{path="we\\"ird\\\\pa\\nth",status="404"} 1.0' in text.splitlines()
-    assert parse(text) == {
-        ("demo_total", labels(path="/a", status="200")): 3.0,
-        ("demo_total", labels(path='we"ird\\pa\nth', status="404")): 1.0,
-    }
-    with pytest.raises(ValueError):
-        counter.inc(-1, path="/a", status=200)
-    with pytest.raises(ValueError):
-        counter.inc(path="/a")  # a label missing
+def scrape(metrics: ServiceMetrics, accept: str = "") -> str:
+    body, content_type = metrics.exposition(accept)
+    assert content_type == "text/plain; version=0.0.4; charset=utf-8"
+    return body.decode()
 
 
-def test_a_counter_without_labels_shows_zero_before_its_first_increment():
-    registry = Registry()
-    registry.counter("quiet_total", "never incremented")
-    assert registry.render() == "# HELP quiet_total never incremented\n# TYPE quiet_total counter\nquiet_total 0.0\n"
-
-
-def test_gauges_set_and_computed_at_scrape_time():
-    registry = Registry()
-    level = registry.gauge("level", "set by hand")
-    level.set(5)
-    level.dec(2)
-    depth = [7]
-    registry.gauge("depth", "computed", callback=lambda: depth[0])
-    broken = registry.gauge("broken", "its callback raises", callback=lambda: 1 / 0)
-    assert parse(registry.render()) == {("level", labels()): 3.0, ("depth", labels()): 7.0}
-    depth[0] = 9
-    broken.set_function(lambda: True)
-    assert parse(registry.render()) == {("level", labels()): 3.0, ("depth", labels()): 9.0, ("broken", labels()): 1.0}
-
-
-def test_histogram_buckets_are_cumulative_with_sum_count_and_inf():
-    registry = Registry()
-    histogram = registry.histogram("latency_seconds", "how long", ("route",))
-    for value in (0.0005, 0.001, 0.03, 0.03, 7.0, 42.0):
-        histogram.observe(value, route="start")
-    text = registry.render()
-    samples = parse(text)
-    bucket = {float(le): value for (name, pairs), value in samples.items() if name == "latency_seconds_bucket"
-              for key, le in pairs if key == "le"}
-    assert list(bucket) == [*DEFAULT_BUCKETS, float("inf")]
-    assert bucket[0.001] == 2 and bucket[0.025] == 2 and bucket[0.05] == 4 and bucket[5.0] == 4
-    assert bucket[10.0] == 5 and bucket[float("inf")] == 6
-    assert samples[("latency_seconds_count", labels(route="start"))] == 6
-    assert samples[("latency_seconds_sum", labels(route="start"))] == pytest.approx(49.0615)
-    assert 'latency_seconds_bucket{route="start",le="+Inf"} 6.0' in text.splitlines()
-    assert 'latency_seconds_bucket{route="start",le="0.001"} 2.0' in text.splitlines()
-    assert histogram.count(route="start") == 6
-
-
-def test_names_are_checked():
-    registry = Registry()
-    registry.counter("a_total", "x")
-    with pytest.raises(ValueError):
-        registry.counter("a_total", "again")
-    with pytest.raises(ValueError):
-        registry.counter("bad-name", "x")
-    with pytest.raises(ValueError):
-        registry.histogram("h", "x", ("le",))
-    with pytest.raises(ValueError):
-        registry.gauge("g", "x", ("a",), callback=lambda: 1)
-
-
-def test_service_metrics():
+def test_service_metrics_names_labels_and_values():
     backlog = [0]
     connected = [False]
     metrics = ServiceMetrics(journal_backlog=lambda: backlog[0], ami_connected=lambda: connected[0],
@@ -140,24 +71,70 @@ def test_service_metrics():
     metrics.record_http("/x/../etc/passwd", 404)
     metrics.record_apikey_failure()
     backlog[0], connected[0] = 12, True
-    samples = parse(metrics.render())
-    assert samples[("recording_sessions_total", labels(route="recording/start", status="STARTED"))] == 1
-    assert samples[("recording_sessions_total", labels(route="other", status="INVALID"))] == 1
-    assert samples[("recording_session_seconds_count", labels(route="recording/start"))] == 2
-    assert samples[("recording_database_seconds_count", labels())] == 1
-    assert samples[("recording_journal_backlog", labels())] == 12
-    assert samples[("recording_ami_connected", labels())] == 1
-    assert samples[("recording_http_requests_total", labels(path="/metrics", status="200"))] == 1
-    assert samples[("recording_http_requests_total", labels(path="other", status="404"))] == 1
-    assert samples[("recording_apikey_failures_total", labels())] == 1
-    assert CONTENT_TYPE == "text/plain; version=0.0.4; charset=utf-8"
+    text = scrape(metrics)
+    found = samples(text)
+
+    ours = {name: kind for name, kind in families(text).items() if name.startswith("recording_")}
+    assert ours == FAMILIES
+    assert found[("recording_sessions_total", labels(route="recording/start", status="STARTED"))] == 1
+    assert found[("recording_sessions_total", labels(route="other", status="INVALID"))] == 1
+    assert found[("recording_session_seconds_count", labels(route="recording/start"))] == 2
+    assert found[("recording_database_seconds_count", labels())] == 1
+    assert found[("recording_journal_backlog", labels())] == 12
+    assert found[("recording_ami_connected", labels())] == 1
+    assert found[("recording_http_requests_total", labels(path="/metrics", status=200))] == 1
+    assert found[("recording_http_requests_total", labels(path="other", status=404))] == 1
+    assert found[("recording_apikey_failures_total", labels())] == 1
+    # The same series in one process as under --workers: no `_created` samples.
+    assert not [name for name, _ in found if name.endswith("_created")]
+    # The process itself, from the client's collectors (one process only).
+    assert found[("process_cpu_seconds_total", labels())] > 0
+    assert found[("process_resident_memory_bytes", labels())] > 0
+    (info,) = [dict(pairs) for name, pairs in found if name == "python_info"]
+    assert info["implementation"] == "CPython"
 
 
-def test_service_metrics_without_callbacks_still_render_valid_text():
+def test_histogram_buckets_are_cumulative_with_sum_count_and_inf():
     metrics = ServiceMetrics()
-    samples = parse(metrics.render())
-    assert samples[("recording_journal_backlog", labels())] == 0
-    assert samples[("recording_apikey_failures_total", labels())] == 0
+    for value in (0.0005, 0.001, 0.03, 0.03, 7.0, 42.0):
+        metrics.record_session("recording/start", "STARTED", value)
+    found = samples(scrape(metrics))
+    bucket = {float(dict(pairs)["le"]): value for (name, pairs), value in found.items()
+              if name == "recording_session_seconds_bucket"}
+    assert list(bucket) == [*DEFAULT_BUCKETS, float("inf")]
+    assert bucket[0.001] == 2 and bucket[0.025] == 2 and bucket[0.05] == 4 and bucket[5.0] == 4
+    assert bucket[10.0] == 5 and bucket[float("inf")] == 6
+    assert found[("recording_session_seconds_count", labels(route="recording/start"))] == 6
+    assert found[("recording_session_seconds_sum", labels(route="recording/start"))] == pytest.approx(49.0615)
+
+
+def test_before_anything_happens_the_unlabelled_series_show_zero():
+    found = samples(scrape(ServiceMetrics()))
+    assert found[("recording_journal_backlog", labels())] == 0
+    assert found[("recording_ami_connected", labels())] == 0
+    assert found[("recording_apikey_failures_total", labels())] == 0
+    assert found[("recording_database_seconds_count", labels())] == 0
+    assert not [name for name, _ in found if name == "recording_sessions_total"]
+
+
+def test_a_gauge_whose_source_fails_keeps_its_last_value(caplog):
+    source = [lambda: 3]
+    metrics = ServiceMetrics(journal_backlog=lambda: source[0]())
+    assert samples(scrape(metrics))[("recording_journal_backlog", labels())] == 3
+    source[0] = lambda: 1 / 0
+    with caplog.at_level(logging.ERROR, logger="recording.metrics"):
+        assert samples(scrape(metrics))[("recording_journal_backlog", labels())] == 3
+    assert "recording_journal_backlog: its source failed" in caplog.text
+
+
+def test_openmetrics_when_the_scraper_asks_for_it():
+    metrics = ServiceMetrics()
+    metrics.record_apikey_failure()
+    body, content_type = metrics.exposition("application/openmetrics-text;version=1.0.0,text/plain;q=0.5")
+    text = body.decode()
+    assert content_type.startswith("application/openmetrics-text; version=1.0.0")
+    assert text.endswith("# EOF\n")
+    assert "# TYPE recording_apikey_failures counter\nrecording_apikey_failures_total 1.0\n" in text
 
 
 def test_updates_from_many_threads_are_all_counted():
@@ -172,9 +149,69 @@ def test_updates_from_many_threads_are_all_counted():
     for thread in threads:
         thread.start()
     for _ in range(20):
-        parse(metrics.render())  # rendering while updates run stays valid
+        samples(scrape(metrics))  # scraping while updates run stays valid
     for thread in threads:
         thread.join()
-    samples = parse(metrics.render())
-    assert samples[("recording_database_seconds_count", labels())] == 16000
-    assert samples[("recording_apikey_failures_total", labels())] == 16000
+    found = samples(scrape(metrics))
+    assert found[("recording_database_seconds_count", labels())] == 16000
+    assert found[("recording_apikey_failures_total", labels())] == 16000
+
+
+def test_a_shared_folder_that_is_not_there_is_a_configuration_error(tmp_path, monkeypatch):
+    monkeypatch.setenv(MULTIPROCESS_ENV, str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match="PROMETHEUS_MULTIPROC_DIR .* is not a directory"):
+        ServiceMetrics()
+
+
+# --- multiprocess mode, in processes of their own --------------------------------------------------
+
+WORKER = textwrap.dedent("""
+    import os, sys
+    from recording.ops.metrics import ServiceMetrics
+
+    sessions, backlog, connected = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
+    metrics = ServiceMetrics(journal_backlog=lambda: backlog, ami_connected=lambda: connected)
+    for _ in range(sessions):
+        metrics.record_session("recording/start", "STARTED", 0.01)
+    metrics.record_http("/metrics", 200)
+    metrics.refresh()
+    if len(sys.argv) > 4:
+        sys.stdout.write(metrics.exposition()[0].decode())
+    else:
+        print(os.getpid())
+""")
+
+
+def run_worker(shared, *args) -> str:
+    env = {**os.environ, MULTIPROCESS_ENV: str(shared)}
+    done = subprocess.run([sys.executable, "-c", WORKER, *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_in_multiprocess_mode_any_process_shows_the_sum_and_a_dead_one_keeps_its_counts(tmp_path):
+    from recording.ops.metrics import worker_gone
+
+    first = int(run_worker(tmp_path, 7, 2, 1))
+    second = int(run_worker(tmp_path, 5, 3, 0))
+    # A third process (as a worker answering a scrape): its own session, backlog 1, AMI up.
+    found = samples(run_worker(tmp_path, 1, 1, 1, "scrape"))
+    assert found[("recording_sessions_total", labels(route="recording/start", status="STARTED"))] == 13
+    assert found[("recording_session_seconds_count", labels(route="recording/start"))] == 13
+    assert found[("recording_http_requests_total", labels(path="/metrics", status=200))] == 3
+    # The processes that ended were not marked: their gauges still count.
+    assert found[("recording_journal_backlog", labels())] == 6
+    assert found[("recording_ami_connected", labels())] == 0
+    # No process metrics: each process could only tell its own.
+    assert not [name for name, _ in found if name.startswith("process_")]
+
+    worker_gone(first, str(tmp_path))
+    worker_gone(second, str(tmp_path))
+    found = samples(run_worker(tmp_path, 0, 4, 1, "scrape"))
+    assert found[("recording_sessions_total", labels(route="recording/start", status="STARTED"))] == 13
+    assert found[("recording_http_requests_total", labels(path="/metrics", status=200))] == 4
+    # The gauges are those of the live: the third process's files went with no mark_process_dead,
+    # so its 1 stays beside this one's 4 (the supervisor marks every worker that ends).
+    assert found[("recording_journal_backlog", labels())] == 5
+    assert found[("recording_ami_connected", labels())] == 1

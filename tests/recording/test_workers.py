@@ -14,6 +14,7 @@ import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Sequence
 
 import pytest
 
@@ -63,21 +64,24 @@ class Workers:
     """`recording-agi serve --workers N` as a child process on a fixed free port. Its log is
     read in a thread, so a test can wait for what it says; ``stop`` always leaves no process."""
 
-    def __init__(self, database_url: str, cwd: Path, *, workers: int = 2, journal: Path | None = None):
+    def __init__(self, database_url: str, cwd: Path, *, workers: int = 2, journal: Path | None = None,
+                 http: bool = False, program: Sequence[str] = (sys.executable, "-m", "recording"),
+                 extra_env: dict | None = None):
         self.port = free_port()
+        self.http_port = free_port() if http else None
         self.workers = workers
         env = {
             **os.environ, "RECORDING_DATABASE_URL": database_url, "PYTHONUNBUFFERED": "1",
             "RECORDING_JOURNAL_DIR": str(journal or cwd / "journal"), "RECORDING_SHUTDOWN_GRACE": "5",
             # NOTE: as in the in-process tests, a slow disk must not send writes to the journal.
-            "RECORDING_DATABASE_BUDGET": "5",
+            "RECORDING_DATABASE_BUDGET": "5", **(extra_env or {}),
         }
         for name in ("RECORDING_AGI_LISTEN", "RECORDING_HTTP_LISTEN", "RECORDING_WORKERS", "RECORDING_REUSE_PORT",
-                     "RECORDING_WORKER_INDEX"):
+                     "RECORDING_WORKER_INDEX", "RECORDING_HEALTH_DIR", "PROMETHEUS_MULTIPROC_DIR"):
             env.pop(name, None)
+        http_option = ["--http", f"127.0.0.1:{self.http_port}"] if http else []
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "recording", "serve", "--workers", str(workers),
-             "--listen", f"127.0.0.1:{self.port}"],
+            [*program, "serve", "--workers", str(workers), "--listen", f"127.0.0.1:{self.port}", *http_option],
             cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         self.log: list[str] = []
@@ -110,6 +114,17 @@ class Workers:
     def pids(self) -> dict[int, int]:
         """The newest pid of each worker, from the supervisor's log."""
         return {int(m.group(1)): int(m.group(2)) for line in list(self.log) if (m := STARTED.search(line))}
+
+    def shared(self) -> Path:
+        """The run's folder of shared metrics and health, from the supervisor's log."""
+        match = re.search(r"share their metrics and health in (\S+)", self.text())
+        assert match, self.text()
+        return Path(match.group(1))
+
+    def answered_by(self, path: str) -> list[int]:
+        """The workers that answered HTTP requests for ``path``, in order, from their log."""
+        pattern = re.compile(rf" worker (\d+) recording\.http: HTTP GET {re.escape(path)} from ")
+        return [int(m.group(1)) for line in list(self.log) if (m := pattern.search(line))]
 
     def served_by(self, uniqueid: str) -> set[int]:
         """The workers that logged the end of a session for ``uniqueid``."""
