@@ -364,13 +364,37 @@ class Supervisor:
         return clean
 
 
-def make_shared() -> Path:
+SHARED_PREFIX = "recording-agi-workers-"
+
+
+def make_shared(parent: str | None = None) -> Path:
     """A new folder for one run's shared metrics and health (the client's rule: a run starts
-    from an empty one), private to this user."""
-    shared = Path(tempfile.mkdtemp(prefix="recording-agi-workers-"))
+    from an empty one), private to this user, named for this supervisor's pid. Folders left by
+    a supervisor that no longer runs (killed, so it could not remove its own) go first."""
+    parent = parent or tempfile.gettempdir()
+    for left in Path(parent).glob(f"{SHARED_PREFIX}*-*"):
+        owner = left.name[len(SHARED_PREFIX):].split("-", 1)[0]
+        try:
+            mine = left.stat().st_uid == os.geteuid()
+        except OSError:
+            continue
+        if owner.isdigit() and mine and not _running(int(owner)):
+            shutil.rmtree(left, ignore_errors=True)
+            log.info("removed %s, left by a supervisor that no longer runs", left)
+    shared = Path(tempfile.mkdtemp(prefix=f"{SHARED_PREFIX}{os.getpid()}-", dir=parent))
     (shared / "metrics").mkdir()
     (shared / "health").mkdir()
     return shared
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _how(code: int) -> str:

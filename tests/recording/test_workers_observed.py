@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from sqlalchemy import text
 from recording.ops import workers as workers_module
 from recording.ops.config import Settings
 from recording.ops.health import PUBLISH_EVERY, report_path
-from recording.ops.workers import PACKAGE_ROOT, import_path, worker_command, worker_environment
+from recording.ops.workers import PACKAGE_ROOT, import_path, make_shared, worker_command, worker_environment
 from recording.storage.store import Store
 from tests.fake_asterisk import FakeAsterisk
 from tests.http_client import HTTPClient
@@ -231,3 +232,21 @@ def test_healthz_tells_the_service_state_whichever_worker_answers(postgres, tmp_
     for answer in failing:
         assert answer.status == 503 and answer.json["status"] == "unavailable" and answer.json["ok"] is False
         assert answer.json["problems"] == ["workers 1, 2: no apiKey is known (recording-agi apikey generate)"]
+
+
+def test_a_folder_left_by_a_killed_supervisor_is_removed_by_the_next(tmp_path):
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                           text=True, timeout=30)
+    dead = int(ended.stdout)
+    left = tmp_path / f"recording-agi-workers-{dead}-x1"
+    (left / "metrics").mkdir(parents=True)
+    (left / "metrics" / "counter_1.db").write_bytes(b"\0" * 8)
+    running = tmp_path / f"recording-agi-workers-{os.getppid()}-x2"
+    running.mkdir()
+
+    shared = make_shared(str(tmp_path))
+
+    assert not left.exists() and running.exists()
+    assert shared.name.startswith(f"recording-agi-workers-{os.getpid()}-")
+    assert sorted(p.name for p in shared.iterdir()) == ["health", "metrics"]
+    assert oct(shared.stat().st_mode & 0o777) == "0o700"
