@@ -25,10 +25,11 @@ class HTTPClient:
     def __init__(self, port: int, host: str = "127.0.0.1"):
         self.base = f"http://{host}:{port}"
 
-    def request(self, method: str, path: str, *, query: dict | None = None, form: dict | None = None) -> Answer:
+    def request(self, method: str, path: str, *, query: dict | None = None, form: dict | None = None,
+                headers: dict | None = None) -> Answer:
         url = self.base + path + ("?" + urllib.parse.urlencode(query) if query else "")
         data = urllib.parse.urlencode(form).encode() if form is not None else None
-        request = urllib.request.Request(url, data=data, method=method)
+        request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
         if data is not None:
             request.add_header("Content-Type", "application/x-www-form-urlencoded")
         try:

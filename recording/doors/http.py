@@ -238,7 +238,10 @@ def metrics_response(metrics: ServiceMetrics | None, request: web.Request) -> we
     format 0.0.4, the default); under ``serve --workers``, the service's totals."""
     if metrics is None:
         return plain(404, "metrics are not kept by this process")
-    body, content_type = metrics.exposition(request.headers.get("Accept", ""))
+    try:
+        body, content_type = metrics.exposition(request.headers.get("Accept", ""))
+    except ValueError as exc:
+        return plain(406, str(exc))
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 

@@ -162,7 +162,13 @@ class ServiceMetrics:
 
     def exposition(self, accept: str = "") -> tuple[bytes, str]:
         """The scrape's body and content type: the text format 0.0.4, or OpenMetrics when the
-        ``Accept`` header asks for it."""
+        ``Accept`` header asks for it. Raises ValueError, with a sentence to answer, when
+        ``accept`` names a version that cannot be read."""
+        try:
+            encode, content_type = choose_encoder(accept)
+        except (TypeError, ValueError):
+            # NOTE: the client compares the version= parameter as numbers without checking it.
+            raise ValueError(f"the Accept header {accept[:80]!r} names a format version that is not "
+                             "a number; ask for text/plain or application/openmetrics-text") from None
         self.refresh()
-        encode, content_type = choose_encoder(accept)
         return encode(self.registry), content_type

@@ -137,6 +137,11 @@ def test_openmetrics_when_the_scraper_asks_for_it():
     assert "# TYPE recording_apikey_failures counter\nrecording_apikey_failures_total 1.0\n" in text
 
 
+def test_an_accept_header_with_an_unreadable_version_is_refused_in_a_sentence():
+    with pytest.raises(ValueError, match=r"names a format version that is not a number; ask for text/plain"):
+        ServiceMetrics().exposition("application/openmetrics-text; version=garbage")
+
+
 def test_updates_from_many_threads_are_all_counted():
     metrics = ServiceMetrics()
 

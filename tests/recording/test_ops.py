@@ -57,6 +57,23 @@ def test_metrics_count_sessions_requests_and_wrong_keys(store, settings):
                   path="/servicemanager/rest/CallManagementAPI/start", status="503") == 1
 
 
+def test_a_scrape_in_the_format_the_scraper_asks_for(store, settings):
+    with RunningService(settings.with_(metrics_listen="127.0.0.1:0")) as running:
+        http = HTTPClient(running.app.metrics_port)
+        openmetrics = http.request("GET", "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+        unreadable = http.request("GET", "/metrics", headers={"Accept": "text/plain; version=four"})
+        plain = http.get("/metrics")
+
+    assert openmetrics.status == 200 and openmetrics.body.endswith("# EOF\n")
+    assert openmetrics.headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
+    assert "# TYPE recording_sessions counter" in openmetrics.body
+    assert unreadable.status == 406
+    assert unreadable.body == ("the Accept header 'text/plain; version=four' names a format version that is not "
+                               "a number; ask for text/plain or application/openmetrics-text\n")
+    assert plain.status == 200 and plain.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert "# TYPE recording_sessions_total counter" in plain.body
+
+
 def test_health_over_http_and_fastagi(store, settings):
     with RunningService(settings.with_(metrics_listen="127.0.0.1:0")) as running:
         report = HTTPClient(running.app.metrics_port).get("/healthz")
