@@ -12,11 +12,41 @@ from contextlib import nullcontext
 from typing import Mapping
 
 from .errors import AGIError, AGITimeout, CommandRejected, HangupError, ProtocolError
-from .protocol import Environment, Reply, decode, parse_reply, parse_reply_line, quote, word
+from .protocol import (
+    MAX_COMMAND_BYTES,
+    Environment,
+    Reply,
+    command_bytes,
+    decode,
+    mset_command,
+    parse_reply,
+    parse_reply_line,
+    quote,
+    word,
+)
 from .watchdog import Watch, within
 from .wire import LineReader, LineTooLong
 
 __all__ = ["LineReader", "LineTooLong", "Session"]
+
+
+def _fitted(values: Mapping[str, str], name: str) -> dict[str, str]:
+    """``values`` with ``values[name]`` cut, ending in ``...``, as little as lets the MSet line
+    fit :data:`MAX_COMMAND_BYTES` (or to ``...`` alone if nothing less does)."""
+    fitted = dict(values)
+    text = fitted[name]
+    low, high = 0, len(text)
+    # The encoded length grows with the kept prefix: the longest prefix that fits is found by
+    # halving (an escaped or multi-byte character costs up to 4 bytes, so counting is no good).
+    while low < high:
+        middle = (low + high + 1) // 2
+        fitted[name] = text[:middle] + "..."
+        if command_bytes(mset_command(fitted)) <= MAX_COMMAND_BYTES:
+            low = middle
+        else:
+            high = middle - 1
+    fitted[name] = text[:low] + "..."
+    return fitted
 
 
 class Session:
@@ -195,12 +225,19 @@ class Session:
     async def set_variable(self, name: str, value: str) -> None:
         await self.command(f"SET VARIABLE {word(name)} {quote(value)}")
 
-    async def set_variables(self, values: Mapping[str, str]) -> None:
-        """Sets several channel variables, one command after the other (see :meth:`send`)."""
-        commands = [f"SET VARIABLE {word(k)} {quote(v)}" for k, v in values.items()]
-        for command, reply in zip(commands, await self.send(*commands)):
-            if not reply.ok:
-                raise CommandRejected(command, reply)
+    async def set_variables(self, values: Mapping[str, str], *, shorten: str | None = None) -> None:
+        """Sets several channel variables in ONE command, ``EXEC MSet`` (each command costs the
+        caller a round trip). ``shorten`` names a variable whose value may be cut (ending in
+        ``...``) so that the line fits res_agi's buffer; without it, or if that is not enough,
+        a line that would not fit raises ValueError before anything is sent."""
+        command = mset_command(values)
+        if shorten is not None and command_bytes(command) > MAX_COMMAND_BYTES:
+            command = mset_command(_fitted(values, shorten))
+        if command_bytes(command) > MAX_COMMAND_BYTES:
+            raise ValueError(f"the variables need {command_bytes(command)} bytes, more than one AGI line holds")
+        reply = await self.command(command)
+        if reply.value != 0:
+            raise CommandRejected(command, reply)
 
     async def exec(self, application: str, data: str = "") -> int | None:
         """Runs a dialplan application; returns its result (0 ran, -1 failed or hung up,

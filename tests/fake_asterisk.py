@@ -129,6 +129,62 @@ def environment(
     return ("\n".join(lines) + "\n\n").encode("utf-8")
 
 
+def separate_args(buf: str, delim: str, max_args: int) -> list[str]:
+    """Asterisk's application-argument parser, ``__ast_app_separate_args(buf, delim,
+    remove_chars=1, ...)`` in main/app.c, step for step: ``(``/``)`` and ``[``/``]`` are counted
+    (even inside quotes) and the delimiter does not split inside them; ``"`` toggles a quoted
+    mode and is removed; ``\\`` is removed and the character after it taken as it is. Once
+    ``max_args - 1`` arguments are split, the rest is the last argument, unparsed. A delimiter
+    at the very end makes one more, empty, argument."""
+    args: list[str] = []
+    scan = 0
+    delimited_at = -1
+    chars = list(buf)
+    while scan < len(chars) and len(args) < max_args - 1:
+        start = scan
+        paren = bracket = 0
+        quoted = False
+        while scan < len(chars):
+            char = chars[scan]
+            if char == "(":
+                paren += 1
+            elif char == ")":
+                paren = max(0, paren - 1)
+            elif char == "[":
+                bracket += 1
+            elif char == "]":
+                bracket = max(0, bracket - 1)
+            elif char == '"' and delim != '"':
+                quoted = not quoted
+                del chars[scan]
+                continue
+            elif char == "\\":
+                del chars[scan]
+            elif char == delim and not paren and not quoted and not bracket:
+                args.append("".join(chars[start:scan]))
+                delimited_at = scan
+                scan += 1
+                break
+            scan += 1
+        else:
+            args.append("".join(chars[start:scan]))
+    if scan < len(chars) or (scan > 0 and scan - 1 == delimited_at):
+        args.append("".join(chars[scan:]))
+    return args
+
+
+def mset_pairs(data: str) -> list[tuple[str, str]]:
+    """What ``MSet(data)`` sets (pbx_builtin_setvar_multiple in main/pbx_variables.c): up to
+    99 pairs split on ``,``, each split once at its first ``=`` (the name parsed again, the
+    value taken as it is); a pair without ``=`` is ignored."""
+    pairs = []
+    for pair in separate_args(data, ",", 100):
+        name_value = separate_args(pair, "=", 2)
+        if len(name_value) == 2:
+            pairs.append((name_value[0], name_value[1]))
+    return pairs
+
+
 class CommandReader:
     """Command lines as res_agi's run_agi() reads them.
 
@@ -196,6 +252,7 @@ class FakeAsterisk:
         mixmonitor_result: int | None = None,
         reply_delay: float = 0.0,
         delay_only: str = "",
+        before_reply=None,
     ) -> Call:
         """Runs one AGI session to its end and returns what Asterisk saw.
 
@@ -205,6 +262,8 @@ class FakeAsterisk:
         ``mixmonitor_result``: what EXEC MixMonitor answers instead of a working MixMonitor.
         ``reply_delay``: seconds Asterisk takes before each reply (a loaded PBX); with
         ``delay_only``, only before the replies to commands starting with that text.
+        ``before_reply(line)``: called with each command line before it is answered, while the
+        server waits for the reply (to look at what the server did meanwhile).
         """
         uniqueid = uniqueid or new_unique_id()
         with _lock:
@@ -236,6 +295,8 @@ class FakeAsterisk:
                     break
                 line = raw.decode("utf-8", "surrogateescape").rstrip("\n")
                 call.commands.append(line)
+                if before_reply is not None:
+                    before_reply(line)
                 reply = self.answer(call, line, mixmonitor_result)
                 if reply_delay and line.startswith(delay_only):
                     time.sleep(reply_delay)
@@ -316,6 +377,13 @@ class FakeAsterisk:
             target = [m for m in running if m.id == data] if data else running[-1:]
             call.stopped.extend(target)
             call.state.stopped.extend(target)
+            return "200 result=0"
+        if app == "mset":
+            # NOTE: Asterisk's MSet answers 0 whatever it set (a pair without "=" is only
+            # warned about in its log).
+            for name, value in mset_pairs(data):
+                call.variables[name] = value
+                call.assigned[name] = value
             return "200 result=0"
         if app == "wait":
             return "200 result=0"

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.fake_asterisk import FakeAsterisk, environment
+from agi.protocol import mset_command, split_command
+from tests.capture_files import captured_msets, mset_values
+from tests.fake_asterisk import FakeAsterisk, environment, mset_pairs, separate_args
 
 CAPTURES = Path(__file__).resolve().parent / "captures"
 
@@ -105,3 +107,57 @@ def test_commands_sent_one_at_a_time_never_wait():
     call = FakeAsterisk(port, timeout=5).call("x")
     assert done.wait(5)
     assert call.commands == ["GET VARIABLE UNIQUEID", "NOOP"] and call.stalled == 0 and call.server_closed
+
+
+# -- MSet, as Asterisk parses it ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("line, values", captured_msets(), ids=lambda v: v[:24] if isinstance(v, str) else "")
+def test_the_fake_sets_from_the_captured_mset_lines_what_asterisk_gave_back(line, values):
+    # The bytes Asterisk received, through the fake's own model of its three layers: res_agi's
+    # word split, MSet's argument split, and the split of each pair at its first "=".
+    words = split_command(line)
+    assert words[:2] == ["EXEC", "MSet"]
+    assert dict(mset_pairs(words[2])) == values
+
+
+def test_every_captured_value_comes_back_as_asterisk_stored_it():
+    rows = mset_values()
+    assert len(rows) == 331
+    for number, (sent, stored) in enumerate(rows):
+        words = split_command(mset_command({f"V{number}": sent}))
+        assert mset_pairs(words[2]) == [(f"V{number}", stored)], sent
+
+
+def test_five_values_at_a_time_each_land_in_their_own_variable():
+    # A report sets five variables in one MSet: one value's brackets or quotes must not swallow
+    # its neighbours.
+    rows = mset_values()
+    for start in range(0, len(rows), 5):
+        batch = {f"V{start + i}": sent for i, (sent, _) in enumerate(rows[start:start + 5])}
+        words = split_command(mset_command(batch))
+        assert mset_pairs(words[2]) == [(f"V{start + i}", stored) for i, (_, stored) in enumerate(rows[start:start + 5])]
+
+
+@pytest.mark.parametrize(
+    "data, pairs",
+    [
+        ("A=1,B=2", [("A", "1"), ("B", "2")]),
+        ("A=(1,B=2", [("A", "(1,B=2")]),  # an unbalanced "(" swallows the pairs after it
+        ("A=[1,B=2", [("A", "[1,B=2")]),
+        ('A="(",B=2', [("A", "(,B=2")]),  # brackets are counted even inside quotes
+        ("A=x=y", [("A", "x=y")]),
+        ("A=", [("A", "")]),
+        ("A=1,", [("A", "1")]),  # a trailing "," makes one more, empty, pair: no "=", ignored
+        ("NOEQUALS,B=2", [("B", "2")]),
+        ("", []),
+    ],
+)
+def test_the_argument_parser_of_the_fake_follows_asterisks(data, pairs):
+    assert mset_pairs(data) == pairs
+
+
+def test_separate_args_keeps_the_rest_whole_past_the_last_slot():
+    assert separate_args("a,b,c", ",", 2) == ["a", "b,c"]
+    assert separate_args("a,", ",", 5) == ["a", ""]
+    assert separate_args(r"a\,b", ",", 5) == ["a,b"]

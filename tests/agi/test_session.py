@@ -10,7 +10,7 @@ import time
 import pytest
 
 from agi import AGITimeout, CommandRejected, Environment, HangupError, LineTooLong, ProtocolError, Session
-from agi.protocol import split_command
+from agi.protocol import MAX_COMMAND_BYTES, split_command
 from agi.wire import LineReader, Wire
 
 ENV = Environment({"network_script": "recording/start", "uniqueid": "1795825765.3"})
@@ -264,18 +264,46 @@ def test_a_line_break_in_an_argument_is_never_sent(name, value):
     run(scenario)
 
 
-def test_set_variables_sets_each_in_turn():
+def test_set_variables_sets_them_all_in_one_mset():
     async def scenario():
         async with connected() as (session, asterisk):
             async def asterisk_side():
-                return [await asterisk.answer("200 result=1"), await asterisk.answer("200 result=1")]
+                return [await asterisk.answer("200 result=0")]
 
             _, commands = await asyncio.gather(
-                session.set_variables({"RECORDING_STATUS": "STARTED", "RECORDING_ID": "1795825765.3"}), asterisk_side()
+                session.set_variables({"RECORDING_STATUS": "STARTED", "RECORDING_ERROR": "a, b (c"}), asterisk_side()
             )
-            assert commands == ['SET VARIABLE RECORDING_STATUS "STARTED"', 'SET VARIABLE RECORDING_ID "1795825765.3"']
+            assert commands == ['EXEC MSet "RECORDING_STATUS=STARTED,RECORDING_ERROR=a\\\\, b \\\\(c"']
 
     run(scenario)
+
+
+def test_set_variables_raises_when_mset_is_refused():
+    async def scenario():
+        async with connected() as (session, asterisk):
+            with pytest.raises(CommandRejected):
+                await asyncio.gather(session.set_variables({"A": "1"}), asterisk.answer("200 result=-2"))
+
+    run(scenario)
+
+
+def test_set_variables_cuts_the_named_value_to_fit_one_line():
+    long = "(é" * 5000  # escaped and multi-byte: 4 bytes a character once quoted twice
+
+    async def scenario():
+        async with connected() as (session, asterisk):
+            with pytest.raises(ValueError):
+                await session.set_variables({"A": "ok", "B": long})
+            _, command = await asyncio.gather(
+                session.set_variables({"A": "ok", "B": long, "C": "after"}, shorten="B"), asterisk.answer("200 result=0")
+            )
+            return command
+
+    command = run(scenario)
+    assert len(command.encode()) + 1 <= MAX_COMMAND_BYTES
+    assert len(command.encode()) + 1 > MAX_COMMAND_BYTES - 8  # cut no more than needed
+    (data,) = split_command(command)[2:]
+    assert data.startswith("A=ok,B=\\(é\\(é") and data.endswith("...,C=after")
 
 
 # -- failures ------------------------------------------------------------------------------
