@@ -22,9 +22,17 @@ OWNERSHIP_RULES = ("AGENT", "EXTENSION", "DEFAULT")
 LEG_STATES = ("recording", "paused", "stopped", "ended", "lost", "failed")
 ACTIVE_STATES = ("recording", "paused")
 
-# The channel variable MixMonitor's i() option stores the recording's id in, whichever door
-# started it (over AMI the same id also comes back as MixMonitorID in the action's answer).
-MIXMONITOR_ID_VARIABLE = "RECORDING_MIXMONITOR_ID"
+
+def mixmonitor_variable(leg_id: str, run: str = "") -> str:
+    """The channel variable MixMonitor's ``i()`` option stores a leg's recording id in, whichever
+    door started it (over AMI the same id also comes back as MixMonitorID in the answer).
+
+    NOTE: one name per leg (and per restart of its MixMonitor, ``run``): a name used once cannot
+    hold a stale id from an earlier MixMonitor on the channel, so it needs no clearing before
+    MixMonitor runs (MixMonitor answers 0 even when its thread did not start, app_mixmonitor.c),
+    and anyone who knows the leg can read the id from the channel while the recording runs.
+    """
+    return f"RECORDING_MIXMON_{leg_id}_{run}" if run else f"RECORDING_MIXMON_{leg_id}"
 
 
 class LegIds:
@@ -262,8 +270,13 @@ class Channel(Protocol):
     unique_id: str
     name: str
 
-    async def start_mixmonitor(self, file: str, options: str) -> MixMonitorStart:
-        """Starts MixMonitor writing ``file``; raises AsteriskFailure when Asterisk refuses."""
+    async def start_mixmonitor(self, file: str, options: str, id_variable: str) -> MixMonitorStart:
+        """Starts MixMonitor writing ``file``, its id stored in the channel variable
+        ``id_variable``; raises AsteriskFailure when Asterisk refuses or gives no id."""
+
+    async def read_variable(self, name: str) -> str | None:
+        """A channel variable's value, None when unset (the id of a leg's MixMonitor that this
+        process did not start). Raises AsteriskFailure or AsteriskUnavailable."""
 
     async def stop_mixmonitor(self, mixmonitor_id: str) -> None:
         """Stops the MixMonitor with that id (never 'the most recent one')."""

@@ -29,10 +29,11 @@ from .domain import (
     TagUpdate,
     UserRef,
     channel_extension,
+    mixmonitor_variable,
     new_leg_id,
 )
 from .errors import AsteriskFailure, AsteriskUnavailable, Denied, Invalid, StorageRefused, StorageUnavailable
-from .storage.persist import Persister
+from .storage.persist import Pending, Persister
 from .storage.store import Store
 
 log = logging.getLogger("recording.service")
@@ -270,57 +271,79 @@ class RecordingService:
         file = render_file(
             self.settings.monitor_template, uniqueid=request.unique_id, leg=number, extension=extension, when=started
         )
-        # NOTE: held: once MixMonitor has been asked for, its leg is written even if the
+        leg = NewLeg(
+            id=new_leg_id(), unique_id=request.unique_id, leg=number, channel=request.channel, extension=extension,
+            file=file, mixmonitor_id=None, tag=tag, agent=agent[0], agent_login=agent[1], source=request.source,
+            state="recording", started_at=started,
+        )
+        # NOTE: held: once MixMonitor has been asked for, its leg is settled even if the
         # session's deadline comes meanwhile (each reply keeps its own deadline).
         with channel.hold():
-            return await self._record(request, channel, agent, tag, number, file, started)
+            return await self._record(leg, channel)
 
-    async def _record(
-        self, request: StartRequest, channel: Channel, agent: tuple[UserRef | None, str | None],
-        tag: str | None, number: int, file: str, started: datetime,
-    ) -> StartOutcome:
-        unique_id = request.unique_id
-        mixmonitor = await channel.start_mixmonitor(file, self.settings.mixmonitor_options)
-        # From here on the recording exists, so the leg is written whatever happens next.
-        state = "ended" if mixmonitor.hung_up else "recording"
-        ended = utcnow() if mixmonitor.hung_up else None
-        leg = NewLeg(
-            id=new_leg_id(), unique_id=unique_id, leg=number, channel=request.channel,
-            extension=channel_extension(request.channel), file=file, mixmonitor_id=mixmonitor.mixmonitor_id,
-            tag=tag, agent=agent[0], agent_login=agent[1], source=request.source, state=state,
-            started_at=started, ended_at=ended,
-        )
+    async def _record(self, leg: NewLeg, channel: Channel) -> StartOutcome:
+        """Writes the leg while MixMonitor starts: the commit runs during the round trips to
+        Asterisk instead of after them, and the caller hears STARTED only once both are done
+        (the leg and its tag durable, or journaled and fsynced). The leg's MixMonitor id is not
+        written: the channel keeps it in the leg's own variable (domain.mixmonitor_variable)
+        for as long as the recording runs. A leg whose MixMonitor did not start is settled as
+        failed, one whose channel hung up meanwhile as ended."""
+        pending = self.persister.begin(leg)
         try:
-            persisted = await self.persister.write(leg)
+            mixmonitor = await channel.start_mixmonitor(
+                leg.file, self.settings.mixmonitor_options, mixmonitor_variable(leg.id)
+            )
+        except Exception:
+            await self._settle(pending, leg, "failed", by="mixmonitor")
+            raise
+        try:
+            persisted = await self.persister.finish(pending)
         except (StorageRefused, StorageUnavailable) as exc:
             # No recording without its record: a file nobody can find by its tag is lost.
             if mixmonitor.mixmonitor_id:
                 await self._stop_quietly(channel, mixmonitor.mixmonitor_id)
             raise type(exc)(f"the recording was stopped because it could not be stored: {exc}") from exc
-        if persisted.deferred:
-            remembered = ActiveLeg(
-                leg.id, number, file, tag, request.channel, mixmonitor.mixmonitor_id,
-                agent[0].id if agent[0] else None,
-            )
-            self.remember(unique_id, number, remembered if state == "recording" else None)
-            return StartOutcome("STARTED", leg.id, file, number, deferred=True)
         result = persisted.result
-        if result.status == "ALREADY_RECORDING":
-            return await self._lost_race(unique_id, channel, leg, result, tag)
-        active = ActiveLeg(
-            result.leg_id, result.leg, result.file, tag, request.channel, mixmonitor.mixmonitor_id, result.owner_id,
-        )
-        self.remember(unique_id, result.leg, active if state == "recording" else None)
-        return StartOutcome("STARTED", result.leg_id, result.file, result.leg)
+        if result is not None and result.status == "ALREADY_RECORDING":
+            return await self._lost_race(leg.unique_id, channel, mixmonitor.mixmonitor_id, result)
+        deferred = persisted.deferred
+        if mixmonitor.hung_up:
+            deferred = await self._settle(None, leg, "ended", by="hangup") or deferred
+        number, owner_id = (leg.leg, leg.agent.id if leg.agent else None) if result is None else (result.leg, result.owner_id)
+        active = ActiveLeg(leg.id, number, leg.file, leg.tag, leg.channel, mixmonitor.mixmonitor_id, owner_id)
+        self.remember(leg.unique_id, number, None if mixmonitor.hung_up else active)
+        return StartOutcome("STARTED", leg.id, leg.file, number, deferred)
+
+    async def _settle(self, pending: Pending | None, leg: NewLeg, state: str, *, by: str) -> bool:
+        """Ends a leg written as recording whose MixMonitor did not start (``failed``) or whose
+        channel is gone (``ended``), once its own write is done. True when that went to the
+        journal. A write that failed left nothing to settle; it is only logged here, since the
+        caller is told of the failure that brought it here."""
+        if pending is not None:
+            try:
+                persisted = await self.persister.finish(pending)
+            except (StorageRefused, StorageUnavailable) as exc:
+                log.warning("leg %s of %s was not stored (%s), and its MixMonitor did not start", leg.id,
+                            leg.unique_id, exc)
+                return False
+            if persisted.result is not None and persisted.result.status == "ALREADY_RECORDING":
+                return False
+        change = LegChange(leg.id, leg.unique_id, "end", utcnow(), state=state, by=by)
+        try:
+            return (await self.persister.write(change)).deferred
+        except (StorageRefused, StorageUnavailable) as exc:
+            log.error("leg %s of %s stays recording in the database although %s: %s", leg.id, leg.unique_id,
+                      "its MixMonitor did not start" if state == "failed" else "its channel hung up", exc)
+            return False
 
     async def _lost_race(
-        self, unique_id: str, channel: Channel, leg: NewLeg, winner: CommitResult, tag: str | None
+        self, unique_id: str, channel: Channel, mixmonitor_id: str | None, winner: CommitResult
     ) -> StartOutcome:
         """Another process recorded this call first: stop the MixMonitor just started (by its
         id, so the winner's keeps running) and answer with the winner's leg."""
         log.info("%s is already recorded by leg %s; stopping the duplicate MixMonitor", unique_id, winner.leg_id)
-        if leg.mixmonitor_id:
-            await self._stop_quietly(channel, leg.mixmonitor_id)
+        if mixmonitor_id:
+            await self._stop_quietly(channel, mixmonitor_id)
         self.remember(unique_id, winner.leg, None)
         return StartOutcome("ALREADY_RECORDING", winner.leg_id, winner.file, winner.leg)
 
@@ -341,8 +364,10 @@ class RecordingService:
                 return LegOutcome("NOT_RECORDING")
             await self._check_actor(leg, request.actor, "stop")
             # A leg paused by restarting has no MixMonitor running to stop.
-            if leg.mixmonitor_id and leg.pause_method != "restart":
-                await channel.stop_mixmonitor(leg.mixmonitor_id)
+            if leg.pause_method != "restart":
+                leg = await self._with_id(leg, channel)
+                if leg.mixmonitor_id:
+                    await channel.stop_mixmonitor(leg.mixmonitor_id)
             change = LegChange(leg.leg_id, request.unique_id, "end", utcnow(), state="stopped", by=request.by)
             deferred = (await self.persister.write(change)).deferred
             self.remember(request.unique_id, leg.leg, None)
@@ -359,6 +384,7 @@ class RecordingService:
             await self._check_actor(leg, request.actor, "pause")
             if leg.state == "paused":
                 return LegOutcome("PAUSED", leg.leg_id, leg.file, leg.leg)
+            leg = await self._with_id(leg, channel)
             method = await self._silence(leg, channel)
             change = LegChange(leg.leg_id, request.unique_id, "pause", utcnow(), by=request.by, method=method)
             deferred = (await self.persister.write(change)).deferred
@@ -384,6 +410,19 @@ class RecordingService:
             self.remember(request.unique_id, leg.leg, resumed)
             return LegOutcome("RESUMED", leg.leg_id, leg.file, leg.leg, deferred)
 
+    async def _with_id(self, leg: ActiveLeg, channel: Channel) -> ActiveLeg:
+        """``leg`` with the id of its running MixMonitor: a leg this process did not start (or
+        remember) has it only on the channel, in the leg's own variable. Unchanged when the
+        channel does not have it either (no MixMonitor of this leg runs there)."""
+        if leg.mixmonitor_id:
+            return leg
+        mixmonitor_id = await channel.read_variable(mixmonitor_variable(leg.leg_id))
+        if not mixmonitor_id:
+            return leg
+        found = replace(leg, mixmonitor_id=mixmonitor_id)
+        self.remember(channel.unique_id, leg.leg, found)
+        return found
+
     async def _mute(self, leg: ActiveLeg, state: bool) -> bool:
         """Mutes or unmutes over AMI; False when the manager is not there to do it."""
         if self.muter is None or not self.muter.connected or not leg.mixmonitor_id:
@@ -407,9 +446,12 @@ class RecordingService:
         if leg.pause_method == "mute":
             if await self._mute(leg, False):
                 return None
-            await channel.stop_mixmonitor(leg.mixmonitor_id)
+            leg = await self._with_id(leg, channel)
+            if leg.mixmonitor_id:
+                await channel.stop_mixmonitor(leg.mixmonitor_id)
         options = APPEND + self.settings.mixmonitor_options.replace(APPEND, "")
-        started = await channel.start_mixmonitor(leg.file, options)
+        # A new name for each restart: the leg's first variable still holds the stopped id.
+        started = await channel.start_mixmonitor(leg.file, options, mixmonitor_variable(leg.leg_id, new_leg_id()[:8]))
         if started.mixmonitor_id is None:
             raise AsteriskFailure("MixMonitor did not restart: Asterisk gave no MixMonitor id")
         return started.mixmonitor_id

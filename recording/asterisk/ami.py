@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
-from ..domain import MIXMONITOR_ID_VARIABLE
 from ..errors import ConfigError
 
 log = logging.getLogger("recording.ami")
@@ -387,17 +386,15 @@ class AMIClient:
         _, events = await self.list_action("CoreShowChannels")
         return [event for event in events if event.get("Event") == "CoreShowChannel"]
 
-    async def mixmonitor(self, channel: str, file: str, options: str = "") -> str | None:
+    async def mixmonitor(self, channel: str, file: str, options: str, id_variable: str) -> str | None:
         """Starts MixMonitor on ``channel`` writing ``file`` and returns its MixMonitorID
         (None if Asterisk gave none). ``options`` must not carry ``i()``: the client adds
-        ``i(RECORDING_MIXMONITOR_ID)`` so that the answer carries the id. Asterisk answers
-        Success even when it cannot write the file. AMIError ``No such channel`` if the
-        channel is gone."""
+        ``i(id_variable)``, which stores the id on the channel and makes the answer carry it.
+        Asterisk answers Success even when it cannot write the file. AMIError ``No such
+        channel`` if the channel is gone."""
         if "i(" in options:
             raise ValueError("MixMonitor options must not carry i(); the client adds its own")
-        reply = await self.action(
-            "MixMonitor", Channel=channel, File=file, Options=f"{options}i({MIXMONITOR_ID_VARIABLE})"
-        )
+        reply = await self.action("MixMonitor", Channel=channel, File=file, Options=f"{options}i({id_variable})")
         return reply.get("MixMonitorID") or None
 
     async def stop_mixmonitor(self, channel: str, mixmonitor_id: str) -> None:

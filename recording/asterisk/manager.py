@@ -35,9 +35,9 @@ class AMIChannel:
         self.name = live.name
         self.unique_id = live.unique_id
 
-    async def start_mixmonitor(self, file: str, options: str) -> MixMonitorStart:
+    async def start_mixmonitor(self, file: str, options: str, id_variable: str) -> MixMonitorStart:
         try:
-            mixmonitor_id = await self._client.mixmonitor(self.name, file, options)
+            mixmonitor_id = await self._client.mixmonitor(self.name, file, options, id_variable)
         except AMIError as exc:
             raise AsteriskFailure(f"Asterisk refused MixMonitor on {self.name}: {exc}") from exc
         except AMIFailure as exc:
@@ -45,6 +45,14 @@ class AMIChannel:
         if mixmonitor_id is None:
             raise AsteriskFailure("MixMonitor did not start: Asterisk gave no MixMonitorID")
         return MixMonitorStart(mixmonitor_id)
+
+    async def read_variable(self, name: str) -> str | None:
+        try:
+            return await self._client.getvar(self.name, name)
+        except AMIError as exc:
+            raise AsteriskFailure(f"Asterisk could not read {name} on {self.name}: {exc}") from exc
+        except AMIFailure as exc:
+            raise _unavailable(exc) from exc
 
     def hold(self):
         # An HTTP request has no deadline of its own to defer.

@@ -8,14 +8,26 @@ dialplan the outcome in channel variables before the connection closes.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Mapping
 from urllib.parse import parse_qsl
 
-from agi import AGIError, AGITimeout, CommandRejected, HangupError, Overloaded, Router, Session, UnknownRoute, quote
+from agi import (
+    AGIError,
+    AGITimeout,
+    CommandRejected,
+    HangupError,
+    Overloaded,
+    Router,
+    Session,
+    UnknownRoute,
+    is_clean_text,
+    quote,
+)
 
-from ..domain import MIXMONITOR_ID_VARIABLE, Channel, MixMonitorStart, StartRequest, channel_extension
+from ..domain import Channel, MixMonitorStart, StartRequest, channel_extension
 from ..errors import AsteriskFailure, Invalid, RecordingFailure, WrongKey
 from ..ops.gate import Gate
 from ..asterisk.manager import Manager
@@ -30,6 +42,7 @@ ARGUMENTS = {name.lower(): name for name in ("extenOrUniqueId", "agentLoginName"
 # and `check --dialplan` read them here).
 ROUTES = ("recording/start", "recording/stop", "recording/pause", "recording/resume", "recording/hangup", "health")
 RESULT_VARIABLES = ("RECORDING_STATUS", "RECORDING_ERROR", "RECORDING_ID", "RECORDING_FILE", "RECORDING_DEFERRED")
+_UNSAYABLE = re.compile("[\x00-\x1f\x7f\ufffd]")
 
 
 def parse_arguments(env) -> dict[str, str]:
@@ -72,14 +85,9 @@ class AGIChannel:
         self.unique_id = session.env.uniqueid
         self.name = session.env.channel
 
-    async def start_mixmonitor(self, file: str, options: str) -> MixMonitorStart:
-        data = f"{file},{options}i({MIXMONITOR_ID_VARIABLE})"
+    async def start_mixmonitor(self, file: str, options: str, id_variable: str) -> MixMonitorStart:
+        data = f"{file},{options}i({id_variable})"
         session = self._session
-        # NOTE: the id variable is cleared first: a stale id from an earlier leg on this
-        # channel must not pass for the id of a MixMonitor that failed to start (MixMonitor
-        # answers 0 even when its thread did not launch: app_mixmonitor.c). Nothing has been
-        # started yet if this fails, so its errors go up as they are.
-        await session.set_variable(MIXMONITOR_ID_VARIABLE, "")
         try:
             (started,) = await session.send(f"EXEC MixMonitor {quote(data)}")
         except HangupError:
@@ -87,7 +95,7 @@ class AGIChannel:
             return MixMonitorStart(None, hung_up=True)
         except AGIError as exc:
             # Sent, but not answered as it should be (no reply in time, a garbled one): the
-            # recording may well exist, so its leg is written, without a MixMonitor id.
+            # recording may well exist, so its leg is kept, without a MixMonitor id.
             log.warning("MixMonitor on %s sent but not answered properly (%s); its leg is kept", self.name, exc)
             return MixMonitorStart(None)
         if started.code != 200:
@@ -96,8 +104,10 @@ class AGIChannel:
             raise AsteriskFailure("Asterisk has no MixMonitor application (is app_mixmonitor loaded?)")
         if started.value != 0 and not session.hung_up:
             raise AsteriskFailure(f"MixMonitor failed to start (result {started.result})")
+        # NOTE: MixMonitor answers 0 even when its thread did not start (app_mixmonitor.c); the
+        # id in the leg's own variable, which nothing else sets, is what says it runs.
         try:
-            (variable,) = await session.send(f"GET VARIABLE {MIXMONITOR_ID_VARIABLE}")
+            (variable,) = await session.send(f"GET VARIABLE {id_variable}")
         except HangupError:
             return MixMonitorStart(None, hung_up=True)
         except AGIError as exc:
@@ -107,6 +117,12 @@ class AGIChannel:
         if mixmonitor_id is None and not session.hung_up:
             raise AsteriskFailure("MixMonitor did not start: Asterisk gave no MixMonitor id")
         return MixMonitorStart(mixmonitor_id, hung_up=session.hung_up)
+
+    async def read_variable(self, name: str) -> str | None:
+        try:
+            return await self._session.get_variable(name)
+        except CommandRejected as exc:
+            raise AsteriskFailure(f"Asterisk could not read {name}: {exc}") from exc
 
     def hold(self):
         return self._session.hold()
@@ -121,11 +137,12 @@ class AGIChannel:
 
 
 async def report(session: Session, values: Mapping[str, str]) -> None:
-    """Sets the result variables, one command after the other; a channel that is gone is only logged.
-    Held: an outcome reached is told, even if the session's deadline came meanwhile."""
+    """Sets the result variables in one command (an error sentence too long for one AGI line
+    is cut); a channel that is gone is only logged. Held: an outcome reached is told, even if
+    the session's deadline came meanwhile."""
     try:
         with session.hold():
-            await session.set_variables(values)
+            await session.set_variables(values, shorten="RECORDING_ERROR")
     except (AGIError, ValueError) as exc:
         log.warning("could not tell the dialplan of %s (%s): %s", session.env.uniqueid, values.get("RECORDING_STATUS"), exc)
 
@@ -133,7 +150,13 @@ async def report(session: Session, values: Mapping[str, str]) -> None:
 def outcome(status: str, error: str = "", leg_id: str = "", file: str = "", deferred: bool = False) -> dict[str, str]:
     """The result variables; all of them are always set, so none is left over from an earlier
     AGI() on the same channel."""
-    return dict(zip(RESULT_VARIABLES, (status, error, leg_id, file, "1" if deferred else "0")))
+    return dict(zip(RESULT_VARIABLES, (status, sayable(error), leg_id, file, "1" if deferred else "0")))
+
+
+def sayable(text: str) -> str:
+    """``text`` as a channel variable can hold it: a control character (from a caller's input
+    quoted in an error sentence) or a byte that was not UTF-8 becomes ``?``."""
+    return text if is_clean_text(text) else _UNSAYABLE.sub("?", text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
 
 
 def told(result) -> dict[str, str]:

@@ -16,7 +16,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from .batching import BatchThread
-from ..domain import CommitResult, NewLeg, TagUpdate
+from ..domain import CommitResult, LegChange, NewLeg, TagUpdate
 from ..errors import StorageRefused, StorageUnavailable
 from .journal import Journal
 from .store import Store
@@ -27,6 +27,16 @@ REPLAY_BATCH = 200
 # The budget is kept to within a fifth of itself, checked at least this often apart (seconds).
 BUDGET_TICK_MIN = 0.01
 RETRY_MIN, RETRY_MAX = 0.5, 5.0
+
+
+@dataclass(slots=True)
+class Pending:
+    """A write begun by :meth:`Persister.begin`: its database commit under way (``future``),
+    or None when it goes to the journal, which :meth:`Persister.finish` does."""
+
+    write: NewLeg | TagUpdate | LegChange
+    future: asyncio.Future | None
+    started: float = 0.0
 
 
 @dataclass(slots=True)
@@ -108,20 +118,34 @@ class Persister:
         await self._run(self._appends.stop)
         self.journal.close()
 
-    async def write(self, write: NewLeg | TagUpdate) -> Persisted:
+    async def write(self, write: NewLeg | TagUpdate | LegChange) -> Persisted:
         """Stores ``write`` durably. Raises StorageRefused when the database rejects this
         write itself (retrying cannot help), and StorageUnavailable when neither the database
         nor the journal can take it."""
-        if not self._journaling:
-            started = time.monotonic()
-            future = self._commits.enqueue(write)
-            # NOTE: a commit past the budget still completes (the writer thread does not look
-            # at a future already settled), and its journaled twin is then replayed as APPLIED.
-            self._in_flight.append((started + self.budget, future))
+        return await self.finish(self.begin(write))
+
+    def begin(self, write: NewLeg | TagUpdate | LegChange) -> Pending:
+        """Starts storing ``write`` now, so that its commit runs while the caller does other
+        work (a start talks to Asterisk meanwhile); :meth:`finish` gives the outcome, and
+        must be awaited."""
+        if self._journaling:
+            return Pending(write, None)
+        started = time.monotonic()
+        future = self._commits.enqueue(write)
+        # NOTE: a commit past the budget still completes (the writer does not look at a future
+        # already settled), and its journaled twin is then replayed as APPLIED.
+        self._in_flight.append((started + self.budget, future))
+        return Pending(write, future, started)
+
+    async def finish(self, pending: Pending) -> Persisted:
+        """The outcome of a write begun: its database result, or, when the database is away or
+        slower than the budget from :meth:`begin` on, the write journaled (deferred). Raises as
+        :meth:`write` does."""
+        if pending.future is not None:
             try:
-                result = await future
+                result = await pending.future
                 if self.on_commit is not None:
-                    self.on_commit(time.monotonic() - started)
+                    self.on_commit(time.monotonic() - pending.started)
                 return Persisted(result)
             except StorageUnavailable as exc:
                 self._went_away(exc)
@@ -130,7 +154,7 @@ class Persister:
             self._journaling = True
         self._appending += 1
         try:
-            await self._appends.submit(write)
+            await self._appends.submit(pending.write)
         except StorageUnavailable:
             self.journal_broken = True
             raise

@@ -13,7 +13,6 @@ import time
 import pytest
 
 from recording.asterisk.ami import (
-    MIXMONITOR_ID_VARIABLE,
     AMIClient,
     AMIConfigError,
     AMIError,
@@ -32,6 +31,7 @@ from tests.fake_ami import FakeAMI
 
 SECRET = "Sup3r-s3cret/with:odd@chars"
 CHANNEL = "Local/104@acceptance-0000000a;2"
+VARIABLE = "RECORDING_MIXMON_0f3a"
 CAPTURE_FIELDS = [
     "Event", "ActionID", "Channel", "ChannelState", "ChannelStateDesc", "CallerIDNum", "CallerIDName",
     "ConnectedLineNum", "ConnectedLineName", "Language", "AccountCode", "Context", "Exten", "Priority",
@@ -201,11 +201,11 @@ def test_mixmonitor_returns_the_id_only_with_i_option(fake):
         await client.start()
         await client.wait_connected(2)
         plain = await client.action("MixMonitor", Channel=CHANNEL, File="/tmp/plain.wav")
-        mixmonitor_id = await client.mixmonitor(CHANNEL, "/tmp/acc.wav", "b")
-        variable = await client.getvar(CHANNEL, MIXMONITOR_ID_VARIABLE)
+        mixmonitor_id = await client.mixmonitor(CHANNEL, "/tmp/acc.wav", "b", VARIABLE)
+        variable = await client.getvar(CHANNEL, VARIABLE)
         unset = await client.getvar(CHANNEL, "NOT_SET")
         with pytest.raises(ValueError):
-            await client.mixmonitor(CHANNEL, "/tmp/x.wav", "bi(OTHER)")
+            await client.mixmonitor(CHANNEL, "/tmp/x.wav", "bi(OTHER)", VARIABLE)
         await client.stop()
         return plain, mixmonitor_id, variable, unset
 
@@ -215,7 +215,7 @@ def test_mixmonitor_returns_the_id_only_with_i_option(fake):
     assert variable == mixmonitor_id and unset is None
     sent = fake.received("MixMonitor")
     assert "Options" not in sent[0]
-    assert sent[1]["Options"] == f"bi({MIXMONITOR_ID_VARIABLE})" and sent[1]["File"] == "/tmp/acc.wav"
+    assert sent[1]["Options"] == f"bi({VARIABLE})" and sent[1]["File"] == "/tmp/acc.wav"
 
 
 def test_stop_mixmonitor_by_id_stops_exactly_that_one(fake):
@@ -225,8 +225,8 @@ def test_stop_mixmonitor_by_id_stops_exactly_that_one(fake):
         client = client_for(fake)
         await client.start()
         await client.wait_connected(2)
-        first = await client.mixmonitor(CHANNEL, "/tmp/first.wav")
-        second = await client.mixmonitor(CHANNEL, "/tmp/second.wav")
+        first = await client.mixmonitor(CHANNEL, "/tmp/first.wav", "", "V1")
+        second = await client.mixmonitor(CHANNEL, "/tmp/second.wav", "", "V2")
         await client.stop_mixmonitor(CHANNEL, first)
         with pytest.raises(AMIError, match="^Could not stop monitoring channel$"):
             await client.stop_mixmonitor(CHANNEL, first)
@@ -248,7 +248,7 @@ def test_fake_stop_mixmonitor_without_id_stops_the_latest(fake):
         client = client_for(fake)
         await client.start()
         await client.wait_connected(2)
-        ids = [await client.mixmonitor(CHANNEL, f"/tmp/{n}.wav") for n in range(2)]
+        ids = [await client.mixmonitor(CHANNEL, f"/tmp/{n}.wav", "", f"V{n}") for n in range(2)]
         await client.action("StopMixMonitor", Channel=CHANNEL)
         await client.action("StopMixMonitor", Channel=CHANNEL)
         with pytest.raises(AMIError, match="Could not stop monitoring channel"):
@@ -268,7 +268,7 @@ def test_mixmonitor_mute_sends_the_fields_app_mixmonitor_reads(fake):
         client = client_for(fake)
         await client.start()
         await client.wait_connected(2)
-        mixmonitor_id = await client.mixmonitor(CHANNEL, "/tmp/m.wav")
+        mixmonitor_id = await client.mixmonitor(CHANNEL, "/tmp/m.wav", "", VARIABLE)
         await client.mixmonitor_mute(CHANNEL, mixmonitor_id, True)
         muted = (fake.channel(CHANNEL).mixmonitors[0].muted_read, fake.channel(CHANNEL).mixmonitors[0].muted_write)
         await client.mixmonitor_mute(CHANNEL, mixmonitor_id, False, direction="read")
@@ -294,7 +294,7 @@ def test_error_answers_become_ami_errors_with_the_message(fake):
         await client.start()
         await client.wait_connected(2)
         with pytest.raises(AMIError) as no_channel:
-            await client.mixmonitor("Local/does-not-exist", "/tmp/x.wav")
+            await client.mixmonitor("Local/does-not-exist", "/tmp/x.wav", "", VARIABLE)
         with pytest.raises(AMIError) as unknown:
             await client.action("NoSuchAction")
         with pytest.raises(AMIError, match="No such channel"):

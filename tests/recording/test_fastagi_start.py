@@ -30,15 +30,18 @@ def test_start_records_the_channel_and_tells_the_dialplan(asterisk, store):
     (monitor,) = call.mixmonitors
     assert call.variables["RECORDING_FILE"] == monitor.file
     assert re.fullmatch(rf"/var/spool/asterisk/monitor/\d{{4}}/\d\d/\d\d/{re.escape(call.uniqueid)}-1\.wav", monitor.file)
-    assert monitor.options == "bi(RECORDING_MIXMONITOR_ID)"
     (leg,) = store.find_legs(tag="CRM-22")
     assert leg.id == call.variables["RECORDING_ID"]
+    # The MixMonitor id is kept by the channel, in a variable of the leg's own.
+    assert monitor.options == f"bi(RECORDING_MIXMON_{leg.id})"
+    assert call.variables[f"RECORDING_MIXMON_{leg.id}"] == monitor.id
     assert (leg.unique_id, leg.leg, leg.channel, leg.extension) == (call.uniqueid, 1, "PJSIP/410-0000001a", "410")
-    assert (leg.file, leg.mixmonitor_id, leg.state, leg.source) == (monitor.file, monitor.id, "recording", "agi")
+    assert (leg.file, leg.mixmonitor_id, leg.state, leg.source) == (monitor.file, None, "recording", "agi")
     assert (leg.tag, leg.external_reference) == ("CRM-22", "CRM-22")
     assert (leg.ownership, leg.owner) == ("DEFAULT", None)
     assert call.server_closed
-    # Each command waited for the reply before it (res_agi would leave a pipelined one unread).
+    # Three commands, each after the reply before it (res_agi would leave a pipelined one unread).
+    assert [c.split(" ", 2)[:2] for c in call.commands] == [["EXEC", "MixMonitor"], ["GET", "VARIABLE"], ["EXEC", "MSet"]]
     assert call.stalled == 0
 
 
@@ -50,7 +53,7 @@ def test_exec_sends_one_quoted_data_word_without_dialplan_variables(asterisk):
     # options) would be silently dropped by Asterisk.
     assert len(words) == 3
     assert "${" not in words[2]
-    assert words[2].endswith(",bi(RECORDING_MIXMONITOR_ID)")
+    assert re.search(r",bi\(RECORDING_MIXMON_[0-9a-f]{32}\)$", words[2])
 
 
 def test_every_result_variable_is_set_so_stale_values_do_not_linger(asterisk):
@@ -260,19 +263,33 @@ def test_caller_hanging_up_before_the_start_still_stores_leg_and_tag(asterisk, s
 
 def test_caller_hanging_up_mid_session_still_stores_leg_and_tag(asterisk, store):
     # HANGUP arrives after the EXEC reply, in front of the GET VARIABLE reply.
-    call = asterisk.call(f"{START}&tag=mid", hangup_after=2)
+    call = asterisk.call(f"{START}&tag=mid", hangup_after=1)
 
     assert call.hung_up and call.status == "STARTED"
     (leg,) = store.find_legs(tag="mid")
-    assert leg.state == "ended"
-    assert leg.mixmonitor_id == call.mixmonitors[0].id
+    assert (leg.state, leg.ended_by) == ("ended", "hangup") and leg.end is not None
+    assert call.variables[f"RECORDING_MIXMON_{leg.id}"] == call.mixmonitors[0].id
+
+
+def test_caller_hanging_up_as_the_result_is_told_leaves_the_leg_to_the_h_extension(asterisk, store):
+    # HANGUP arrives after the id was read: the leg records until recording/hangup (the h
+    # extension), a manager's Hangup event or the sweeper ends it.
+    call = asterisk.call(f"{START}&tag=late-hangup", hangup_after=2)
+
+    assert call.hung_up and call.status == "STARTED"
+    (leg,) = store.find_legs(tag="late-hangup")
+    assert leg.state == "recording"
+    assert asterisk.call(f"recording/hangup?apiKey={API_KEY}", uniqueid=call.uniqueid).status == "ENDED"
+    assert store.find_legs(tag="late-hangup")[0].state == "ended"
 
 
 def test_connection_cut_after_mixmonitor_still_stores_leg_and_tag(asterisk, store, service):
-    call = asterisk.call(f"{START}&tag=cut", drop_after=2)
+    call = asterisk.call(f"{START}&tag=cut", drop_after=1)
 
     assert call.ended_by == "dropped" and len(call.mixmonitors) == 1
-    legs = wait_until(lambda: store.find_legs(tag="cut"), 5, "the cut call's leg in the database")
+    # The leg is written while MixMonitor runs, and settled as ended once the cut is seen.
+    legs = wait_until(lambda: [leg for leg in store.find_legs(tag="cut") if leg.state != "recording"], 5,
+                      "the cut call's leg ended in the database")
     assert [leg.state for leg in legs] == ["ended"]
     # The server is unharmed.
     assert asterisk.call(START).status == "STARTED"
@@ -285,14 +302,19 @@ def test_mixmonitor_missing_from_asterisk_is_an_error(asterisk, store):
 
     assert call.status == "ERROR"
     assert "app_mixmonitor" in call.error
-    assert store.find_legs() == []
+    # The leg was written while MixMonitor was asked for; it is settled, not left active.
+    (leg,) = store.find_legs()
+    assert (leg.state, leg.ended_by, leg.tag) == ("failed", "mixmonitor", "t") and leg.end is not None
 
 
 def test_mixmonitor_failure_is_an_error(asterisk, store):
     call = asterisk.call(f"{START}&tag=t", mixmonitor_result=-1)
 
     assert call.status == "ERROR" and "MixMonitor failed to start" in call.error
-    assert store.find_legs() == []
+    (leg,) = store.find_legs()
+    assert (leg.state, leg.ended_by) == ("failed", "mixmonitor") and leg.end is not None
+    # Not active: the next start on the call records.
+    assert asterisk.call(f"{START}&tag=t2", uniqueid=leg.unique_id).status == "STARTED"
 
 
 def test_database_refusing_the_write_stops_the_recording_and_writes_nothing(asterisk, store, refused_legs):

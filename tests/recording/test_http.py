@@ -25,11 +25,11 @@ def test_start_by_extension_records_the_live_channel(http, fake_ami, store):
     assert (body["status"], body["uniqueId"], body["channel"]) == ("STARTED", channel.uniqueid, channel.name)
     (action,) = fake_ami.received("MixMonitor")
     assert action["Channel"] == channel.name and action["File"] == body["file"]
-    assert action["Options"].endswith("i(RECORDING_MIXMONITOR_ID)")
+    assert action["Options"].endswith(f"i(RECORDING_MIXMON_{body['recordingId']})")
     (monitor,) = channel.running
     (leg,) = store.find_legs(tag="CRM-1")
-    assert (leg.id, leg.unique_id, leg.source, leg.mixmonitor_id) == (body["recordingId"], channel.uniqueid, "http",
-                                                                        monitor.id)
+    assert (leg.id, leg.unique_id, leg.source) == (body["recordingId"], channel.uniqueid, "http")
+    assert channel.variables[f"RECORDING_MIXMON_{leg.id}"] == monitor.id
 
 
 def test_start_by_unique_id_from_a_form_body(http, fake_ami, store):

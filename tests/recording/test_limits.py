@@ -35,7 +35,7 @@ def test_a_server_at_its_session_limit_says_so(store, settings):
 def test_a_deadline_during_the_start_still_writes_the_leg_and_reports(store, settings):
     with RunningService(settings.with_(session_timeout=1.0, reply_timeout=5.0)) as running:
         started = time.monotonic()
-        call = FakeAsterisk(running.port).call(f"{START}&tag=late", reply_delay=1.5, delay_only="EXEC")
+        call = FakeAsterisk(running.port).call(f"{START}&tag=late", reply_delay=1.5, delay_only="EXEC MixMonitor")
         elapsed = time.monotonic() - started
 
     # The start was under way when the deadline came: it finished (the leg is written and the
@@ -43,7 +43,7 @@ def test_a_deadline_during_the_start_still_writes_the_leg_and_reports(store, set
     assert call.status == "STARTED"
     assert elapsed < 4
     (leg,) = store.find_legs(tag="late")
-    assert leg.mixmonitor_id == call.mixmonitors[0].id and leg.state == "recording"
+    assert call.variables[f"RECORDING_MIXMON_{leg.id}"] == call.mixmonitors[0].id and leg.state == "recording"
 
 
 def test_sigterm_lets_the_call_in_flight_finish(store, database_url, tmp_path):
