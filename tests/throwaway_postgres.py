@@ -53,12 +53,17 @@ class ThrowawayPostgres:
 
     def stall(self) -> None:
         """Freezes every server process: connections stay open but nothing answers."""
-        for pid in self._pids():
-            os.kill(pid, signal.SIGSTOP)
+        self._signal(signal.SIGSTOP)
 
     def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, number: int) -> None:
         for pid in self._pids():
-            os.kill(pid, signal.SIGCONT)
+            try:
+                os.kill(pid, number)
+            except ProcessLookupError:
+                pass  # a backend whose connection closed between pgrep and now
 
     def destroy(self) -> None:
         try:
