@@ -102,9 +102,15 @@ class BatchThread:
 
 def _settle(answers) -> None:
     for future, outcome in answers:
-        if future.done():
-            continue
-        if isinstance(outcome, BaseException):
-            future.set_exception(outcome)
-        else:
-            future.set_result(outcome)
+        settle(future, outcome)
+
+
+def settle(future: asyncio.Future, outcome: Any) -> None:
+    """Answers a write's future with its outcome (raised when it is an exception), unless the
+    wait has ended already (a write past the database budget)."""
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)

@@ -9,7 +9,8 @@ inside the same INSERT. On PostgreSQL the call records are upserted in a CTE of 
 INSERT, and that one statement runs in autocommit: a batch is one round trip, where BEGIN, two
 INSERTs and COMMIT were four (each one psycopg's overhead and a wait). A leg this path could not
 insert (its call has an active leg) comes back as None for the store's general path to settle.
-Only the store uses it.
+The store runs it on its writer thread; on PostgreSQL, pgwriter.py runs the same statement from
+the event loop.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ _OWNERSHIP = (
 # prepares once. Arrays through unnest() did the same with one parameter per column, but
 # psycopg dumps arrays element by element in Python: 50 us of the writer's CPU per row, against
 # 20 us with JSON (measured, batches of 6 to 20 rows).
-_PG_START = (
+PG_START = (
     "WITH c AS ("
     "INSERT INTO call_records (unique_id, external_reference, created_at, updated_at) "
     "SELECT r->>0, r->>1, (r->>2)::timestamptz, (r->>3)::timestamptz FROM json_array_elements(%s::json) r "
@@ -134,41 +135,58 @@ class HotPath:
     def commit(self, writes: Sequence[NewLeg | TagUpdate]) -> list:
         """Writes the batch, durably, and returns a CommitResult per write, in order, or None
         for a leg that was not inserted. Raises as Store._batch does."""
-        postgres = self._dialect == "postgresql"
-        time = _stamp if postgres else self._time
-        calls: dict[str, list] = {}
-        for write in writes:
-            at = write.at if type(write) is TagUpdate else write.started_at
-            entry = calls.get(write.unique_id)
-            if entry is None:
-                calls[write.unique_id] = [write.unique_id, write.tag, at, at]
-            else:
-                entry[1] = write.tag or entry[1]
-                entry[3] = at
-        call_rows = [(uid, tag, time(created), time(updated)) for uid, tag, created, updated in calls.values()]
-        legs = [w for w in writes if type(w) is NewLeg]
-        leg_rows = [
-            (leg.id, leg.leg, leg.unique_id, leg.channel, leg.extension, leg.file, leg.mixmonitor_id, leg.tag,
-             leg.agent.id if leg.agent is not None else None, leg.source, leg.state, time(leg.started_at),
-             time(leg.ended_at) if leg.ended_at is not None else None)
-            for leg in legs
-        ]
-        if postgres:
+        if self._dialect == "postgresql":
             with self._batch(autocommit=True) as conn:
-                rows = self._run(conn, _PG_START, (_to_json(call_rows), _to_json(leg_rows)))
+                rows = self._run(conn, PG_START, postgres_parameters(writes))
+            return results(writes, rows)
+        call_rows, leg_rows = _rows(writes, self._time)
+        with self._batch() as conn:
+            self._run(conn, _sqlite_calls(len(call_rows)), tuple(v for row in call_rows for v in row))
+            rows = self._run(conn, _sqlite_legs(len(leg_rows)), tuple(v for row in leg_rows for v in row)) if leg_rows else []
+        return results(writes, rows)
+
+
+def postgres_parameters(writes: Sequence[NewLeg | TagUpdate]) -> tuple[str, str]:
+    """The two parameters of :data:`PG_START` for a batch: its call records and its legs as
+    JSON texts."""
+    call_rows, leg_rows = _rows(writes, _stamp)
+    return _to_json(call_rows), _to_json(leg_rows)
+
+
+def _rows(writes: Sequence[NewLeg | TagUpdate], time) -> tuple[list[tuple], list[tuple]]:
+    """The batch as rows: one call record per unique id (its newest tag, first and last times)
+    and one row per leg, times converted by ``time``."""
+    calls: dict[str, list] = {}
+    for write in writes:
+        at = write.at if type(write) is TagUpdate else write.started_at
+        entry = calls.get(write.unique_id)
+        if entry is None:
+            calls[write.unique_id] = [write.unique_id, write.tag, at, at]
         else:
-            with self._batch() as conn:
-                self._run(conn, _sqlite_calls(len(call_rows)), tuple(v for row in call_rows for v in row))
-                rows = self._run(conn, _sqlite_legs(len(leg_rows)), tuple(v for row in leg_rows for v in row)) if legs else []
-        inserted = {row[0]: row for row in rows}
-        results = []
-        for write in writes:
-            if type(write) is TagUpdate:
-                results.append(CommitResult("TAGGED", write.unique_id))
-                continue
-            row = inserted.get(write.id)
-            results.append(None if row is None else CommitResult(
-                "STARTED", write.unique_id, leg_id=write.id, leg=row[1], file=write.file,
-                ownership=row[2], owner_id=row[3],
-            ))
-        return results
+            entry[1] = write.tag or entry[1]
+            entry[3] = at
+    call_rows = [(uid, tag, time(created), time(updated)) for uid, tag, created, updated in calls.values()]
+    leg_rows = [
+        (leg.id, leg.leg, leg.unique_id, leg.channel, leg.extension, leg.file, leg.mixmonitor_id, leg.tag,
+         leg.agent.id if leg.agent is not None else None, leg.source, leg.state, time(leg.started_at),
+         time(leg.ended_at) if leg.ended_at is not None else None)
+        for leg in writes if type(leg) is NewLeg
+    ]
+    return call_rows, leg_rows
+
+
+def results(writes: Sequence[NewLeg | TagUpdate], rows: Sequence[tuple]) -> list[CommitResult | None]:
+    """A CommitResult per write from the rows the legs' INSERT returned (``id, leg, ownership,
+    owner_id``); None for a leg that was not inserted (its call has an active leg)."""
+    inserted = {row[0]: row for row in rows}
+    found: list[CommitResult | None] = []
+    for write in writes:
+        if type(write) is TagUpdate:
+            found.append(CommitResult("TAGGED", write.unique_id))
+            continue
+        row = inserted.get(write.id)
+        found.append(None if row is None else CommitResult(
+            "STARTED", write.unique_id, leg_id=write.id, leg=row[1], file=write.file,
+            ownership=row[2], owner_id=row[3],
+        ))
+    return found

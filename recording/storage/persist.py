@@ -19,6 +19,7 @@ from .batching import BatchThread
 from ..domain import CommitResult, LegChange, NewLeg, TagUpdate
 from ..errors import StorageRefused, StorageUnavailable
 from .journal import Journal
+from .pgwriter import LoopWriter, takes
 from .store import Store
 
 log = logging.getLogger("recording.persist")
@@ -70,6 +71,9 @@ class Persister:
         self.journal_broken = False
         self._executor = executor
         self._commits = BatchThread("recording-writer", store.commit, _storage_failure)
+        # On PostgreSQL recording/start's writes are committed from the event loop (no thread
+        # hop); everything else, and what that path hands back, on the writer thread.
+        self._loop_writer = LoopWriter(store.url, self._commits.enqueue) if store.dialect == "postgresql" else None
         self._appends = BatchThread("recording-journal", journal.append, _storage_failure)
         self._journaling = False
         self._database_away = False
@@ -95,6 +99,8 @@ class Persister:
     async def start(self) -> None:
         self.journal.open()
         self._commits.start()
+        if self._loop_writer is not None:
+            await self._loop_writer.start()
         self._appends.start()
         self._wake = asyncio.Event()
         pending = await self._run(self.journal.pending)
@@ -114,6 +120,8 @@ class Persister:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        if self._loop_writer is not None:
+            await self._loop_writer.stop()
         await self._run(self._commits.stop)
         await self._run(self._appends.stop)
         self.journal.close()
@@ -131,7 +139,8 @@ class Persister:
         if self._journaling:
             return Pending(write, None)
         started = time.monotonic()
-        future = self._commits.enqueue(write)
+        writer = self._loop_writer
+        future = writer.enqueue(write) if writer is not None and takes(write) else self._commits.enqueue(write)
         # NOTE: a commit past the budget still completes (the writer does not look at a future
         # already settled), and its journaled twin is then replayed as APPLIED.
         self._in_flight.append((started + self.budget, future))

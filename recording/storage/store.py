@@ -83,6 +83,14 @@ def redact_url(url: str) -> str:
         return "<unparseable database URL>"
 
 
+# NOTE: keepalives and a TCP user timeout notice a database host that vanished from the network,
+# which would otherwise hold a connection open for ever.
+POSTGRES_CONNECT_ARGS = {
+    "connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 3,
+    "keepalives_count": 3, "tcp_user_timeout": 15000,
+}
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url`` with the settings the service relies on."""
     url = normalize_url(url)
@@ -110,12 +118,7 @@ def make_engine(url: str) -> Engine:
             max_overflow=8,
             pool_pre_ping=True,
             pool_timeout=10,
-            # NOTE: keepalives and a TCP user timeout notice a database host that vanished
-            # from the network, which would otherwise hold a connection open for ever.
-            connect_args={
-                "connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 3,
-                "keepalives_count": 3, "tcp_user_timeout": 15000,
-            },
+            connect_args=POSTGRES_CONNECT_ARGS,
         )
     raise ConfigError(f"RECORDING_DATABASE_URL: {backend} is not supported (SQLite or PostgreSQL)")
 
@@ -162,8 +165,8 @@ class Store:
         later), or it refused this write (refused: trying again will not help)."""
         away = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
         if isinstance(exc, away) or getattr(exc, "connection_invalidated", False):
-            return StorageUnavailable(f"database {redact_url(self.url)} unavailable: {_first_line(exc)}")
-        return StorageRefused(f"the database refused the write: {_first_line(exc)}")
+            return StorageUnavailable(f"database {redact_url(self.url)} unavailable: {first_line(exc)}")
+        return StorageRefused(f"the database refused the write: {first_line(exc)}")
 
     # -- schema -------------------------------------------------------------------------
 
@@ -304,7 +307,7 @@ class Store:
             with self._batch() as conn:
                 return self._commit(conn, writes, replay)
         except IntegrityError as exc:
-            refused = StorageRefused(f"the database refused the write: {_first_line(exc)}")
+            refused = StorageRefused(f"the database refused the write: {first_line(exc)}")
         except StorageRefused as exc:
             refused = exc
         if len(writes) == 1:
@@ -622,6 +625,7 @@ def _result(status: str, row) -> CommitResult:
     )
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of a database error's message (the driver's own, under SQLAlchemy's)."""
     text = str(getattr(exc, "orig", exc)).strip()
     return text.splitlines()[0] if text else type(exc).__name__
