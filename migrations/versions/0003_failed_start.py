@@ -34,5 +34,5 @@ def downgrade() -> None:
     # NOTE: a failed leg recorded nothing; it becomes "lost" (ended, never found alive after).
     op.execute("UPDATE recording_legs SET state = 'lost' WHERE state = 'failed'")
     with op.batch_alter_table("recording_legs") as batch:
-        batch.drop_constraint(op.f("ck_recording_legs_state"), type_="check")
-        batch.create_check_constraint("state", BEFORE)
+        batch.drop_constraint(op.f(NEW_NAME), type_="check")
+        batch.create_check_constraint(op.f(OLD_NAME), BEFORE)

@@ -196,5 +196,8 @@ def test_migration_0003_adds_the_failed_state_and_takes_it_back(empty_database_u
             command.downgrade(store._alembic(conn), "0002")
         states = {v.unique_id: v.state for v in store.find_legs(unique_id="1.1") + store.find_legs(unique_id="1.2")}
         assert states == {"1.1": "recording", "1.2": "lost"}
+        # And up again: the downgrade left the constraint as 0002 had it.
+        store.upgrade("0003")
+        assert store.schema_revision() == "0003"
     finally:
         store.close()
