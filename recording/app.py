@@ -1,5 +1,11 @@
 """Puts the service together and runs it: store, journal, directory, service, the FastAGI server,
-and when configured the manager connection and the HTTP API."""
+and when configured the manager connection and the HTTP API.
+
+A service that cannot reach its database at the start serves from the directory snapshot next
+to the journal (when there is one), journals every write, and keeps trying: once the database
+answers, its schema is checked, the directory and the legs still active are read, and only then
+is the journal replayed.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +21,9 @@ from agi import Limits, Server
 from . import apikey
 from .asterisk.ami import AMIClient
 from .ops.config import Settings
+from .storage import snapshot as snapshots
 from .storage.directory import Directory
-from .errors import ConfigError
+from .errors import ConfigError, StorageUnavailable
 from .ops.configfile import load_settings, reload_changes
 from .doors.fastagi import ROUTES, Hooks, build_router
 from .ops.gate import Gate
@@ -27,10 +34,13 @@ from .storage.journal import Journal
 from .asterisk.manager import Manager
 from .storage.persist import Persister
 from .service import ActiveLeg, RecordingService
-from .storage.store import Store
+from .storage.store import Store, redact_url
 from .doors.sweeper import Sweeper
 
 log = logging.getLogger("recording.app")
+
+# Seconds between tries to reach a database that was away at the start: doubling to the most.
+CONNECT_RETRY_MIN, CONNECT_RETRY_MAX = 0.25, 2.0
 
 
 def prepare_database(store: Store) -> str | None:
@@ -52,6 +62,23 @@ def prepare_database(store: Store) -> str | None:
     return None
 
 
+def check_schema(store: Store) -> None:
+    """Refuses a database whose schema is not the one this version needs (ConfigError with the
+    command to run); raises StorageUnavailable when it cannot be asked. Makes nothing: this is
+    for a database that answers only after the start, whose journal must not be replayed into
+    a schema that is behind, nor a schema or a key made for it behind the operator's back."""
+    revision, head = store.schema_revision(), store.head_revision()
+    if revision is None:
+        raise ConfigError(
+            f"the database answers but has no schema, so it is not the one the service served from: "
+            "run 'recording-agi db upgrade' and set the apiKey ('recording-agi apikey set -')"
+        )
+    if revision != head:
+        raise ConfigError(
+            f"the database schema is at {revision} but this version needs {head}: run 'recording-agi db upgrade'"
+        )
+
+
 def limits_of(settings: Settings) -> Limits:
     return Limits(
         max_line_bytes=settings.max_line_bytes,
@@ -66,10 +93,15 @@ def limits_of(settings: Settings) -> Limits:
 
 class Application:
     """The running service. ``start()`` then ``stop()``; :attr:`agi_port` and :attr:`http_port`
-    are the bound ports."""
+    are the bound ports.
+
+    ``unreachable``: the database could not be reached a moment ago (serve's own try), so the
+    start goes straight to the snapshot instead of waiting for a second connect to fail.
+    """
 
     def __init__(self, settings: Settings, store: Store | None = None, *, config: str | None = None,
-                 overrides: dict | None = None, board: Board | None = None):
+                 overrides: dict | None = None, board: Board | None = None,
+                 unreachable: StorageUnavailable | None = None):
         self.settings = settings
         # Under serve --workers: where this worker publishes its health and reads its siblings'.
         self.board = board
@@ -79,7 +111,8 @@ class Application:
         self.overrides = dict(overrides or {})
         self.store = store or Store(settings.database_url)
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="recording-db")
-        self.directory = Directory(self.store, refresh=settings.directory_refresh, executor=self.executor)
+        self.directory = Directory(self.store, refresh=settings.directory_refresh, executor=self.executor,
+                                   keep_in=settings.journal_dir)
         self.journal = Journal(settings.journal_dir)
         self.metrics = ServiceMetrics(
             journal_backlog=lambda: self.persister.backlog,
@@ -113,17 +146,36 @@ class Application:
         self.metrics_port: int | None = None
         self._background: set[asyncio.Task] = set()
         self._publisher: asyncio.Task | None = None
+        self._unreachable = unreachable
+        self._connector: asyncio.Task | None = None
+        # Set to stop the service: by SIGTERM/SIGINT, or with :attr:`fatal` by a database that
+        # came back with a schema this version cannot use.
+        self.halt = asyncio.Event()
+        self.fatal: ConfigError | None = None
 
     @property
     def agi_port(self) -> int:
         return self.agi.port
 
+    async def _run(self, function, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
+
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        await self.persister.start()
-        await self.directory.start()
-        for leg in await loop.run_in_executor(self.executor, self.store.active_legs):
-            self.service.remember(leg.unique_id, leg.leg, ActiveLeg.of(leg))
+        """Starts every part; raises StorageUnavailable when the database can be reached
+        neither now nor through a snapshot, ConfigError for a schema that is not current."""
+        await self.persister.start(hold=True)
+        try:
+            try:
+                if self._unreachable is not None:
+                    raise self._unreachable
+                await self._connect()
+            except StorageUnavailable as exc:
+                if not exc.outage:
+                    raise
+                self._start_without_database(exc)
+        except BaseException:
+            await self.persister.stop()
+            raise
         if self.manager is not None:
             self.manager.client.subscribe(self._on_event)
             self.manager.client.on_connect(self.sweeper.wake)
@@ -146,6 +198,55 @@ class Application:
             )
             log.info("metrics and health on %s:%d", self.settings.metrics_address[0], self.metrics_port)
 
+    async def _connect(self) -> None:
+        """What serving needs from the database: a current schema, the directory, the legs
+        still active. Then the journal may be replayed. Raises StorageUnavailable, ConfigError."""
+        await self._run(check_schema, self.store)
+        await self.directory.start()
+        for leg in await self._run(self.store.active_legs):
+            # A leg started while the database was away is newer than the one it holds.
+            if self.service.active(leg.unique_id) is None:
+                self.service.remember(leg.unique_id, leg.leg, ActiveLeg.of(leg))
+        self.persister.release()
+
+    def _start_without_database(self, unreachable: StorageUnavailable) -> None:
+        snapshot = snapshots.require(self.settings.journal_dir, redact_url(self.store.url), unreachable)
+        self.directory.serve_from(snapshot)
+        self.persister.assume_away()
+        log.warning("started without the database (%s): serving from the directory snapshot of %s in %s, "
+                    "journaling every write until it answers", unreachable, snapshot.when, snapshot.path.parent)
+        age = snapshot.age()
+        if age > self.settings.snapshot_max_age:
+            log.warning("the directory snapshot of %s is %.1f days old, older than RECORDING_SNAPSHOT_MAX_AGE "
+                        "(%gs): serving from it all the same; users, groups, attachments and an apiKey changed "
+                        "since are not known until the database answers", snapshot.when, age / 86400,
+                        self.settings.snapshot_max_age)
+        self._connector = asyncio.create_task(self._reconnect(), name="database-connect")
+
+    async def _reconnect(self) -> None:
+        """Tries the database until it answers; a schema that is not current then stops the
+        service (the journal keeps every write, and nothing is replayed into it)."""
+        delay = CONNECT_RETRY_MIN
+        refusal = None
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self._connect()
+            except StorageUnavailable as exc:
+                if not exc.outage and refusal is None:
+                    log.error("the database answers but turns the connection away (%s): still journaling", exc)
+                refusal = refusal if exc.outage else exc
+                delay = min(delay * 2, CONNECT_RETRY_MAX)
+                continue
+            except ConfigError as exc:
+                log.error("stopping: %s (every write of this run is in the journal in %s, replayed at the next "
+                          "start)", exc, self.journal.directory)
+                self.fatal = exc
+                self.halt.set()
+                return
+            log.info("the database answers and its schema is current: replaying the journal")
+            return
+
     def health(self) -> dict:
         """Whether a recording can start now, and why not. ``ok`` is False only when it
         cannot: no apiKey is known, or the database is away and the journal cannot be written."""
@@ -162,8 +263,17 @@ class Application:
             "ami": "off" if self.manager is None else ("connected" if self.manager.connected else "down"),
             "problems": problems,
         }
+        snapshot = self.directory.served_from
+        if snapshot is not None:
+            report["directory"] = f"snapshot of {snapshot.when}"
         if self.persister.database_away and not problems:
             report["problems"] = ["the database is away: recordings start and their legs are journaled"]
+            if snapshot is not None:
+                old = snapshot.age() > self.settings.snapshot_max_age
+                report["problems"].append(
+                    f"the database has not answered since the start: apiKeys and agents are checked against the "
+                    f"directory snapshot of {snapshot.when}{' (older than RECORDING_SNAPSHOT_MAX_AGE)' if old else ''}"
+                )
         return report
 
     def service_health(self) -> dict:
@@ -212,6 +322,9 @@ class Application:
         if cancelled:
             log.warning("%d sessions did not finish within %gs and were cancelled", cancelled, grace)
         await self.sweeper.stop()
+        if self._connector is not None:
+            self._connector.cancel()
+            await asyncio.gather(self._connector, return_exceptions=True)
         if self._background:
             await asyncio.wait(self._background, timeout=grace)
         if self.manager is not None:
@@ -255,15 +368,18 @@ class Application:
         self.gate.reload(settings)
 
     async def run_until_signalled(self) -> None:
-        """Serves until SIGTERM or SIGINT, then stops gracefully; SIGHUP reloads."""
-        stopping = asyncio.Event()
+        """Serves until SIGTERM or SIGINT, then stops gracefully; SIGHUP reloads. Raises the
+        ConfigError of a database that answered with a schema this version cannot use, once
+        the service has stopped."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stopping.set)
+            loop.add_signal_handler(sig, self.halt.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         await self.start()
         try:
-            await stopping.wait()
+            await self.halt.wait()
             log.info("stopping: finishing the sessions in flight")
         finally:
             await self.stop()
+        if self.fatal is not None:
+            raise self.fatal

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import signal
 import sys
@@ -16,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Sequence
 
 from . import apikey
-from .errors import ConfigError, RecordingFailure
+from .errors import ConfigError, RecordingFailure, StorageUnavailable
 from .ops import eventloop
 from .ops.config import Settings
 from .ops.configfile import load_settings
@@ -263,6 +264,7 @@ def check(args, settings: Settings) -> int:
 def serve(args, settings: Settings) -> int:
     from .app import Application, prepare_database
     from .ops.health import HEALTH_ENV, Board
+    from .storage.snapshot import require
     from .ops.workers import WORKER_ENV, Supervisor, check_shareable
 
     if os.environ.get(WORKER_ENV):
@@ -273,7 +275,16 @@ def serve(args, settings: Settings) -> int:
         check_shareable(settings)
     loop = eventloop.loop_factory(settings.event_loop)  # a loop that cannot run is said before anything starts
     store = _store(settings)
-    new_key = prepare_database(store)
+    unreachable = None
+    try:
+        new_key = prepare_database(store)
+    except StorageUnavailable as exc:
+        if not exc.outage:
+            raise
+        # Served from the directory snapshot (refused here when there is none); the schema is
+        # checked once the database answers.
+        snapshot = require(settings.journal_dir, redact_url(store.url), exc)
+        unreachable, new_key = exc, None
     if new_key is not None:
         print(
             "No apiKey was configured, so one was generated. It is shown only this once:\n\n"
@@ -285,11 +296,16 @@ def serve(args, settings: Settings) -> int:
                  if getattr(args, option, None) is not None}
     if settings.workers > 1:
         store.close()
+        if unreachable is not None:
+            logging.getLogger("recording.workers").warning(
+                "the database cannot be reached (%s): the workers start from the directory snapshot of %s",
+                unreachable, snapshot.when)
         return Supervisor(settings, config=args.config, overrides=overrides).run()
     board = None
     if os.environ.get(WORKER_ENV) and os.environ.get(HEALTH_ENV):
         board = Board(os.environ[HEALTH_ENV], int(os.environ[WORKER_ENV]))
-    app = Application(settings, store, config=args.config, overrides=overrides, board=board)
+    app = Application(settings, store, config=args.config, overrides=overrides, board=board,
+                      unreachable=unreachable)
     eventloop.run(app.run_until_signalled, loop)
     return 0
 

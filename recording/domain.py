@@ -81,13 +81,19 @@ class UserRef:
 
 @dataclass(frozen=True)
 class DirectorySnapshot:
-    """What the service keeps in memory: the apiKey hash and the users by folded login."""
+    """What the service keeps in memory: the apiKey hash, the users by folded login, and the
+    extension attachments (extension -> user id)."""
 
     api_key_hash: str | None
     users: Mapping[str, UserRef] = field(default_factory=dict)
+    attachments: Mapping[str, int] = field(default_factory=dict)
 
     def user(self, login: str) -> UserRef | None:
         return self.users.get(login.casefold())
+
+    def attached(self, extension: str) -> int | None:
+        """The id of the user attached to ``extension``, or None."""
+        return self.attachments.get(extension)
 
 
 @dataclass(slots=True)

@@ -42,7 +42,16 @@ class AsteriskUnavailable(AsteriskFailure):
 
 class StorageUnavailable(RecordingFailure):
     """The database (or the journal that stands in for it) cannot be reached or written now;
-    the same write may succeed later."""
+    the same write may succeed later.
+
+    ``outage`` is False when the database server answered and turned the connection away for
+    good reason (a wrong password, an unknown database or role): a setting to fix, not an
+    outage to wait out. Starting from the directory snapshot is for outages only.
+    """
+
+    def __init__(self, *args, outage: bool = True):
+        super().__init__(*args)
+        self.outage = outage
 
 
 class StorageRefused(RecordingFailure):

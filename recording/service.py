@@ -309,7 +309,13 @@ class RecordingService:
         deferred = persisted.deferred
         if mixmonitor.hung_up:
             deferred = await self._settle(None, leg, "ended", by="hangup") or deferred
-        number, owner_id = (leg.leg, leg.agent.id if leg.agent else None) if result is None else (result.leg, result.owner_id)
+        if result is None:
+            # Deferred: the owner as the store will give it at replay (README, "Ownership"), from
+            # the directory in memory, so that the owner may stop, pause and resume meanwhile.
+            owner = leg.agent.id if leg.agent else None if leg.agent_login else self.directory.attached(leg.extension)
+            number, owner_id = leg.leg, owner
+        else:
+            number, owner_id = result.leg, result.owner_id
         active = ActiveLeg(leg.id, number, leg.file, leg.tag, leg.channel, mixmonitor.mixmonitor_id, owner_id)
         self.remember(leg.unique_id, number, None if mixmonitor.hung_up else active)
         return StartOutcome("STARTED", leg.id, leg.file, number, deferred)

@@ -35,11 +35,16 @@ class ThrowawayPostgres:
             shutil.chown(self.folder, "postgres")
         _as_postgres([str(BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "root", "--no-sync"])
         self.url = f"postgresql+psycopg://root@127.0.0.1:{self.port}/postgres"
+        # The same cluster through its Unix socket, which a test can use while TCP is off.
+        self.socket_url = f"postgresql+psycopg://root@/postgres?host={self.folder}&port={self.port}"
 
-    def start(self) -> None:
+    def start(self, *, tcp: bool = True) -> None:
+        """``tcp=False``: listening on the Unix socket only, so a service that connects to
+        :attr:`url` cannot reach it (connection refused) while :attr:`socket_url` can."""
+        listen = "127.0.0.1" if tcp else "''"
         _as_postgres([
             str(BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.folder / "log"), "-w", "-t", "30",
-            "-o", f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1", "start",
+            "-o", f"-p {self.port} -k {self.folder} -c listen_addresses={listen}", "start",
         ])
 
     def stop(self, mode: str = "fast") -> None:

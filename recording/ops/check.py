@@ -3,7 +3,8 @@
 Each check says what it found in one :class:`Finding`; none changes anything (the journal
 probe removes what it made, a missing SQLite file is not created) and each is bounded in time,
 so the command suits systemd's ``ExecStartPre``. The caller decides the exit status (non-zero
-when any finding is not ok).
+when any finding is not ok). A database that cannot be reached while a directory snapshot of it
+is at hand is a warning, not a failure: serve starts from the snapshot and journals.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from sqlalchemy.engine import make_url
 
 from ..asterisk.ami import AMIClient, AMILoginRefused, AMIUnavailable, parse_ami_url
 from .config import Settings, parse_listen, render_file
+from ..errors import StorageUnavailable
+from ..storage import snapshot as snapshots
 from ..storage.store import Store, migrations_path, normalize_url, redact_url
 
 CHECK_TIMEOUT = 5.0
@@ -34,11 +37,13 @@ UPGRADE = "run 'recording-agi db upgrade'"
 @dataclass(frozen=True)
 class Finding:
     """One check's outcome: ``ok`` False means the service would not start or not work as
-    configured; ``detail`` says what was found (and what to do about a failure)."""
+    configured; ``detail`` says what was found (and what to do about a failure). ``warning``:
+    ok, but not as it should be (the service starts and works, degraded)."""
 
     name: str
     ok: bool
     detail: str
+    warning: bool = False
 
 
 async def check(settings: Settings, *, timeout: float = CHECK_TIMEOUT) -> list[Finding]:
@@ -59,8 +64,14 @@ async def check(settings: Settings, *, timeout: float = CHECK_TIMEOUT) -> list[F
 
 
 def format_findings(findings: list[Finding]) -> str:
-    """One line per finding: ``ok   database: ...`` or ``FAIL schema: ...``."""
-    return "\n".join(f"{'ok' if f.ok else 'FAIL':<4} {f.name}: {f.detail}" for f in findings)
+    """One line per finding: ``ok   database: ...``, ``WARN database: ...`` or ``FAIL schema: ...``."""
+    return "\n".join(f"{_mark(f):<4} {f.name}: {f.detail}" for f in findings)
+
+
+def _mark(finding: Finding) -> str:
+    if not finding.ok:
+        return "FAIL"
+    return "WARN" if finding.warning else "ok"
 
 
 async def _guarded(name: str, work: Awaitable[Finding]) -> Finding:
@@ -127,7 +138,10 @@ async def _database(settings: Settings, timeout: float) -> list[Finding]:
         try:
             current = await _in_thread(store.schema_revision, timeout)
         except TimeoutError:
-            return _database_failed(f"{shown}: no answer within {timeout:g} s")
+            return _unreachable(settings, shown, f"{shown}: no answer within {timeout:g} s")
+        except StorageUnavailable as exc:
+            detail = str(exc) if shown in str(exc) else f"{shown}: {exc}"
+            return _unreachable(settings, shown, detail) if exc.outage else _database_failed(detail)
         except Exception as exc:
             return _database_failed(str(exc) if shown in str(exc) else f"{shown}: {exc}")
         found = [Finding("database", True, f"{shown} answers")]
@@ -140,6 +154,31 @@ async def _database(settings: Settings, timeout: float) -> list[Finding]:
         return found
     finally:
         store.close()
+
+
+def _unreachable(settings: Settings, shown: str, detail: str) -> list[Finding]:
+    """An outage (not a wrong setting): serve starts if a snapshot of this database is at hand."""
+    found = snapshots.find(settings.journal_dir, shown)
+    if found is None:
+        return _database_failed(
+            f"{detail}; and no directory snapshot of it in {Path(settings.journal_dir).absolute()} to serve from "
+            "(one is written once the service has read the directory from the database)"
+        )
+    age = found.age()
+    old = (f" (it is {age / 86400:.1f} days old, older than RECORDING_SNAPSHOT_MAX_AGE: it serves all the same)"
+           if age > settings.snapshot_max_age else "")
+    return [
+        Finding("database", True, (
+            f"database unreachable, will serve from the snapshot of {found.when}{old} and journal until it "
+            f"answers; {detail}"
+        ), warning=True),
+        Finding("schema", True, "not checked: the database cannot be reached (serve checks it once it answers)",
+                warning=True),
+        Finding("apikey", found.directory.api_key_hash is not None, (
+            "the snapshot holds an apiKey hash" if found.directory.api_key_hash is not None
+            else "none in the snapshot: every apiKey would be refused until the database answers"
+        ), warning=True),
+    ]
 
 
 def _database_failed(detail: str) -> list[Finding]:

@@ -93,8 +93,15 @@ class Settings:
     )
     directory_refresh: float = _setting(
         "RECORDING_DIRECTORY_REFRESH",
-        "seconds between reloads of the apiKey hash and the users held in memory",
+        "seconds between reloads of the apiKey hash, the users and the extension attachments held in "
+        "memory (each one also rewrites the directory snapshot next to the journal)",
         5.0,
+    )
+    snapshot_max_age: float = _setting(
+        "RECORDING_SNAPSHOT_MAX_AGE",
+        "seconds after which the directory snapshot (the apiKey hash, users and attachments that "
+        "serve uses when it starts without the database) counts as old: it still serves, with a warning",
+        604800.0,
     )
     environment_timeout: float = _setting(
         "RECORDING_ENVIRONMENT_TIMEOUT", "seconds for Asterisk to send the AGI environment", 5.0

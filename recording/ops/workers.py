@@ -51,6 +51,9 @@ RESTARTS_PER_MINUTE = 5
 # A worker that dies this soon after its start, this many times in a row, will not get far by
 # being started again (a port taken, a database gone): the supervisor stops and says so.
 QUICK_EXIT, QUICK_EXITS = 10.0, 6
+# A worker's exit status for settings, or a database schema, it cannot run with (recording-agi's
+# exit status 2): starting it again cannot help, so the supervisor stops at once.
+CANNOT_RUN = 2
 # Seconds past RECORDING_SHUTDOWN_GRACE that a stopping worker gets before it is killed.
 STOP_MARGIN = 10.0
 PR_SET_PDEATHSIG = 1
@@ -292,6 +295,10 @@ class Supervisor:
         code, pid = worker.process.returncode, worker.process.pid
         worker.process = None
         self._forget(worker.index, pid)
+        if code == CANNOT_RUN:
+            log.error("worker %d (pid %d) exited with status %d: it cannot run with these settings or this "
+                      "database (its log says why); stopping the other workers", worker.index, pid, code)
+            return True
         return self._failed(worker, now, f"(pid {pid}) {_how(code)} unexpectedly",
                             logging.WARNING if code == 0 else logging.ERROR)
 

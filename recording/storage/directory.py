@@ -1,27 +1,41 @@
-"""The apiKey hash and the users, held in memory and refreshed, so that a session's checks cost
-no database round trip. A login not in memory is looked up in the database before it is called
-unknown, so a user added a moment ago is found at once."""
+"""The apiKey hash, the users and the extension attachments, held in memory and refreshed, so
+that a session's checks cost no database round trip. A login not in memory is looked up in the
+database before it is called unknown, so a user added a moment ago is found at once.
+
+Each refresh also writes the directory to a snapshot file (:mod:`.snapshot`), and a service
+that starts while the database cannot be reached serves from that file until it answers.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from concurrent.futures import Executor
+from dataclasses import replace
 
 from .. import apikey
 from ..domain import DirectorySnapshot, UserRef
 from ..errors import StorageUnavailable, WrongKey
-from .store import Store
+from . import snapshot as snapshots
+from .store import Store, redact_url
 
 log = logging.getLogger("recording.directory")
 
 
 class Directory:
-    def __init__(self, store: Store, *, refresh: float, executor: Executor | None = None):
+    """``keep_in``: the folder the snapshot file is written to on each read (None: none)."""
+
+    def __init__(self, store: Store, *, refresh: float, executor: Executor | None = None,
+                 keep_in: str | os.PathLike | None = None):
         self._store = store
         self.refresh = refresh
         self._executor = executor
+        self._keep_in = keep_in
+        self._keep_failed = False
         self._snapshot = DirectorySnapshot(None, {})
+        # The snapshot file served from, while the database has not answered since the start.
+        self.served_from: snapshots.Snapshot | None = None
         self._keys = apikey.KeyCache()
         self._checking: dict[tuple[bytes, str], asyncio.Future] = {}
         self.key_checks = 0  # scrypt runs, for tests and metrics
@@ -35,12 +49,37 @@ class Directory:
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
     async def load(self) -> None:
-        """Reads the directory now; raises StorageUnavailable."""
-        self._snapshot = await self._call(self._store.directory)
+        """Reads the directory now and keeps it in the snapshot file; raises StorageUnavailable."""
+        fresh = await self._call(self._store.directory)
+        self._snapshot = fresh
+        self.served_from = None
+        if self._keep_in is not None:
+            await self._call(self._keep, fresh)
+
+    def _keep(self, fresh: DirectorySnapshot) -> None:
+        try:
+            snapshots.save(self._keep_in, fresh, redact_url(self._store.url))
+        except OSError as exc:
+            if not self._keep_failed:
+                log.warning("directory snapshot not written to %s (a start without the database would "
+                            "have none to serve from): %s", self._keep_in, exc)
+            self._keep_failed = True
+        else:
+            if self._keep_failed:
+                log.info("directory snapshot written to %s again", self._keep_in)
+            self._keep_failed = False
+
+    def serve_from(self, snapshot: snapshots.Snapshot) -> None:
+        """Serves from a snapshot file until :meth:`start` reads the database: keys are
+        checked against its hash, and a login it does not hold cannot be looked up."""
+        self._snapshot = snapshot.directory
+        self.served_from = snapshot
 
     async def start(self) -> None:
+        """Reads the directory (raises StorageUnavailable) and refreshes it from then on."""
         await self.load()
-        self._task = asyncio.create_task(self._refresher(), name="directory-refresh")
+        if self._task is None:
+            self._task = asyncio.create_task(self._refresher(), name="directory-refresh")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -67,6 +106,9 @@ class Directory:
         stored = self._snapshot.api_key_hash
         if stored is not None and await self._verify(presented, stored):
             return
+        if self.served_from is not None:
+            # The database has not answered since the start: no fresher hash to ask for.
+            raise WrongKey("the apiKey is not valid")
         try:
             fresh = await self._call(self._store.api_key_hash)
         except StorageUnavailable:
@@ -77,7 +119,7 @@ class Directory:
         if fresh is None:
             raise WrongKey("no apiKey is configured on the service (recording-agi apikey generate)")
         if fresh != stored:
-            self._snapshot = DirectorySnapshot(fresh, self._snapshot.users)
+            self._snapshot = replace(self._snapshot, api_key_hash=fresh)
             if await self._verify(presented, fresh):
                 return
         raise WrongKey("the apiKey is not valid")
@@ -101,8 +143,16 @@ class Directory:
         return verdict
 
     async def user(self, login: str) -> UserRef | None:
-        """The user with that login (any case), or None if there is none."""
+        """The user with that login (any case), or None if there is none. Raises
+        StorageUnavailable when the login is not in memory and the database cannot say."""
         found = self._snapshot.user(login)
         if found is None:
+            if self.served_from is not None:
+                raise StorageUnavailable(f"{login!r} is not in the directory snapshot of {self.served_from.when} "
+                                         "and the database has not answered since the start")
             found = await self._call(self._store.find_user, login)
         return found
+
+    def attached(self, extension: str) -> int | None:
+        """The id of the user attached to ``extension`` as last read (None: nobody)."""
+        return self._snapshot.attached(extension)

@@ -79,6 +79,7 @@ class Persister:
         self._database_away = False
         self._appending = 0
         self._wake: asyncio.Event | None = None
+        self._ready: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         # The database writes waiting for their commit, with their deadlines, oldest first.
         self._in_flight: deque[tuple[float, asyncio.Future]] = deque()
@@ -96,13 +97,18 @@ class Persister:
         still holds writes that must reach the database first)."""
         return self._journaling
 
-    async def start(self) -> None:
+    async def start(self, *, hold: bool = False) -> None:
+        """Opens the journal and starts the writers. ``hold``: no replay until :meth:`release`
+        (the database's schema must be checked first)."""
         self.journal.open()
         self._commits.start()
         if self._loop_writer is not None:
             await self._loop_writer.start()
         self._appends.start()
         self._wake = asyncio.Event()
+        self._ready = asyncio.Event()
+        if not hold:
+            self._ready.set()
         pending = await self._run(self.journal.pending)
         self.backlog = pending
         if pending:
@@ -112,6 +118,17 @@ class Persister:
             self._wake.set()
         self._task = asyncio.create_task(self._replayer(), name="journal-replay")
         self._budget_task = asyncio.create_task(self._keep_budget(), name="database-budget")
+
+    def assume_away(self) -> None:
+        """The database could not be reached at the start: every write goes to the journal
+        until it answers, :meth:`release` is called and the replay has emptied the journal."""
+        self._database_away = True
+        self._journaling = True
+
+    def release(self) -> None:
+        """Lets the replay begin: the database answers and its schema is current."""
+        self._ready.set()
+        self._wake.set()
 
     async def stop(self) -> None:
         """Ends replay, commits what is queued, and closes the journal with everything in it
@@ -199,6 +216,7 @@ class Persister:
         delay = RETRY_MIN
         while True:
             await self._wake.wait()
+            await self._ready.wait()
             self._wake.clear()
             while self._journaling:
                 try:

@@ -165,7 +165,8 @@ class Store:
         later), or it refused this write (refused: trying again will not help)."""
         away = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
         if isinstance(exc, away) or getattr(exc, "connection_invalidated", False):
-            return StorageUnavailable(f"database {redact_url(self.url)} unavailable: {first_line(exc)}")
+            return StorageUnavailable(f"database {redact_url(self.url)} unavailable: {first_line(exc)}",
+                                      outage=_is_outage(exc))
         return StorageRefused(f"the database refused the write: {first_line(exc)}")
 
     # -- schema -------------------------------------------------------------------------
@@ -189,10 +190,10 @@ class Store:
             raise self._failure(exc) from exc
 
     def head_revision(self) -> str:
+        """The newest migration this version knows (from the scripts: no database needed)."""
         from alembic.script import ScriptDirectory
 
-        with self.engine.connect() as conn:
-            return ScriptDirectory.from_config(self._alembic(conn)).get_current_head()
+        return ScriptDirectory.from_config(self._alembic(None)).get_current_head()
 
     def upgrade(self, revision: str = "head") -> None:
         """Applies the migrations up to ``revision``: the only way the schema is made."""
@@ -265,7 +266,8 @@ class Store:
             return self._user_by_login(conn, login)
 
     def directory(self) -> DirectorySnapshot:
-        """The apiKey hash and every user with its groups, in one read."""
+        """The apiKey hash, every user with its groups, and the extension attachments, in one
+        read."""
         with self._read() as conn:
             key = conn.scalar(select(SystemVariable.value).where(SystemVariable.name == API_KEY_VARIABLE))
             groups: dict[int, set[str]] = {}
@@ -277,7 +279,10 @@ class Store:
                 login.casefold(): UserRef(user_id, login, frozenset(groups.get(user_id, ())))
                 for user_id, login in conn.execute(select(User.id, User.login))
             }
-        return DirectorySnapshot(key, users)
+            attachments = dict(
+                conn.execute(select(ExtensionAttachment.extension, ExtensionAttachment.user_id)).all()
+            )
+        return DirectorySnapshot(key, users, attachments)
 
     def _user_by_login(self, conn: Connection, login: str) -> UserRef | None:
         user_id = conn.scalar(select(User.id).where(func.lower(User.login) == login.strip().lower()))
@@ -623,6 +628,26 @@ def _result(status: str, row) -> CommitResult:
         status, row["unique_id"], leg_id=row["id"], leg=row["leg"], file=row["file"],
         ownership=row["ownership"], owner_id=row["owner_id"],
     )
+
+
+# What a PostgreSQL server says when it turns a connection away for now rather than for good:
+# it is starting, stopping, recovering, or full.
+_PASSING_REFUSALS = (
+    "starting up", "shutting down", "in recovery mode", "not yet accepting connections",
+    "too many clients", "remaining connection slots", "administrator command",
+)
+
+
+def _is_outage(exc: Exception) -> bool:
+    """False when the server answered the connection with a FATAL error of its own (a wrong
+    password, an unknown database or role): those do not pass by waiting.
+
+    NOTE: psycopg gives no SQLSTATE for a failed connection, only the server's text; a server
+    whose messages are translated (lc_messages) makes every refusal count as an outage, the
+    side that keeps recording.
+    """
+    text = str(getattr(exc, "orig", exc))
+    return "FATAL:" not in text or any(reason in text for reason in _PASSING_REFUSALS)
 
 
 def first_line(exc: BaseException) -> str:
