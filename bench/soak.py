@@ -7,7 +7,15 @@ port), our server on it through its CLI, then plays Asterisk (bench/loadgen.py's
 prints: sessions, statuses, how many were deferred, the journal's peak, and the rows expected
 and found (each session's tag must be in the database exactly once).
 
+``--restart-at S`` also SIGKILLs the server S seconds into the run and starts it again at once
+(a crash or a deploy; inside the outage, the new process starts without the database, from the
+directory snapshot the first one wrote). It then prints how many sessions the kill cut and the
+restart refused, the seconds from the restart to the first STARTED, and checks that the legs
+in the database are exactly the sessions told STARTED (plus those of sessions the kill cut
+after their leg was journaled, counted apart).
+
     .venv/bin/python bench/soak.py --rate 50 --duration 30 --outage 8:18
+    .venv/bin/python bench/soak.py --rate 50 --duration 40 --outage 8:33 --restart-at 15
 
 Bounded: the run, the wait for replay (--settle) and every process are capped; everything it
 started is stopped and removed at the end, also on error or Ctrl-C.
@@ -65,7 +73,43 @@ def journal_entries(directory: Path) -> int:
     return total
 
 
+class ServerProcess:
+    """`recording-agi serve` on ``port``, in a process group of its own, its log appended to
+    ``log_path`` (across restarts)."""
+
+    def __init__(self, cli: str, port: int, env: dict, cwd: Path, log_path: Path):
+        self.command = [cli, "serve", "--listen", f"127.0.0.1:{port}"]
+        self.port, self.env, self.cwd, self.log_path = port, env, cwd, log_path
+        self.process: subprocess.Popen | None = None
+
+    def launch(self) -> None:
+        with open(self.log_path, "a") as log:
+            self.process = subprocess.Popen(self.command, env=self.env, cwd=self.cwd, stdout=subprocess.DEVNULL,
+                                            stderr=log, start_new_session=True)
+
+    def wait_listening(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not listening(self.port):
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"the server did not start (exit {self.process.poll()}):\n" +
+                                   self.log_path.read_text())
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
 async def one_session(port: int, key: str, seq: int, epoch: int) -> dict:
+    began = time.monotonic()
     uniqueid = f"{epoch}.{seq}"
     name = f"PJSIP/410-{seq:08x}"
     channel = Channel(uniqueid, name)
@@ -79,25 +123,39 @@ async def one_session(port: int, key: str, seq: int, epoch: int) -> dict:
                 lambda: AsteriskProtocol(env, channel, 0.0, done), "127.0.0.1", port)
             await done
     except (OSError, TimeoutError) as exc:
-        return {"seq": seq, "status": f"failed: {type(exc).__name__}"}
+        return {"seq": seq, "status": f"failed: {type(exc).__name__}", "began": began, "ended": time.monotonic()}
     return {
         "seq": seq,
         "status": channel.variables.get("RECORDING_STATUS") or "none",
         "deferred": channel.variables.get("RECORDING_DEFERRED") == "1",
         "leg": channel.variables.get("RECORDING_ID", ""),
+        "began": began,
+        "ended": time.monotonic(),
     }
 
 
-async def drive(args, port: int, key: str, cluster: ThrowawayPostgres, journal: Path) -> tuple[list, int, list]:
+async def drive(args, server: ServerProcess, key: str, cluster: ThrowawayPostgres,
+                journal: Path) -> tuple[list, int, list, tuple[float, float] | None]:
+    """The sessions' results, the journal's peak, what happened when, and the moments
+    (monotonic) the server was killed and started again (None without --restart-at)."""
+    port = server.port
     start, end = (float(x) for x in args.outage.split(":"))
     epoch = int(time.time())
     tasks, events = [], []
     peak = 0
     began = time.monotonic()
     stopped = restarted = False
+    restart: tuple[float, float] | None = None
     seq = 0
     loop = asyncio.get_running_loop()
     while (elapsed := time.monotonic() - began) < args.duration:
+        if args.restart_at is not None and restart is None and elapsed >= args.restart_at:
+            killed = time.monotonic()
+            server.kill()
+            events.append(f"{killed - began:6.2f}s server killed (SIGKILL)")
+            server.launch()
+            restart = (killed, time.monotonic())
+            events.append(f"{restart[1] - began:6.2f}s server started again")
         if not stopped and elapsed >= start:
             await loop.run_in_executor(None, cluster.stop, "immediate")
             stopped = True
@@ -115,15 +173,27 @@ async def drive(args, port: int, key: str, cluster: ThrowawayPostgres, journal: 
         await loop.run_in_executor(None, cluster.start)
         events.append(f"{time.monotonic() - began:6.2f}s database started (after the last session)")
     results = await asyncio.gather(*tasks)
-    return results, peak, events
+    return results, peak, events, restart
 
 
-def count_rows(url: str) -> dict[str, int]:
+def leg_rows(url: str) -> list[tuple[str, str]]:
+    """(leg id, tag) of every leg the soak made."""
     import psycopg
 
     with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), connect_timeout=5) as conn:
-        rows = conn.execute("SELECT tag, count(*) FROM recording_legs WHERE tag LIKE 'soak-%' GROUP BY tag").fetchall()
-    return dict(rows)
+        return conn.execute("SELECT id, tag FROM recording_legs WHERE tag LIKE 'soak-%'").fetchall()
+
+
+def restart_figures(results: list[dict], relaunched: float, killed_sessions: set[int]) -> list[str]:
+    """What the restart did to the sessions: cut, refused, and the wait for the first STARTED."""
+    after = [r for r in results if r["began"] >= relaunched]
+    first = min((r["ended"] for r in after if r["status"] == "STARTED"), default=None)
+    refused = sum(1 for r in results if r["status"].startswith("failed: ConnectionRefused"))
+    return [
+        f"cut by the kill    {len(killed_sessions)} sessions in flight got no status",
+        f"refused            {refused} sessions (connection refused while the new process started)",
+        "first STARTED      " + (f"{first - relaunched:.2f}s after the restart" if first else "never"),
+    ]
 
 
 def main(argv=None) -> int:
@@ -132,9 +202,13 @@ def main(argv=None) -> int:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of sessions (default 30)")
     parser.add_argument("--outage", default="8:18", help="database stopped from START to END seconds (default 8:18)")
     parser.add_argument("--settle", type=float, default=60.0, help="seconds to wait for the replay (default 60)")
+    parser.add_argument("--restart-at", type=float, metavar="S",
+                        help="SIGKILL the server S seconds into the run and start it again at once")
     args = parser.parse_args(argv)
     if args.duration > 600 or args.rate * args.duration > 100_000:
         parser.error("keep it bounded: at most 600 s and 100,000 sessions")
+    if args.restart_at is not None and not 0 < args.restart_at < args.duration:
+        parser.error("--restart-at must fall within the run (0 < S < --duration)")
 
     tmp = Path(tempfile.mkdtemp(prefix="recsoak-"))
     cluster = ThrowawayPostgres()
@@ -150,28 +224,37 @@ def main(argv=None) -> int:
         for step in (["db", "upgrade"], ["apikey", "set", key]):
             subprocess.run([cli, *step], env=env, check=True, capture_output=True, timeout=60)
         log_path = tmp / "server.log"
-        server = subprocess.Popen([cli, "serve", "--listen", f"127.0.0.1:{port}"], env=env, cwd=tmp,
-                                  stdout=subprocess.DEVNULL, stderr=open(log_path, "w"), start_new_session=True)
-        deadline = time.monotonic() + 30
-        while not listening(port):
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError(f"the server did not start (exit {server.poll()}):\n" + log_path.read_text())
-            time.sleep(0.1)
+        server = ServerProcess(cli, port, env, tmp, log_path)
+        server.launch()
+        server.wait_listening()
         started = time.monotonic()
-        results, peak, events = asyncio.run(drive(args, port, key, cluster, journal))
+        results, peak, events, restart = asyncio.run(drive(args, server, key, cluster, journal))
         statuses = collections.Counter(r["status"] for r in results)
         deferred = sum(1 for r in results if r.get("deferred"))
         settle_deadline = time.monotonic() + args.settle
         while journal_entries(journal) and time.monotonic() < settle_deadline:
             time.sleep(0.2)
         replay_s = time.monotonic() - started - args.duration
-        rows = count_rows(cluster.url)
-        expected = {f"soak-{r['seq']}" for r in results if r["status"] == "STARTED"}
-        found = {tag for tag, n in rows.items()}
+        legs = leg_rows(cluster.url)
+        rows = collections.Counter(tag for _, tag in legs)
+        told = {r["leg"]: f"soak-{r['seq']}" for r in results if r["status"] == "STARTED"}
+        expected = set(told.values())
+        found = set(rows)
         twice = sorted(tag for tag, n in rows.items() if n > 1)
         missing = sorted(expected - found, key=lambda t: int(t.split("-")[1]))
+        wrong_id = sorted(leg for leg in told if leg not in {leg_id for leg_id, _ in legs})
+        # Sessions in flight when the server was killed: no status, though their leg may have
+        # been journaled (then fsynced, and so replayed) before the kill.
+        killed = set()
+        if restart is not None:
+            killed = {r["seq"] for r in results
+                      if r["began"] < restart[0] <= r["ended"] and r["status"] != "STARTED"}
+        untold = sorted(found - expected, key=lambda t: int(t.split("-")[1]))
+        unexplained = [tag for tag in untold if int(tag.split("-")[1]) not in killed]
         print(f"# soak {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: rate {args.rate:g}/s for "
-              f"{args.duration:g}s, database stopped {args.outage}s, {os.cpu_count()} cpus")
+              f"{args.duration:g}s, database stopped {args.outage}s"
+              f"{f', server SIGKILLed and restarted at {args.restart_at:g}s' if restart else ''}, "
+              f"{os.cpu_count()} cpus")
         for event in events:
             print(f"  {event}")
         print(f"sessions          {len(results)}")
@@ -179,23 +262,29 @@ def main(argv=None) -> int:
         print(f"deferred          {deferred} (RECORDING_DEFERRED=1: written to the journal first)")
         print(f"journal peak      {peak} entries")
         print(f"journal left      {journal_entries(journal)} entries, {replay_s:.1f}s after the last session")
-        print(f"rows expected     {len(expected)}")
+        print(f"rows expected     {len(expected)} (sessions told STARTED)")
         print(f"rows found        {sum(rows.values())} ({len(found)} tags)")
         print(f"tags twice        {len(twice)} {twice[:5]}")
         print(f"tags missing      {len(missing)} {missing[:5]}")
+        print(f"ids not found     {len(wrong_id)} (a STARTED session's RECORDING_ID that is no leg)")
+        if restart is not None:
+            for line in restart_figures(results, restart[1], killed):
+                print(line)
+            print(f"legs not told     {len(untold)} (sessions cut by the kill after their leg was journaled: "
+                  f"{len(untold) - len(unexplained)}; others: {len(unexplained)} {unexplained[:5]})")
         warnings = [line for line in log_path.read_text().splitlines() if re.search(r" (WARNING|ERROR) ", line)]
         print(f"server log        {len(warnings)} warning/error lines:")
         for line in warnings[:10]:
             print(f"  {line}")
-        ok = statuses.get("STARTED", 0) == len(results) and not missing and not twice
+        lost = [r for r in results if r["status"] != "STARTED"]
+        if restart is not None:
+            # Only the restart may cost sessions: those it cut, and those refused meanwhile.
+            lost = [r for r in lost if r["seq"] not in killed and not r["status"].startswith("failed: ConnectionRefused")]
+        ok = not lost and not missing and not twice and not wrong_id and not unexplained
         return 0 if ok else 1
     finally:
-        if server is not None and server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
+        if server is not None:
+            server.stop()
         cluster.destroy()
         subprocess.run(["rm", "-rf", str(tmp)], check=False)
 

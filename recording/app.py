@@ -172,7 +172,7 @@ class Application:
             except StorageUnavailable as exc:
                 if not exc.outage:
                     raise
-                self._start_without_database(exc)
+                await self._start_without_database(exc)
         except BaseException:
             await self.persister.stop()
             raise
@@ -209,12 +209,14 @@ class Application:
                 self.service.remember(leg.unique_id, leg.leg, ActiveLeg.of(leg))
         self.persister.release()
 
-    def _start_without_database(self, unreachable: StorageUnavailable) -> None:
+    async def _start_without_database(self, unreachable: StorageUnavailable) -> None:
         snapshot = snapshots.require(self.settings.journal_dir, redact_url(self.store.url), unreachable)
         self.directory.serve_from(snapshot)
         self.persister.assume_away()
+        recalled = self.service.recall(await self._run(self._journaled))
         log.warning("started without the database (%s): serving from the directory snapshot of %s in %s, "
-                    "journaling every write until it answers", unreachable, snapshot.when, snapshot.path.parent)
+                    "journaling every write until it answers%s", unreachable, snapshot.when, snapshot.path.parent,
+                    f"; {recalled} legs the journal leaves recording are known" if recalled else "")
         age = snapshot.age()
         if age > self.settings.snapshot_max_age:
             log.warning("the directory snapshot of %s is %.1f days old, older than RECORDING_SNAPSHOT_MAX_AGE "
@@ -222,6 +224,17 @@ class Application:
                         "since are not known until the database answers", snapshot.when, age / 86400,
                         self.settings.snapshot_max_age)
         self._connector = asyncio.create_task(self._reconnect(), name="database-connect")
+
+    def _journaled(self) -> list:
+        """The writes waiting in the journal, oldest first (none that cannot be read: the
+        replay will say why)."""
+        writes = []
+        for segment in self.journal.seal():
+            try:
+                writes += self.journal.read(segment)
+            except (OSError, StorageUnavailable) as exc:
+                log.warning("journal file %s not read for the legs it leaves recording: %s", segment.name, exc)
+        return writes
 
     async def _reconnect(self) -> None:
         """Tries the database until it answers; a schema that is not current then stops the

@@ -19,6 +19,7 @@ from agi.protocol import is_clean_text
 from .ops.config import Settings, render_file
 from .storage.directory import Directory
 from .domain import (
+    ACTIVE_STATES,
     Channel,
     CommitResult,
     LegChange,
@@ -184,6 +185,47 @@ class RecordingService:
     def active(self, unique_id: str) -> ActiveLeg | None:
         return self._active.get(unique_id)
 
+    def _owner(self, agent: UserRef | None, agent_login: str | None, extension: str) -> int | None:
+        """The owner the store will give a leg written later (README, "Ownership"), from the
+        directory in memory: an agent, else whoever is attached to the extension."""
+        if agent is not None:
+            return agent.id
+        return None if agent_login else self.directory.attached(extension)
+
+    def recall(self, writes: list[NewLeg | TagUpdate | LegChange]) -> int:
+        """Remembers the legs that journaled writes (of an earlier process, oldest first) leave
+        active, so that their stop, pause or hangup works before the database answers. Returns
+        how many legs that is."""
+        active: dict[str, ActiveLeg] = {}
+        for write in writes:
+            if isinstance(write, NewLeg):
+                self.remember(write.unique_id, write.leg, None)
+                if write.state in ACTIVE_STATES:
+                    active[write.unique_id] = ActiveLeg(
+                        write.id, write.leg, write.file, write.tag, write.channel, write.mixmonitor_id,
+                        self._owner(write.agent, write.agent_login, write.extension), write.state,
+                    )
+                else:
+                    active.pop(write.unique_id, None)
+                continue
+            leg = active.get(write.unique_id)
+            if leg is None:
+                continue
+            if isinstance(write, TagUpdate):
+                active[write.unique_id] = replace(leg, tag=write.tag)
+            elif write.leg_id != leg.leg_id:
+                continue
+            elif write.action == "end":
+                del active[write.unique_id]
+            elif write.action == "pause":
+                active[write.unique_id] = replace(leg, state="paused", pause_method=write.method)
+            elif write.action == "resume":
+                active[write.unique_id] = replace(leg, state="recording", pause_method=None,
+                                                  mixmonitor_id=write.mixmonitor_id or leg.mixmonitor_id)
+        for unique_id, leg in active.items():
+            self.remember(unique_id, leg.leg, leg)
+        return len(active)
+
     def _call(self, unique_id: str) -> "_CallTurn":
         """One operation at a time per call: a stop racing a start or a pause waits for it."""
         return _CallTurn(self._locks, unique_id)
@@ -310,10 +352,9 @@ class RecordingService:
         if mixmonitor.hung_up:
             deferred = await self._settle(None, leg, "ended", by="hangup") or deferred
         if result is None:
-            # Deferred: the owner as the store will give it at replay (README, "Ownership"), from
-            # the directory in memory, so that the owner may stop, pause and resume meanwhile.
-            owner = leg.agent.id if leg.agent else None if leg.agent_login else self.directory.attached(leg.extension)
-            number, owner_id = leg.leg, owner
+            # Deferred: the owner as the store will give it at replay, so that the owner may
+            # stop, pause and resume meanwhile.
+            number, owner_id = leg.leg, self._owner(leg.agent, leg.agent_login, leg.extension)
         else:
             number, owner_id = result.leg, result.owner_id
         active = ActiveLeg(leg.id, number, leg.file, leg.tag, leg.channel, mixmonitor.mixmonitor_id, owner_id)

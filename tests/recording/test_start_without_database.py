@@ -233,3 +233,42 @@ def test_workers_start_from_their_snapshots_while_the_database_is_away(cluster, 
     assert log.count("the workers start from the directory snapshot of") == 1
     assert log.count("started without the database") == 2
     assert not list(journal.rglob("journal-*.jsonl"))
+
+
+def test_calls_journaled_before_a_sigkill_can_be_ended_after_the_restart(cluster, tmp_path):
+    """The process killed during the outage journaled a start and a pause; the one started in
+    its place (still without the database) knows those legs from the journal."""
+    journal = tmp_path / "journal"
+    env = {"RECORDING_JOURNAL_DIR": str(journal), "RECORDING_DATABASE_BUDGET": "0.25"}
+    first = Serve(cluster.url, tmp_path, extra_env=env)
+    asterisk = FakeAsterisk(first.port)
+    cluster.stop("immediate")
+    hung_up = start(asterisk, "hung-up", extension="410")
+    paused = start(asterisk, "paused", extension="410")
+    pause = asterisk.call(f"recording/pause?apiKey={API_KEY}", uniqueid=paused.uniqueid, channel=paused.channel)
+    first.process.kill()
+    first.process.communicate(timeout=30)
+
+    second = Serve(cluster.url, tmp_path, extra_env=env)
+    asterisk.port = second.port
+    try:
+        hangup = asterisk.call(f"recording/hangup?apiKey={API_KEY}", uniqueid=hung_up.uniqueid,
+                               channel=hung_up.channel)
+        # fred is attached to 410 (in the snapshot), so the legs are his to resume.
+        resume = asterisk.call(f"recording/resume?apiKey={API_KEY}&agentLoginName=fred", uniqueid=paused.uniqueid,
+                               channel=paused.channel)
+        cluster.start()
+        found = wait_until(lambda: len(legs := legs_by_unique_id(cluster.url)) == 2 and legs, 30, "replayed")
+        wait_until(lambda: not list(journal.glob("journal-*.jsonl")), 30, "the journal emptied")
+    finally:
+        code, _, log = second.stop()
+
+    assert [c.status for c in (hung_up, paused, pause)] == ["STARTED", "STARTED", "PAUSED"]
+    assert (hangup.status, resume.status) == ("ENDED", "RESUMED"), (hangup.error, resume.error)
+    assert code == 0, log
+    assert "2 legs the journal leaves recording are known" in log
+    (ended,) = found[hung_up.uniqueid]
+    (resumed,) = found[paused.uniqueid]
+    assert (ended.state, ended.ended_by) == ("ended", "hangup")
+    assert resumed.state == "recording" and len(resumed.pauses) == 1 and resumed.pauses[0].resumed_at is not None
+    assert resumed.mixmonitor_id == resume.variables["RECORDING_MIXMONITOR_ID"]
