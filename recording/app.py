@@ -240,16 +240,16 @@ class Application:
         """Tries the database until it answers; a schema that is not current then stops the
         service (the journal keeps every write, and nothing is replayed into it)."""
         delay = CONNECT_RETRY_MIN
-        refusal = None
+        refusal_logged = False
         while True:
             await asyncio.sleep(delay)
+            delay = min(delay * 2, CONNECT_RETRY_MAX)
             try:
                 await self._connect()
             except StorageUnavailable as exc:
-                if not exc.outage and refusal is None:
+                if not exc.outage and not refusal_logged:
                     log.error("the database answers but turns the connection away (%s): still journaling", exc)
-                refusal = refusal if exc.outage else exc
-                delay = min(delay * 2, CONNECT_RETRY_MAX)
+                    refusal_logged = True
                 continue
             except ConfigError as exc:
                 log.error("stopping: %s (every write of this run is in the journal in %s, replayed at the next "
@@ -257,6 +257,11 @@ class Application:
                 self.fatal = exc
                 self.halt.set()
                 return
+            except Exception:
+                # Not a known way for the database to fail: said, and tried again all the same,
+                # since giving up would leave the service journaling for ever.
+                log.exception("unexpected failure reaching the database; trying again")
+                continue
             log.info("the database answers and its schema is current: replaying the journal")
             return
 
