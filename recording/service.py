@@ -213,7 +213,7 @@ class RecordingService:
                 continue
             if isinstance(write, TagUpdate):
                 active[write.unique_id] = replace(leg, tag=write.tag)
-            elif write.leg_id != leg.leg_id:
+            elif not isinstance(write, LegChange) or write.leg_id != leg.leg_id:
                 continue
             elif write.action == "end":
                 del active[write.unique_id]
