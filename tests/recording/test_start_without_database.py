@@ -271,4 +271,4 @@ def test_calls_journaled_before_a_sigkill_can_be_ended_after_the_restart(cluster
     (resumed,) = found[paused.uniqueid]
     assert (ended.state, ended.ended_by) == ("ended", "hangup")
     assert resumed.state == "recording" and len(resumed.pauses) == 1 and resumed.pauses[0].resumed_at is not None
-    assert resumed.mixmonitor_id == resume.variables["RECORDING_MIXMONITOR_ID"]
+    assert resumed.mixmonitor_id == resume.mixmonitors[0].id
