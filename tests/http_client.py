@@ -1,9 +1,11 @@
 """A plain HTTP client (the standard library's) for tests that call the recording API the way
-a CRM would."""
+a CRM would, and a raw one for the requests no well-behaved client sends."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -23,6 +25,7 @@ class Answer:
 
 class HTTPClient:
     def __init__(self, port: int, host: str = "127.0.0.1"):
+        self.host, self.port = host, port
         self.base = f"http://{host}:{port}"
 
     def request(self, method: str, path: str, *, query: dict | None = None, form: dict | None = None,
@@ -43,3 +46,12 @@ class HTTPClient:
 
     def get(self, path: str, **query) -> Answer:
         return self.request("GET", path, query=query)
+
+    def raw(self, request: bytes, timeout: float = 10) -> Answer:
+        """Sends ``request`` as it is (request line, headers and body) on a new connection and
+        reads the answer."""
+        with socket.create_connection((self.host, self.port), timeout=timeout) as sock:
+            sock.sendall(request)
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            return Answer(response.status, response.read().decode("utf-8", "replace"), dict(response.headers))

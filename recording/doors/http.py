@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..domain import StartRequest
 from ..errors import (
@@ -31,52 +32,85 @@ from ..errors import (
 from ..ops.gate import Gate
 from ..asterisk.manager import Manager
 from ..ops.metrics import ServiceMetrics
-from .openapi import spec
-from ..service import LegRequest, RecordingService, check_text
+from .arguments import FORM, MULTIPART, HTTPFailure, form_pairs, multipart_pairs, resolve, urlencoded_pairs
+from .openapi import KEY, MAX_BODY, OPERATIONS, Operation, spec
+from ..service import LegRequest, RecordingService
 from ..storage.store import Store
 
 log = logging.getLogger("recording.http")
 
-CALLS = "/servicemanager/rest/CallManagementAPI"
-RETRIEVAL = "/njadmin/rest/RecordingAPI"
-# The 1.0 authentication's fields: old integrations still send them; the apiKey replaced them.
-LEGACY = {"timestamp", "hash"}
 STATUS = [
     (Denied, 403), (NoSuchChannel, 404), (AmbiguousChannel, 409), (Invalid, 400),
     (AsteriskUnavailable, 503), (AsteriskFailure, 502), (StorageUnavailable, 503), (StorageRefused, 500),
 ]
-
-
-class HTTPFailure(Exception):
-    def __init__(self, status: int, message: str):
-        self.status = status
-        super().__init__(message)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def status_of(failure: RecordingFailure) -> int:
     return next((code for kind, code in STATUS if isinstance(failure, kind)), 500)
 
 
-async def arguments(request: web.Request, names: tuple[str, ...]) -> dict[str, str]:
-    """The named arguments from the query string and a form body, by name without regard to
-    case; an unknown name is a 400 (a typo must not silently change who owns a recording)."""
-    wanted = {name.lower(): name for name in names}
-    pairs = list(request.query.items())
-    if request.method == "POST" and request.content_type in (
-        "application/x-www-form-urlencoded", "multipart/form-data"
-    ):
-        pairs += [(k, v) for k, v in (await request.post()).items() if isinstance(v, str)]
-    found: dict[str, str] = {}
-    for key, value in pairs:
-        name = wanted.get(key.lower())
-        if name is None:
-            if key.lower() in LEGACY:
-                continue
-            raise HTTPFailure(400, f"unknown argument {key[:40]!r} (expected {', '.join(names)})")
-        if name in found and found[name] != value:
-            raise HTTPFailure(400, f"{name} is given twice with different values")
-        found[name] = value
-    return found
+async def arguments(request: web.Request, operation: Operation) -> dict[str, str]:
+    """The operation's arguments from the query string and (where it takes one) a form body;
+    see arguments.resolve for what is refused."""
+    pairs = urlencoded_pairs(request.rel_url.raw_query_string, "the query string")
+    if operation.form:
+        pairs += await body_pairs(request)
+    return resolve(operation, pairs)
+
+
+async def body_pairs(request: web.Request) -> list[tuple[str, str]]:
+    """The fields of a form body of at most MAX_BODY bytes; no body, no fields."""
+    too_large = HTTPFailure(413, f"the body is larger than {MAX_BODY} bytes (the arguments fit in far less)",
+                            close=True)
+    if (request.content_length or 0) > MAX_BODY:
+        raise too_large
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large from None
+    except web.RequestPayloadError as exc:
+        # NOTE: aiohttp undoes a Content-Encoding (gzip, deflate, br) while it reads; a body
+        # that does not decode, or a chunk that breaks off, fails here.
+        raise HTTPFailure(400, f"the body could not be read: {reason_of(exc)}", close=True) from None
+    if not raw:
+        return []
+    if request.content_type == FORM:
+        return form_pairs(raw, request.charset)
+    if request.content_type == MULTIPART:
+        return multipart_pairs(raw, request.headers.get("Content-Type", ""))
+    raise HTTPFailure(415, f"a body must be {FORM} or {MULTIPART}, not {request.content_type[:60]!r}")
+
+
+def reason_of(exc: BaseException) -> str:
+    """The first clause of aiohttp's message for a request it could not read, without the
+    bytes it quotes (they may hold the apiKey)."""
+    cause = exc
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    message = str(getattr(cause, "message", "") or cause) or type(cause).__name__
+    return message.split(":", 1)[0].strip()[:80] or type(cause).__name__
+
+
+class ServerLog(logging.LoggerAdapter):
+    """aiohttp's own log ("aiohttp.server"), given to it for the API's listeners. A request it
+    could not parse (a line over 8190 bytes, a malformed chunk, bytes that are not HTTP) is the
+    client's error, answered 400 by aiohttp before it reaches the API: one line at INFO without
+    the traceback. A body that broke off or did not decode has had its answer and its line from
+    the API; aiohttp meets the same error again while it drains the connection, and says so at
+    DEBUG only. Anything else is logged as aiohttp logs it."""
+
+    def __init__(self):
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+
+    def log(self, level, msg, *args, exc_info=None, **kwargs):
+        if isinstance(exc_info, HttpProcessingError):
+            self.logger.info("HTTP request from %s refused with %d before it was read: %s",
+                             args[0] if args else "?", exc_info.code, reason_of(exc_info))
+        elif isinstance(exc_info, web.RequestPayloadError):
+            self.logger.debug("the rest of a body that could not be read was dropped: %s", reason_of(exc_info))
+        else:
+            self.logger.log(level, msg, *args, exc_info=exc_info, **kwargs)
 
 
 def answer(outcome, channel) -> web.Response:
@@ -103,55 +137,74 @@ class RecordingAPI:
         self.metrics = metrics
         self.health = health
 
-    ROUTES = (
-        ("POST", f"{CALLS}/start", "start"),
-        ("POST", f"{CALLS}/stop", "stop"),
-        ("POST", f"{CALLS}/pause", "pause"),
-        ("POST", f"{CALLS}/resume", "resume"),
-        ("GET", f"{RETRIEVAL}/retrieveMetaData", "by_tag"),
-        ("GET", f"{RETRIEVAL}/retrieveMetaDataByUniqueId", "by_unique_id"),
+    # Served beside the described operations: the description itself and the probes.
+    SERVICE_ROUTES = (
         ("GET", "/openapi.json", "openapi"),
         ("GET", "/metrics", "scrape"),
         ("GET", "/healthz", "healthz"),
     )
+    # Every route, as (method, path, handler name).
+    ROUTES = tuple((op.method, op.path, op.handler) for op in OPERATIONS) + SERVICE_ROUTES
 
-    def routes(self) -> list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]]:
-        return [(method, path, getattr(self, name)) for method, path, name in self.ROUTES]
+    def routes(self) -> list[tuple[str, str, Handler]]:
+        return [(op.method, op.path, self._described(op)) for op in OPERATIONS] + [
+            (method, path, getattr(self, name)) for method, path, name in self.SERVICE_ROUTES
+        ]
+
+    def _described(self, operation: Operation) -> Handler:
+        """The route of an operation: its arguments read as declared, then its handler."""
+        handler = getattr(self, operation.handler)
+
+        async def serve(request: web.Request) -> web.StreamResponse:
+            return await handler(request, await arguments(request, operation))
+
+        return serve
 
     def application(self) -> web.Application:
-        app = web.Application(middlewares=[self._errors], client_max_size=64 * 1024)
+        # NOTE: client_max_size bounds a body read in chunks (no Content-Length) as well.
+        app = web.Application(middlewares=[self._errors], client_max_size=MAX_BODY)
         for method, path, handler in self.routes():
             app.router.add_route(method, path, handler)
         return app
 
     @web.middleware
     async def _errors(self, request: web.Request, handler) -> web.StreamResponse:
+        """Every answer but a success is one sentence, and every request one log line (with the
+        sentence); only a failure of the service itself is logged with its traceback."""
         started = time.monotonic()
+        sentence = ""
         try:
             if self.gate is not None and not self.gate.admits(self.gate.http, request.remote, "HTTP"):
                 raise HTTPFailure(403, f"{request.remote} is not on this service's list of allowed clients")
             response = await handler(request)
         except HTTPFailure as exc:
-            response = plain(exc.status, str(exc))
-        except WrongKey as exc:
-            if self.gate is not None:
-                await self.gate.wrong_key(request.remote, "HTTP")
-            response = plain(status_of(exc), str(exc))
+            sentence = str(exc)
+            response = plain(exc.status, sentence)
+            if exc.close:
+                response.force_close()
         except RecordingFailure as exc:
-            response = plain(status_of(exc), str(exc))
+            if isinstance(exc, WrongKey) and self.gate is not None:
+                await self.gate.wrong_key(request.remote, "HTTP")
+            sentence = str(exc)
+            response = plain(status_of(exc), sentence)
         except web.HTTPMethodNotAllowed as exc:
             allowed = ", ".join(sorted(exc.allowed_methods))
-            response = plain(405, f"{request.method} is not allowed here; use {allowed}", Allow=allowed)
+            sentence = f"{request.method} is not allowed here; use {allowed}"
+            response = plain(405, sentence, Allow=allowed)
+        except web.HTTPNotFound:
+            sentence = "nothing is served at this path (the API is described at /openapi.json)"
+            response = plain(404, sentence)
         except web.HTTPException as exc:
-            response = plain(exc.status, exc.reason)
+            sentence = exc.reason
+            response = plain(exc.status, sentence)
         except Exception:
             log.exception("HTTP %s %s failed", request.method, request.path)
             response = plain(500, "internal error in the recording service (see its log)")
         if self.metrics is not None:
             self.metrics.record_http(request.path, response.status)
         log.info(
-            "HTTP %s %s from %s status=%d %.1fms", request.method, request.path, request.remote,
-            response.status, (time.monotonic() - started) * 1000,
+            "HTTP %s %s from %s status=%d %.1fms%s", request.method, request.path, request.remote,
+            response.status, (time.monotonic() - started) * 1000, f": {sentence}" if sentence else "",
         )
         return response
 
@@ -162,26 +215,25 @@ class RecordingAPI:
         if self.gate is not None:
             self.gate.right_key(request.remote)
 
-    async def _target(self, request: web.Request, names: tuple[str, ...]):
-        args = await arguments(request, names)
-        await self._authorize(request, args.get("apiKey"))
-        target = check_text("extenOrUniqueId", args.get("extenOrUniqueId"), 150)
+    async def _target(self, request: web.Request, args: dict[str, str]):
+        await self._authorize(request, args.get(KEY))
+        target = args.get("extenOrUniqueId")
         if not target:
             raise HTTPFailure(400, "extenOrUniqueId is required: an extension (410) or a unique call id")
         if self.manager is None:
             raise AsteriskUnavailable("the HTTP API needs Asterisk's manager interface: set RECORDING_AMI_URL")
-        return args, await self.manager.find(target)
+        return await self.manager.find(target)
 
-    async def start(self, request: web.Request) -> web.Response:
-        args, channel = await self._target(request, ("extenOrUniqueId", "agentLoginName", "tag", "apiKey"))
+    async def start(self, request: web.Request, args: dict[str, str]) -> web.Response:
+        channel = await self._target(request, args)
         outcome = await self.service.start(
             StartRequest(channel.unique_id, channel.name, args.get("agentLoginName"), args.get("tag"), "http"),
             channel,
         )
         return answer(outcome, channel)
 
-    async def _change(self, request: web.Request, operation) -> web.Response:
-        args, channel = await self._target(request, ("extenOrUniqueId", "agentLoginName", "apiKey"))
+    async def _change(self, request: web.Request, args: dict[str, str], operation) -> web.Response:
+        channel = await self._target(request, args)
         actor = args.get("agentLoginName") or None
         leg_request = LegRequest(channel.unique_id, channel.name, actor, actor or "http")
         outcome = await operation(leg_request, channel)
@@ -189,20 +241,19 @@ class RecordingAPI:
             return plain(409, f"this service is not recording {channel.name} ({channel.unique_id})")
         return answer(outcome, channel)
 
-    async def stop(self, request: web.Request) -> web.Response:
-        return await self._change(request, self.service.stop)
+    async def stop(self, request: web.Request, args: dict[str, str]) -> web.Response:
+        return await self._change(request, args, self.service.stop)
 
-    async def pause(self, request: web.Request) -> web.Response:
-        return await self._change(request, self.service.pause)
+    async def pause(self, request: web.Request, args: dict[str, str]) -> web.Response:
+        return await self._change(request, args, self.service.pause)
 
-    async def resume(self, request: web.Request) -> web.Response:
-        return await self._change(request, self.service.resume)
+    async def resume(self, request: web.Request, args: dict[str, str]) -> web.Response:
+        return await self._change(request, args, self.service.resume)
 
     # -- retrieval ------------------------------------------------------------------------
 
-    async def _retrieve(self, request: web.Request, key: str) -> web.Response:
-        args = await arguments(request, (key, "apiKey", "loginName"))
-        await self._authorize(request, args.get("apiKey"))
+    async def _retrieve(self, request: web.Request, args: dict[str, str], key: str) -> web.Response:
+        await self._authorize(request, args.get(KEY))
         value, login = args.get(key), args.get("loginName")
         if not value:
             raise HTTPFailure(400, f"{key} is required")
@@ -217,11 +268,11 @@ class RecordingAPI:
         now = datetime.now(timezone.utc)
         return web.json_response([vendor_fields(leg, now) for leg in legs if leg.visible_to(user)])
 
-    async def by_tag(self, request: web.Request) -> web.Response:
-        return await self._retrieve(request, "tag")
+    async def by_tag(self, request: web.Request, args: dict[str, str]) -> web.Response:
+        return await self._retrieve(request, args, "tag")
 
-    async def by_unique_id(self, request: web.Request) -> web.Response:
-        return await self._retrieve(request, "uniqueId")
+    async def by_unique_id(self, request: web.Request, args: dict[str, str]) -> web.Response:
+        return await self._retrieve(request, args, "uniqueId")
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.Response(text=json.dumps(spec(), indent=2), content_type="application/json")
@@ -291,7 +342,7 @@ async def start_site(
     app: web.Application, host: str, port: int, reuse_port: bool = False
 ) -> tuple[web.AppRunner, int]:
     """Serves ``app`` on host:port (0 picks one); returns the runner and the bound port."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, logger=ServerLog())
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)
     await site.start()

@@ -1,92 +1,246 @@
-"""The OpenAPI description of the HTTP recording API, served at /openapi.json."""
+"""The HTTP recording API's operations, each declared once: its method and path, the arguments
+it reads, the answers it can give. The router and the argument reader in http.py take their
+routes, names and limits from OPERATIONS, and /openapi.json is made from it, so the description
+says what the server does. A new operation is one entry here and one handler method.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from .. import __version__
+from ..domain import LEG_STATES, OWNERSHIP_RULES
+from ..service import MAX_LOGIN, MAX_TAG
 
-_CALL_ARGS = {
-    "extenOrUniqueId": "an extension (410) or a unique call id (1795825765.3 or system-1795825765.3)",
-    "agentLoginName": "a user's login; for start, the owner of the leg; for the others, who must be allowed to",
-    "tag": "written to the call record as its External Reference (start only; up to 255 characters)",
-    "apiKey": "the service's apiKey",
+CALLS = "/servicemanager/rest/CallManagementAPI"
+RETRIEVAL = "/njadmin/rest/RecordingAPI"
+MAX_BODY = 64 * 1024
+MAX_TARGET = 150
+# The 1.0 authentication's fields: old integrations still send them; the apiKey replaced them.
+LEGACY = ("timeStamp", "hash")
+KEY = "apiKey"
+# What check_text() accepts: no C0 control character and no DEL (ECMA-262 syntax, for JSON Schema).
+CLEAN_TEXT = "^[^\\u0000-\\u001f\\u007f]*$"
+
+
+@dataclass(frozen=True)
+class Argument:
+    """One argument, read from the query string or (where the operation takes one) a form
+    body, by name without regard to case. The server refuses control characters and values
+    longer than ``max_length`` with a 400."""
+
+    name: str
+    description: str
+    max_length: int
+    required: bool = False
+    example: str | None = None
+
+    def schema(self) -> dict:
+        schema = {"type": "string", "maxLength": self.max_length, "pattern": CLEAN_TEXT,
+                  "description": self.description}
+        if self.required:
+            schema["minLength"] = 1
+        if self.example is not None:
+            schema["example"] = self.example
+        return schema
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One status an operation answers with: a JSON body when ``schema`` is given, else one
+    plain-text sentence (``media`` and ``headers`` for anything else)."""
+
+    description: str
+    schema: dict | None = None
+    media: str | None = None
+    headers: dict = field(default_factory=dict)
+
+    def describe(self) -> dict:
+        media = self.media or ("application/json" if self.schema is not None else "text/plain")
+        described = {"description": self.description,
+                     "content": {media: {"schema": self.schema or {"type": "string"}}}}
+        if self.headers:
+            described["headers"] = self.headers
+        return described
+
+
+@dataclass(frozen=True)
+class Operation:
+    """An operation of the API. ``handler`` names the RecordingAPI method that answers it, with
+    the request and the arguments read as declared here; ``form``: the arguments may come in
+    a form body too; ``parameters``: further OpenAPI parameters the handler reads itself
+    (a header, say); ``answers``: the statuses particular to it (COMMON adds the others)."""
+
+    method: str
+    path: str
+    handler: str
+    summary: str
+    arguments: tuple[Argument, ...]
+    answers: dict[str, Answer]
+    form: bool = False
+    parameters: tuple[dict, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every argument name the server accepts here (the apiKey and the legacy fields too)."""
+        return (*(argument.name for argument in self.arguments), KEY, *LEGACY)
+
+
+def _call_arguments(tag: bool) -> tuple[Argument, ...]:
+    return (
+        Argument("extenOrUniqueId", "an extension (410) or a unique call id (1795825765.3 or sys-1795825765.3)",
+                 MAX_TARGET, required=True, example="410"),
+        Argument("agentLoginName", "a user's login: for start, who owns the leg (see the README); for the "
+                 "others, who must be allowed to (its owner or a Recording Manager)", MAX_LOGIN, example="fred"),
+        *([Argument("tag", "written to the call record as its External Reference, and to the leg", MAX_TAG,
+                    example="CRM-1")] if tag else []),
+    )
+
+
+def _retrieval_arguments(key: Argument) -> tuple[Argument, ...]:
+    return (key, Argument("loginName", "who asks: owners see their own legs, Recording Manager members every "
+                          "leg", MAX_LOGIN, required=True, example="boss"))
+
+
+_OUTCOME = {"$ref": "#/components/schemas/Outcome"}
+_LEGS = {"type": "array", "items": {"$ref": "#/components/schemas/Leg"}}
+_CALL_ANSWERS = {
+    "404": Answer("no live channel has that extension or unique id"),
+    "409": Answer("several live channels fit the extension (the sentence names them; give the unique id), "
+                  "or this service records nothing there"),
+    "502": Answer("Asterisk refused the action"),
 }
-_ERRORS = {
-    "400": "a bad or missing argument, or an unknown agent",
-    "403": "a missing or wrong apiKey, or a user who may not do this",
-    "404": "no live channel has that extension or unique id",
-    "405": "only POST is allowed (the Allow header says so)",
-    "409": "several live channels fit the extension (the message names them), or nothing is recorded there",
-    "502": "Asterisk refused the action",
-    "503": "Asterisk's manager interface or the database cannot be reached now",
+
+
+def _call(name: str, summary: str, tag: bool = False) -> Operation:
+    return Operation(
+        "POST", f"{CALLS}/{name}", name, summary, _call_arguments(tag),
+        {"200": Answer("done: what the service did, on which channel and leg", _OUTCOME), **_CALL_ANSWERS},
+        form=True,
+    )
+
+
+OPERATIONS = (
+    _call("start", "Start recording a live channel by extension or unique call id", tag=True),
+    _call("stop", "Stop the recording this service started on that channel"),
+    _call("pause", "Pause the recording (for card payments); pausing a paused leg changes nothing"),
+    _call("resume", "Resume a paused recording; resuming a recording leg changes nothing"),
+    Operation(
+        "GET", f"{RETRIEVAL}/retrieveMetaData", "by_tag", "Recording legs by tag",
+        _retrieval_arguments(Argument("tag", "the leg's tag, or its call's External Reference", MAX_TAG,
+                                      required=True, example="CRM-1")),
+        {"200": Answer("one entry per leg the asking user may see (none: an empty list)", _LEGS)},
+    ),
+    Operation(
+        "GET", f"{RETRIEVAL}/retrieveMetaDataByUniqueId", "by_unique_id", "Recording legs by unique call id",
+        _retrieval_arguments(Argument("uniqueId", "the call's unique id", MAX_TARGET, required=True,
+                                      example="1795825765.3")),
+        {"200": Answer("one entry per leg the asking user may see (none: an empty list)", _LEGS)},
+    ),
+)
+
+COMMON = {
+    "400": Answer("a bad, missing, unknown or repeated argument (given twice with different values), an "
+                  "unknown agent, or a query string or body that cannot be read"),
+    "403": Answer("a missing or wrong apiKey, a user who may not do this (or an unknown loginName), or a "
+                  "client that is not on the service's allow list"),
+    "405": Answer("this method is not served here (the Allow header names the one that is)",
+                  headers={"Allow": {"required": True, "schema": {"type": "string"}}}),
+    "500": Answer("the database refused the write, or an internal error (the service's log says which)"),
+    "503": Answer("Asterisk's manager interface or the database cannot be reached now"),
 }
-_LEG_FIELDS = ["UniqueId", "Leg", "Start", "Duration", "Tag", "Username", "CallRecordId", "File", "Ownership",
-               "End", "State", "Recorded", "RecordingId"]
+FORM_ANSWERS = {
+    "413": Answer(f"the body is larger than {MAX_BODY} bytes"),
+    "415": Answer("the body is neither application/x-www-form-urlencoded nor multipart/form-data, or not "
+                  "in UTF-8"),
+}
 
 
-def _text(description: str) -> dict:
-    return {"description": description, "content": {"text/plain": {"schema": {"type": "string"}}}}
-
-
-def _call(summary: str, names: tuple[str, ...]) -> dict:
-    parameters = [
-        {"name": n, "in": "query", "required": n in ("extenOrUniqueId", "apiKey"), "schema": {"type": "string"},
-         "description": _CALL_ARGS[n]}
-        for n in names
+def _parameters(operation: Operation) -> list[dict]:
+    # NOTE: one exploded form-style object stands for the whole query string, so that the
+    # description can say what OpenAPI cannot say of single parameters: no other name is
+    # accepted (additionalProperties: false). The apiKey is the security scheme's.
+    return [
+        {"name": "arguments", "in": "query", "required": True, "style": "form", "explode": True,
+         "description": "the arguments, each as its own name=value pair of the query string (UTF-8, "
+                        "percent-encoded); names are matched without regard to case",
+         "schema": _object(operation, with_key=False)},
+        *operation.parameters,
     ]
-    return {"post": {
-        "summary": summary,
-        "parameters": parameters,
-        "requestBody": {"required": False, "content": {"application/x-www-form-urlencoded": {"schema": {
-            "type": "object", "properties": {n: {"type": "string"} for n in names}}}}},
-        "responses": {"200": {"description": "done", "content": {"application/json": {"schema": {
-            "$ref": "#/components/schemas/Outcome"}}}}, **{code: _text(d) for code, d in _ERRORS.items()}},
-    }}
 
 
-def _retrieve(summary: str, key: str) -> dict:
-    return {"get": {
-        "summary": summary,
-        "parameters": [
-            {"name": key, "in": "query", "required": True, "schema": {"type": "string"}},
-            {"name": "apiKey", "in": "query", "required": True, "schema": {"type": "string"}},
-            {"name": "loginName", "in": "query", "required": True, "schema": {"type": "string"},
-             "description": "who asks: owners see their own legs, Recording Manager members every leg"},
-        ],
-        "responses": {
-            "200": {"description": "one entry per visible leg", "content": {"application/json": {"schema": {
-                "type": "array", "items": {"$ref": "#/components/schemas/Leg"}}}}},
-            "400": _text("a missing argument"),
-            "403": _text("a missing or wrong apiKey, or an unknown loginName"),
-        },
-    }}
+def _object(operation: Operation, *, with_key: bool) -> dict:
+    properties = {argument.name: argument.schema() for argument in operation.arguments}
+    if with_key:
+        properties[KEY] = {"type": "string", "description": "the apiKey, when it is not in the query string"}
+    for name in LEGACY:
+        properties[name] = {"type": "string", "deprecated": True,
+                            "description": "a field of the vendor's 1.0 authentication: accepted and ignored"}
+    described = {"type": "object", "properties": properties, "additionalProperties": False}
+    required = [argument.name for argument in operation.arguments if argument.required]
+    if required and not with_key:
+        described["required"] = required
+    return described
+
+
+def _describe(operation: Operation) -> dict:
+    answers = {**COMMON, **(FORM_ANSWERS if operation.form else {}), **operation.answers}
+    described = {
+        "operationId": operation.handler,
+        "summary": operation.summary,
+        "parameters": _parameters(operation),
+        "responses": {status: answers[status].describe() for status in sorted(answers)},
+    }
+    if operation.form:
+        described["requestBody"] = {
+            "required": False,
+            "description": "the same arguments as a form body instead of (or as well as) the query string; "
+                           "an argument given in both must have the same value in both",
+            "content": {media: {"schema": _object(operation, with_key=True)}
+                        for media in ("application/x-www-form-urlencoded", "multipart/form-data")},
+        }
+    return described
+
+
+def _schemas() -> dict:
+    text, nullable = {"type": "string"}, {"type": "string", "nullable": True}
+    when = {"type": "string", "format": "date-time"}
+    seconds = {"type": "number", "minimum": 0}
+    return {
+        "Outcome": {"type": "object", "additionalProperties": False, "properties": {
+            "status": {"type": "string", "enum": ["STARTED", "ALREADY_RECORDING", "STOPPED", "PAUSED", "RESUMED"]},
+            "recordingId": text, "uniqueId": text, "channel": text, "leg": {"type": "integer", "minimum": 1},
+            "file": text, "deferred": {"type": "boolean", "description": "the leg waits in the local journal "
+                                       "for the database (it is durable on disk)"},
+        }, "required": ["status", "recordingId", "uniqueId", "channel", "leg", "file", "deferred"]},
+        "Leg": {"type": "object", "additionalProperties": False, "properties": {
+            "UniqueId": text, "Leg": {"type": "integer", "minimum": 1}, "Start": when, "Duration": seconds,
+            "Tag": nullable, "Username": {**nullable, "description": "the owner's login; null: default ownership"},
+            "CallRecordId": {"type": "integer"}, "File": text,
+            "Ownership": {"type": "string", "enum": list(OWNERSHIP_RULES)},
+            "End": {**when, "nullable": True}, "State": {"type": "string", "enum": list(LEG_STATES)},
+            "Recorded": {**seconds, "description": "the duration less the paused spans"}, "RecordingId": text,
+        }, "required": ["UniqueId", "Leg", "Start", "Duration", "Tag", "Username", "CallRecordId", "File",
+                        "Ownership", "End", "State", "Recorded", "RecordingId"]},
+    }
 
 
 def spec() -> dict:
-    calls = "/servicemanager/rest/CallManagementAPI"
-    everything = ("extenOrUniqueId", "agentLoginName", "tag", "apiKey")
-    others = ("extenOrUniqueId", "agentLoginName", "apiKey")
+    paths: dict[str, dict] = {}
+    for operation in OPERATIONS:
+        paths.setdefault(operation.path, {})[operation.method.lower()] = _describe(operation)
     return {
         "openapi": "3.0.3",
-        "info": {"title": "recording-agi HTTP recording API", "version": __version__},
-        "paths": {
-            f"{calls}/start": _call("Start recording a live channel by extension or unique call id", everything),
-            f"{calls}/stop": _call("Stop the recording this service started on that channel", others),
-            f"{calls}/pause": _call("Pause the recording (for card payments)", others),
-            f"{calls}/resume": _call("Resume a paused recording", others),
-            "/njadmin/rest/RecordingAPI/retrieveMetaData": _retrieve("Recording legs by tag", "tag"),
-            "/njadmin/rest/RecordingAPI/retrieveMetaDataByUniqueId": _retrieve(
-                "Recording legs by unique call id", "uniqueId"),
+        "info": {"title": "recording-agi HTTP recording API", "version": __version__,
+                 "description": "The vendor's recording API, served by recording-agi. Errors are one plain-text "
+                                "sentence. Arguments may come in the query string or (for the POST operations) a "
+                                "form body; the query string and the body are read as UTF-8."},
+        "security": [{KEY: []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {KEY: {"type": "apiKey", "in": "query", "name": KEY,
+                                      "description": "the service's apiKey (recording-agi apikey generate); "
+                                                     "a form body may carry it instead"}},
+            "schemas": _schemas(),
         },
-        "components": {"schemas": {
-            "Outcome": {"type": "object", "properties": {
-                "status": {"type": "string", "enum": ["STARTED", "ALREADY_RECORDING", "STOPPED", "PAUSED", "RESUMED"]},
-                "recordingId": {"type": "string"}, "uniqueId": {"type": "string"}, "channel": {"type": "string"},
-                "leg": {"type": "integer"}, "file": {"type": "string"}, "deferred": {"type": "boolean"},
-            }},
-            "Leg": {"type": "object", "properties": {
-                name: {"type": "integer" if name in ("Leg", "CallRecordId") else
-                       "number" if name in ("Duration", "Recorded") else "string", "nullable": True}
-                for name in _LEG_FIELDS
-            }},
-        }},
     }
