@@ -374,3 +374,20 @@ def test_arguments_from_a_multipart_form_body(http, fake_ami, store):
     assert answer.status == 200, answer.body
     (leg,) = store.find_legs()
     assert leg.tag == "Zwölf Zeilen"
+
+
+@pytest.mark.parametrize(
+    "query,sentence",
+    [("tag=x&loginName=%00", "loginName must be UTF-8 text without control characters"),
+     ("tag=%00&loginName=boss", "tag must be UTF-8 text without control characters"),
+     (f"tag={'x' * 256}&loginName=boss", "tag is longer than 255 characters"),
+     ("uniqueId=1&loginName=boss", "unknown argument 'uniqueId' (expected tag, loginName, apiKey)")],
+    ids=["nul-login", "nul-tag", "long-tag", "other-operations-argument"],
+)
+def test_retrieval_refuses_what_it_cannot_look_up(http, store, query, sentence):
+    # A NUL reached PostgreSQL before, which refused it: a 500 saying a write was refused.
+    store.add_user("boss", ["Recording Manager"])
+
+    answer = http.raw(f"GET {BY_TAG}?{query}&apiKey={API_KEY} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+
+    assert (answer.status, answer.body) == (400, sentence + "\n")
