@@ -64,7 +64,9 @@ def form_pairs(raw: bytes, charset: str | None) -> Pairs:
     """The pairs of an application/x-www-form-urlencoded body."""
     _check_charset(charset, "a form body")
     try:
-        text = raw.decode("utf-8")
+        # Trailing white space is no part of a urlencoded value (a space is '+' or %20), but
+        # scripts that write a body with echo leave a newline there.
+        text = raw.rstrip(b" \t\r\n").decode("utf-8")
     except UnicodeDecodeError:
         raise HTTPFailure(400, "the form body is not UTF-8 text") from None
     return urlencoded_pairs(text, "the form body")

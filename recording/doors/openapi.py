@@ -164,21 +164,23 @@ def _parameters(operation: Operation) -> list[dict]:
         {"name": "arguments", "in": "query", "required": True, "style": "form", "explode": True,
          "description": "the arguments, each as its own name=value pair of the query string (UTF-8, "
                         "percent-encoded); names are matched without regard to case",
-         "schema": _object(operation, with_key=False)},
+         "schema": _object(operation, body=False)},
         *operation.parameters,
     ]
 
 
-def _object(operation: Operation, *, with_key: bool) -> dict:
+def _object(operation: Operation, *, body: bool) -> dict:
+    """The arguments as one object: of the query string (the required ones required), or of a
+    form body (which may also carry the apiKey, and need not repeat what the query string has)."""
     properties = {argument.name: argument.schema() for argument in operation.arguments}
-    if with_key:
+    if body:
         properties[KEY] = {"type": "string", "description": "the apiKey, when it is not in the query string"}
     for name in LEGACY:
         properties[name] = {"type": "string", "deprecated": True,
                             "description": "a field of the vendor's 1.0 authentication: accepted and ignored"}
     described = {"type": "object", "properties": properties, "additionalProperties": False}
     required = [argument.name for argument in operation.arguments if argument.required]
-    if required and not with_key:
+    if required and not body:
         described["required"] = required
     return described
 
@@ -196,7 +198,7 @@ def _describe(operation: Operation) -> dict:
             "required": False,
             "description": "the same arguments as a form body instead of (or as well as) the query string; "
                            "an argument given in both must have the same value in both",
-            "content": {media: {"schema": _object(operation, with_key=True)}
+            "content": {media: {"schema": _object(operation, body=True)}
                         for media in ("application/x-www-form-urlencoded", "multipart/form-data")},
         }
     return described

@@ -44,6 +44,7 @@ def test_escapes_that_are_not_utf8_are_a_400(text):
 def test_form_bodies_are_utf8_only():
     assert form_pairs("tag=Zwölf".encode(), None) == [("tag", "Zwölf")]
     assert form_pairs(b"tag=x", "UTF-8") == [("tag", "x")]
+    assert form_pairs(b"tag=x+y\r\n", None) == [("tag", "x y")]
     with pytest.raises(HTTPFailure) as latin:
         form_pairs(b"tag=x", "iso-8859-1")
     assert latin.value.status == 415

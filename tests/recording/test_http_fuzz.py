@@ -72,6 +72,8 @@ def live_api(ami_service, fake_ami, store, http):
     started = http.post("/servicemanager/rest/CallManagementAPI/start", extenOrUniqueId="411", tag=TAG,
                         agentLoginName="fred", apiKey=API_KEY)
     assert started.status == 200, started.body
+    found = http.get("/njadmin/rest/RecordingAPI/retrieveMetaData", tag=TAG, loginName="boss", apiKey=API_KEY)
+    assert found.status == 200 and len(found.json) == 1, found.body
     return ami_service
 
 
