@@ -38,7 +38,8 @@ def test_urlencoded_pairs_as_browsers_read_them(text, pairs):
 def test_escapes_that_are_not_utf8_are_a_400(text):
     with pytest.raises(HTTPFailure) as refused:
         urlencoded_pairs(text, "the query string")
-    assert (refused.value.status, str(refused.value)) == (400, "the query string is not UTF-8 text (after percent-decoding)")
+    assert refused.value.status == 400
+    assert str(refused.value) == "the query string is not UTF-8 text (after percent-decoding)"
 
 
 def test_form_bodies_are_utf8_only():

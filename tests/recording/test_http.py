@@ -304,6 +304,8 @@ FORM = {"Content_Type": "application/x-www-form-urlencoded"}
         (raw_post(START, b"%x\r\n%s\r\n0\r\n\r\n" % (MAX_BODY + 1, b"x" * (MAX_BODY + 1)), Transfer_Encoding="chunked",
                   Content_Length=None, **FORM), 413, f"larger than {MAX_BODY} bytes"),
         (raw_post(START, b"not gzip at all", Content_Encoding="gzip", **FORM), 400, "the body could not be read"),
+        (raw_post(START, gzip.compress(b"tag=" + b"x" * 20 * MAX_BODY), Content_Encoding="gzip", **FORM), 413,
+         f"larger than {MAX_BODY} bytes"),
         (raw_post(START, b"tag=a&tag=b", **FORM), 400, "tag is given twice with different values"),
         (raw_post(START, query=f"extenOrUniqueId=410&extenOrUniqueId=411&apiKey={API_KEY}"), 400,
          "extenOrUniqueId is given twice"),
@@ -319,7 +321,7 @@ FORM = {"Content_Type": "application/x-www-form-urlencoded"}
     ids=["multipart-no-boundary", "multipart-unclosed", "multipart-no-delimiter", "multipart-file",
          "multipart-base64", "multipart-no-name", "multipart-not-utf8", "form-not-utf8", "form-escape-not-utf8",
          "form-latin1", "json", "no-content-type", "huge-body", "huge-content-length", "huge-chunked",
-         "bad-gzip", "form-repeated", "query-repeated", "key-in-both", "query-escape-not-utf8",
+         "bad-gzip", "gzip-bomb", "form-repeated", "query-repeated", "key-in-both", "query-escape-not-utf8",
          "query-empty-pieces", "query-name-only", "query-bad-escape", "query-nul", "query-too-long",
          "query-key-name-only"],
 )
@@ -387,7 +389,18 @@ def test_arguments_from_a_multipart_form_body(http, fake_ami, store):
 def test_retrieval_refuses_what_it_cannot_look_up(http, store, query, sentence):
     # A NUL reached PostgreSQL before, which refused it: a 500 saying a write was refused.
     store.add_user("boss", ["Recording Manager"])
+    request = f"GET {BY_TAG}?{query}&apiKey={API_KEY} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 
-    answer = http.raw(f"GET {BY_TAG}?{query}&apiKey={API_KEY} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    answer = http.raw(request.encode())
 
     assert (answer.status, answer.body) == (400, sentence + "\n")
+
+
+def test_a_compressed_form_body_is_read(http, fake_ami, store):
+    fake_ami.add_channel("PJSIP/410-0000001a")
+    body = gzip.compress(f"extenOrUniqueId=410&tag=CRM-9&apiKey={API_KEY}".encode())
+
+    answer = http.raw(raw_post(START, body, query="", Content_Encoding="gzip", **FORM))
+
+    assert answer.status == 200, answer.body
+    assert [leg.tag for leg in store.find_legs()] == ["CRM-9"]

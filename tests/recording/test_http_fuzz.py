@@ -2,10 +2,12 @@
 serves at /openapi.json, as test_http checks; so an operation added to
 recording/doors/openapi.py is fuzzed without a change here), against the real server on a
 loopback socket, with the fake AMI as Asterisk's manager and a valid apiKey, so the requests
-get past the key check to the service. Every check schemathesis has is on.
+get past the key check to the service. Every check schemathesis has is on (max_response_time
+with a limit that only a hang exceeds), and two of ours.
 
-RECORDING_FUZZ_EXAMPLES sets the examples per operation (default 20, which keeps this module
-to a few seconds per backend); a longer run, e.g.
+RECORDING_FUZZ_EXAMPLES sets the examples per operation: 20 by default, which keeps this module
+under half a minute for both backends (schemathesis's coverage phase adds its own ~80 requests
+per POST operation); a longer run, e.g.
 ``RECORDING_FUZZ_EXAMPLES=500 pytest tests/recording/test_http_fuzz.py``.
 """
 
@@ -100,7 +102,9 @@ class TheApiKey:
 
 
 @schema.parametrize()
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+# NOTE: function_scoped_fixture: one service per operation, shared by its examples, on purpose.
+@settings(max_examples=EXAMPLES, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 def test_every_operation_answers_as_described(case, live_api, caplog):
     with caplog.at_level(logging.INFO):
         case.call_and_validate(
