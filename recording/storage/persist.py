@@ -167,6 +167,11 @@ class Persister:
         """The outcome of a write begun: its database result, or, when the database is away or
         slower than the budget from :meth:`begin` on, the write journaled (deferred). Raises as
         :meth:`write` does."""
+        if pending.future is None and not self._journaling:
+            # NOTE: begun while journaling, but the replay has emptied the journal since and
+            # writes go to the database again: appended now, it would sit behind that switch
+            # with nothing to replay it (and later writes would overtake it).
+            pending = self.begin(pending.write)
         if pending.future is not None:
             try:
                 result = await pending.future

@@ -93,3 +93,30 @@ def test_replay_writes_everything_once_and_sets_refused_writes_aside(store, tmp_
     assert sorted((v.unique_id, v.tag) for v in store.find_legs()) == [("5.1", "A"), ("5.2", "B")]
     rejected = (tmp_path / "j" / "rejected.jsonl").read_text()
     assert '"unique_id": "5.3"' in rejected and "refused" in rejected
+
+
+def test_a_write_begun_while_journaling_that_ends_after_the_replay_goes_to_the_database(store, tmp_path):
+    # A start decides where its write goes when it begins (the write overlaps MixMonitor), and
+    # finishes it after. If the replay empties the journal and writing to the database resumes
+    # in between, the write must not land in the journal behind the switch, where nothing would
+    # replay it until the next outage or restart.
+    async def scenario():
+        persister = Persister(store, Journal(tmp_path / "j"), budget=1.0)
+        await persister.start(hold=True)
+        persister.assume_away()
+        pending = persister.begin(leg("6.1", tag="late"))
+        persister.release()
+        for _ in range(100):
+            if not persister.journaling:
+                break
+            await asyncio.sleep(0.05)
+        assert not persister.journaling
+        persisted = await persister.finish(pending)
+        backlog = persister.backlog
+        await persister.stop()
+        return persisted, backlog
+
+    persisted, backlog = asyncio.run(scenario())
+
+    assert (persisted.deferred, persisted.result.status, backlog) == (False, "STARTED", 0)
+    assert [v.tag for v in store.find_legs(unique_id="6.1")] == ["late"]
