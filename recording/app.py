@@ -20,6 +20,7 @@ from agi import Limits, Server
 
 from . import apikey
 from .asterisk.ami import AMIClient
+from .ops.aftercall import AfterCall
 from .ops.config import Settings
 from .storage import snapshot as snapshots
 from .storage.directory import Directory
@@ -133,6 +134,7 @@ class Application:
         self.sweeper = Sweeper(
             self.service, self.manager, interval=settings.sweep_interval, max_age=settings.max_leg_age
         )
+        self.aftercall = AfterCall(self.store, settings)
         host, port = settings.agi_address
         hooks = Hooks(observe=self.metrics.record_session, gate=self.gate, health=self.health_sentence)
         self.agi = Server(
@@ -183,6 +185,7 @@ class Application:
         self.sweeper.start()
         if self.board is not None or self.metrics.shared is not None:
             self._publisher = asyncio.create_task(self._publish())
+        self.aftercall.start()
         await self.agi.start()
         if self.settings.http_address is not None:
             api = RecordingAPI(self.service, self.store, self.manager, gate=self.gate, metrics=self.metrics,
@@ -343,6 +346,7 @@ class Application:
         if self._connector is not None:
             self._connector.cancel()
             await asyncio.gather(self._connector, return_exceptions=True)
+        await self.aftercall.stop()
         if self._background:
             await asyncio.wait(self._background, timeout=grace)
         if self.manager is not None:
@@ -379,6 +383,7 @@ class Application:
         self.persister.budget = settings.database_budget
         self.sweeper.interval = settings.sweep_interval
         self.sweeper.max_age = timedelta(seconds=settings.max_leg_age)
+        self.aftercall.settings = settings
         self.agi.limits = replace(
             self.agi.limits, reply_timeout=settings.reply_timeout, session_timeout=settings.session_timeout,
             environment_timeout=settings.environment_timeout,

@@ -138,6 +138,22 @@ def build_parser() -> argparse.ArgumentParser:
                       help="only the legs LOGIN may see (own legs; all for 'Recording Manager')")
     find.add_argument("--json", action="store_true", help="a JSON array instead of a table")
     find.set_defaults(command=recordings_find)
+    purge = rec.add_parser("purge", help="delete the audio of ended legs older than a period, except held ones; "
+                           "the legs stay, as purged")
+    purge.add_argument("--older-than", metavar="PERIOD", help="e.g. 90d (h, d, w, y); default: RECORDING_RETENTION")
+    purge.add_argument("--dry-run", action="store_true", help="say what would be purged, change nothing")
+    purge.set_defaults(command=recordings_purge)
+    hold = rec.add_parser("hold", help="place a legal hold on a leg (its audio is never purged), or release it")
+    hold.add_argument("leg", metavar="LEG", help="the leg's id (recordings find --json shows it as id)")
+    hold.add_argument("--release", action="store_true", help="release the hold instead")
+    hold.add_argument("--reason", help="why, e.g. a case reference (kept with the hold)")
+    hold.add_argument("--by", help="who holds it (default: the user running the command)")
+    hold.set_defaults(command=recordings_hold)
+    verify = rec.add_parser("verify", help="recompute the size and SHA-256 of ended legs' files; print each that "
+                            "changed, vanished or was never hashed; exit 1 if any changed or vanished")
+    verify.add_argument("--since", metavar="DATE", help="only legs started on or after DATE (2026-11-01, or a "
+                        "time; UTC unless it says otherwise)")
+    verify.set_defaults(command=recordings_verify)
     return parser
 
 
@@ -213,11 +229,80 @@ def recordings_find(args, settings: Settings) -> int:
     for leg in legs:
         print("\t".join((
             leg.unique_id, str(leg.leg), leg.state, leg.ownership, leg.owner or "-", leg.tag or "-",
-            leg.start.isoformat(timespec="seconds"), leg.file,
+            leg.start.isoformat(timespec="seconds"), leg.file, leg.id,
         )))
     if not legs:
         print("no recording legs found", file=sys.stderr)
     return 0
+
+
+def _monitor(settings: Settings):
+    from .storage.audio import MonitorDirectory
+
+    return MonitorDirectory(settings.monitor_template, settings.monitor_mount)
+
+
+def _leg_line(leg, text: str, word: str) -> str:
+    return f"{word:<9} {leg.id}  {leg.unique_id} leg {leg.leg}  {text}"
+
+
+def recordings_purge(args, settings: Settings) -> int:
+    from .ops.config import parse_period
+    from .storage.retention import Purger, hold_sentence
+
+    if args.older_than:
+        period = parse_period(args.older_than, "--older-than")
+        reason = f"older than {args.older_than} (recordings purge)"
+    elif settings.retention:
+        period, reason = settings.retention_period, f"older than {settings.retention} (RECORDING_RETENTION)"
+    else:
+        raise ConfigError("no retention period: give --older-than (e.g. 90d) or set RECORDING_RETENTION")
+    report = Purger(_store(settings), _monitor(settings)).run(period, reason, dry_run=args.dry_run)
+    word = "would" if args.dry_run else "purged"
+    for leg, done in report.purged:
+        print(_leg_line(leg, f"ended {leg.end.isoformat(timespec='seconds')}: {done}", word))
+    for leg in report.held:
+        print(_leg_line(leg, f"kept: {hold_sentence(leg)}", "held"))
+    for leg, why in report.failed:
+        print(_leg_line(leg, why, "not"))
+    print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
+    return 0 if report.ok else 1
+
+
+def recordings_hold(args, settings: Settings) -> int:
+    import getpass
+
+    from .storage.retention import audit_hold, hold_sentence
+
+    by = args.by or getpass.getuser()
+    leg, changed = _store(settings).set_hold(
+        args.leg, held=not args.release, by=by, at=datetime.now(timezone.utc), reason=args.reason,
+    )
+    audit_hold(leg, not args.release, changed, by)
+    if args.release:
+        print(f"leg {leg.id}: hold released" if changed else f"leg {leg.id} was not held")
+    else:
+        print(hold_sentence(leg) if changed else f"already: {hold_sentence(leg)}")
+    return 0
+
+
+def recordings_verify(args, settings: Settings) -> int:
+    from .storage.integrity import VerifyReport, verify
+
+    since = _parse_time(args.since, "--since") if args.since else None
+    report = VerifyReport()
+    for finding in verify(_store(settings), _monitor(settings), since, report):
+        print(_leg_line(finding.leg, f"{finding.leg.file}: {finding.detail}", finding.kind))
+    print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
+    return 0 if report.ok else 1
+
+
+def _parse_time(text: str, name: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ConfigError(f"{name} {text!r} is not a date (2026-11-01) or a time (2026-11-01T09:30)") from None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
 def journal_status(args, settings: Settings) -> int:

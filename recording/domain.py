@@ -18,9 +18,12 @@ RECORDING_MANAGER = "Recording Manager"
 # Who owns a leg, by the rule that decided it (README, "Ownership of the recording leg").
 OWNERSHIP_RULES = ("AGENT", "EXTENSION", "DEFAULT")
 # A leg is written as "recording" before its MixMonitor answers (the write overlaps the AGI
-# round trips); one whose MixMonitor then did not start is settled as "failed".
-LEG_STATES = ("recording", "paused", "stopped", "ended", "lost", "failed")
+# round trips); one whose MixMonitor then did not start is settled as "failed". An ended leg
+# whose audio was deleted (retention) stays, as "purged", with when and why.
+LEG_STATES = ("recording", "paused", "stopped", "ended", "lost", "failed", "purged")
 ACTIVE_STATES = ("recording", "paused")
+# The states of a leg whose MixMonitor ran and has ended: its file is there to keep or delete.
+ENDED_STATES = ("stopped", "ended", "lost")
 
 
 def mixmonitor_variable(leg_id: str, run: str = "") -> str:
@@ -178,6 +181,29 @@ class LegView:
     ended_by: str | None = None
     pauses: tuple[Pause, ...] = ()
     owner_id: int | None = None
+    # The file once complete: its size and SHA-256, and when they were taken (None: not yet).
+    file_size: int | None = None
+    file_sha256: str | None = None
+    hashed_at: datetime | None = None
+    # A legal hold: while set, the leg's audio is never purged.
+    held_at: datetime | None = None
+    held_by: str | None = None
+    hold_reason: str | None = None
+    # A purge begins by recording its intent (when, why), deletes the file, then marks the leg
+    # purged, keeping the state it ended in.
+    purge_started_at: datetime | None = None
+    purge_reason: str | None = None
+    purged_at: datetime | None = None
+    state_before_purge: str | None = None
+
+    @property
+    def held(self) -> bool:
+        return self.held_at is not None
+
+    @property
+    def has_audio(self) -> bool:
+        """Whether the leg ever had a file and it was not purged (a failed start recorded nothing)."""
+        return self.state not in ("failed", "purged")
 
     def duration(self, now: datetime) -> float:
         """Seconds from start to end (to ``now`` while the leg is still recording)."""
@@ -219,7 +245,21 @@ class LegView:
                  "method": p.method}
                 for p in self.pauses
             ],
+            "fileSize": self.file_size,
+            "sha256": self.file_sha256,
+            "hashedAt": _iso(self.hashed_at),
+            "held": self.held,
+            "heldAt": _iso(self.held_at),
+            "heldBy": self.held_by,
+            "holdReason": self.hold_reason,
+            "purgeStarted": _iso(self.purge_started_at),
+            "purgedAt": _iso(self.purged_at),
+            "purgeReason": self.purge_reason,
         }
+
+
+def _iso(when: datetime | None) -> str | None:
+    return when.isoformat() if when else None
 
 
 @dataclass(slots=True)

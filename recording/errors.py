@@ -65,3 +65,18 @@ class NoSuchChannel(Invalid):
 
 class AmbiguousChannel(Invalid):
     """Several live channels fit the extension and the rule cannot choose between them."""
+
+
+class NotFound(Invalid):
+    """What the caller named is not there: a leg id nobody has, or a leg's file that is gone.
+    The message says which, and where the service looked."""
+
+
+class Conflict(Invalid):
+    """The leg cannot do this in the state it is in: it is still recording, or its audio is
+    being or has been purged."""
+
+
+class MonitorUnavailable(RecordingFailure):
+    """The recordings' files cannot be seen from this host (the monitor directory is on the
+    Asterisk host and not shared here, or a share is not mounted): nothing was read or changed."""

@@ -7,23 +7,28 @@ one line, without its query string (it carries the apiKey).
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
 from datetime import datetime, timezone
 from typing import Awaitable, Callable
+from urllib.parse import quote
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from ..domain import StartRequest
+from ..domain import ACTIVE_STATES, StartRequest, UserRef
 from ..errors import (
     AmbiguousChannel,
     AsteriskFailure,
     AsteriskUnavailable,
+    Conflict,
     Denied,
     Invalid,
+    MonitorUnavailable,
     NoSuchChannel,
+    NotFound,
     RecordingFailure,
     StorageRefused,
     StorageUnavailable,
@@ -35,14 +40,18 @@ from ..ops.metrics import ServiceMetrics
 from .arguments import FORM, MULTIPART, HTTPFailure, form_pairs, multipart_pairs, resolve, urlencoded_pairs
 from .openapi import KEY, MAX_BODY, OPERATIONS, Operation, spec
 from ..service import LegRequest, RecordingService
+from ..storage.audio import MonitorDirectory, content_type
+from ..storage.retention import audit_hold
 from ..storage.store import Store
 
 log = logging.getLogger("recording.http")
 
 STATUS = [
-    (Denied, 403), (NoSuchChannel, 404), (AmbiguousChannel, 409), (Invalid, 400),
+    (Denied, 403), (NoSuchChannel, 404), (NotFound, 404), (AmbiguousChannel, 409), (Conflict, 409), (Invalid, 400),
     (AsteriskUnavailable, 503), (AsteriskFailure, 502), (StorageUnavailable, 503), (StorageRefused, 500),
+    (MonitorUnavailable, 503),
 ]
+RECORDING_PATH = next(op.path for op in OPERATIONS if op.handler == "recording")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -121,6 +130,12 @@ def answer(outcome, channel) -> web.Response:
     })
 
 
+class AudioFile(web.FileResponse):
+    """A recording, sent by aiohttp from the disk; ``started`` is when its request came in."""
+
+    started: float | None = None
+
+
 def plain(status: int, message: str, **headers: str) -> web.Response:
     return web.Response(status=status, text=message + "\n", content_type="text/plain", headers=headers)
 
@@ -165,6 +180,7 @@ class RecordingAPI:
         app = web.Application(middlewares=[self._errors], client_max_size=MAX_BODY)
         for method, path, handler in self.routes():
             app.router.add_route(method, path, handler)
+        app.on_response_prepare.append(self._file_prepared)
         return app
 
     @web.middleware
@@ -200,13 +216,26 @@ class RecordingAPI:
         except Exception:
             log.exception("HTTP %s %s failed", request.method, request.path)
             response = plain(500, "internal error in the recording service (see its log)")
+        if isinstance(response, AudioFile):
+            # NOTE: a file's status (200, 206, 304, 412) is settled when aiohttp prepares it,
+            # after this middleware: it is logged then (see _file_prepared).
+            response.started = started
+            return response
+        self._log(request, response.status, started, sentence)
+        return response
+
+    async def _file_prepared(self, request: web.Request, response: web.StreamResponse) -> None:
+        if isinstance(response, AudioFile) and response.started is not None:
+            started, response.started = response.started, None
+            self._log(request, response.status, started, "")
+
+    def _log(self, request: web.Request, status: int, started: float, sentence: str) -> None:
         if self.metrics is not None:
-            self.metrics.record_http(request.path, response.status)
+            self.metrics.record_http(request.path, status)
         log.info(
             "HTTP %s %s from %s status=%d %.1fms%s", request.method, request.path, request.remote,
-            response.status, (time.monotonic() - started) * 1000, f": {sentence}" if sentence else "",
+            status, (time.monotonic() - started) * 1000, f": {sentence}" if sentence else "",
         )
-        return response
 
     # -- calls ----------------------------------------------------------------------------
 
@@ -254,14 +283,10 @@ class RecordingAPI:
 
     async def _retrieve(self, request: web.Request, args: dict[str, str], key: str) -> web.Response:
         await self._authorize(request, args.get(KEY))
-        value, login = args.get(key), args.get("loginName")
+        value = args.get(key)
         if not value:
             raise HTTPFailure(400, f"{key} is required")
-        if not login:
-            raise HTTPFailure(400, "loginName is required: legs are shown to their owner or a Recording Manager")
-        user = await self.service.directory.user(login)
-        if user is None:
-            raise Denied(f"unknown user {login!r}")
+        user = await self._asker(args.get("loginName"))
         legs = await self.service.read(
             lambda: self.store.find_legs(**{"tag" if key == "tag" else "unique_id": value})
         )
@@ -273,6 +298,84 @@ class RecordingAPI:
 
     async def by_unique_id(self, request: web.Request, args: dict[str, str]) -> web.Response:
         return await self._retrieve(request, args, "uniqueId")
+
+    async def _asker(self, login: str | None) -> UserRef:
+        """The user named by loginName: who asks to see legs."""
+        if not login:
+            raise HTTPFailure(400, "loginName is required: legs are shown to their owner or a Recording Manager")
+        user = await self.service.directory.user(login)
+        if user is None:
+            raise Denied(f"unknown user {login!r}")
+        return user
+
+    # -- after the call -------------------------------------------------------------------
+
+    async def _leg_for(self, request: web.Request, args: dict[str, str]):
+        """The user who asks and the leg named by recordingId, after the apiKey check."""
+        await self._authorize(request, args.get(KEY))
+        leg_id = args.get("recordingId")
+        if not leg_id:
+            raise HTTPFailure(400, "recordingId is required: a leg's RecordingId, as retrieveMetaData gives it")
+        user = await self._asker(args.get("loginName"))
+        # Leg ids are 32 characters; a longer one is nobody's, and is not looked up.
+        leg = await self.service.read(self.store.leg, leg_id) if len(leg_id) <= 32 else None
+        if leg is None:
+            raise NotFound(f"no recording leg has the id {leg_id[:40]!r}")
+        return user, leg
+
+    async def recording(self, request: web.Request, args: dict[str, str]) -> web.StreamResponse:
+        """The leg's file, sent by aiohttp from the disk (sendfile; Range gives 206)."""
+        user, leg = await self._leg_for(request, args)
+        if not leg.visible_to(user):
+            raise Denied(f"{user.login} may not play leg {leg.id}: only its owner or a Recording Manager may")
+        if leg.state in ACTIVE_STATES:
+            raise Conflict(f"leg {leg.id} is still recording ({leg.state}); its file can be fetched once it has ended")
+        if leg.state == "failed":
+            raise NotFound(f"leg {leg.id} recorded nothing: its MixMonitor did not start")
+        if leg.state == "purged":
+            raise NotFound(f"the audio of leg {leg.id} was purged at {leg.purged_at.isoformat(timespec='seconds')} "
+                           f"({leg.purge_reason}); it was {leg.file}")
+        if leg.purge_started_at is not None:
+            raise NotFound(f"the audio of leg {leg.id} is being purged (since "
+                           f"{leg.purge_started_at.isoformat(timespec='seconds')}: {leg.purge_reason})")
+        monitor = MonitorDirectory(self.service.settings.monitor_template, self.service.settings.monitor_mount)
+        problem = await self.service.read(monitor.problem)
+        if problem is not None:
+            raise MonitorUnavailable(f"the file of leg {leg.id} cannot be read here: {problem}")
+        look = await self.service.read(monitor.look, leg.file)
+        if look.status == "gone":
+            raise NotFound(f"the file of leg {leg.id} is gone: {look.why}")
+        if look.status != "present":
+            raise NotFound(f"the file of leg {leg.id} is not served: {look.why}")
+        unsatisfiable = _unsatisfiable(request, look.size)
+        if unsatisfiable:
+            return plain(416, unsatisfiable, **{"Content-Range": f"bytes */{look.size}"})
+        headers = {
+            "Content-Type": content_type(look.path),
+            "Content-Disposition": disposition(look.path.name),
+            "Cache-Control": "private, no-store",
+        }
+        if leg.file_sha256:
+            # RFC 9530: the digest of the whole file, whatever range this answer carries.
+            headers["Repr-Digest"] = f"sha-256=:{base64.b64encode(bytes.fromhex(leg.file_sha256)).decode()}:"
+        return AudioFile(look.path, headers=headers)
+
+    async def hold(self, request: web.Request, args: dict[str, str]) -> web.Response:
+        """Places or releases (release=true) a legal hold on a leg: a Recording Manager's act."""
+        user, leg = await self._leg_for(request, args)
+        if not user.is_manager:
+            raise Denied(f"{user.login} may not hold recordings: only a Recording Manager may")
+        release = args.get("release", "false")
+        if release not in ("true", "false"):
+            raise HTTPFailure(400, "release must be true or false")
+        held = release == "false"
+        reason = args.get("reason") or None
+        leg, changed = await self.service.read(
+            lambda: self.store.set_hold(leg.id, held=held, by=user.login, at=datetime.now(timezone.utc), reason=reason)
+        )
+        audit_hold(leg, held, changed, user.login)
+        status = ("HELD" if changed else "ALREADY_HELD") if held else ("RELEASED" if changed else "NOT_HELD")
+        return web.json_response({"status": status, **vendor_fields(leg, datetime.now(timezone.utc))})
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.Response(text=json.dumps(spec(), indent=2), content_type="application/json")
@@ -318,9 +421,31 @@ def probe_application(metrics: ServiceMetrics | None, health) -> web.Application
     return app
 
 
+def _unsatisfiable(request: web.Request, size: int) -> str | None:
+    """Why the request's Range cannot be served from a file of ``size`` bytes (416), or None.
+    Told here in a sentence, as every error is; aiohttp's file sending would answer 416 too,
+    without one. (With If-Range, aiohttp decides whether the Range applies at all.)"""
+    if "Range" not in request.headers or request.if_range is not None:
+        return None
+    try:
+        wanted = request.http_range
+    except ValueError:
+        return (f"the Range {request.headers['Range'][:60]!r} cannot be served: one range, bytes=START-END, "
+                f"bytes=START- or bytes=-LENGTH, within the file's {size} bytes")
+    if wanted.start is not None and wanted.start >= 0 and wanted.start >= size:
+        return f"the Range starts at byte {wanted.start}, past the end of the file ({size} bytes)"
+    return None
+
+
+def disposition(name: str) -> str:
+    """A Content-Disposition that names the file for a browser's "save as"."""
+    plain_name = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in name)
+    return f"inline; filename=\"{plain_name}\"; filename*=UTF-8''{quote(name)}"
+
+
 def vendor_fields(leg, now: datetime) -> dict:
     """A leg in the vendor's retrieval fields, plus ours (File, Ownership, End, State,
-    Recorded: the duration less paused spans)."""
+    Recorded: the duration less paused spans; what became of the file after the call)."""
     return {
         "UniqueId": leg.unique_id,
         "Leg": leg.leg,
@@ -335,6 +460,17 @@ def vendor_fields(leg, now: datetime) -> dict:
         "State": leg.state,
         "Recorded": round(leg.recorded(now), 3),
         "RecordingId": leg.id,
+        # Where to fetch the audio: add this service's address, apiKey and loginName.
+        "RecordingUrl": f"{RECORDING_PATH}?recordingId={leg.id}" if leg.has_audio else None,
+        "FileSize": leg.file_size,
+        "FileSha256": leg.file_sha256,
+        "HashedAt": leg.hashed_at.isoformat() if leg.hashed_at else None,
+        "Held": leg.held,
+        "HeldAt": leg.held_at.isoformat() if leg.held_at else None,
+        "HeldBy": leg.held_by,
+        "HoldReason": leg.hold_reason,
+        "PurgedAt": leg.purged_at.isoformat() if leg.purged_at else None,
+        "PurgeReason": leg.purge_reason,
     }
 
 

@@ -11,11 +11,14 @@ from dataclasses import dataclass, field
 from .. import __version__
 from ..domain import LEG_STATES, OWNERSHIP_RULES
 from ..service import MAX_LOGIN, MAX_TAG
+from ..storage.audio import CONTENT_TYPES, FALLBACK_TYPE
 
 CALLS = "/servicemanager/rest/CallManagementAPI"
 RETRIEVAL = "/njadmin/rest/RecordingAPI"
 MAX_BODY = 64 * 1024
 MAX_TARGET = 150
+MAX_LEG_ID = 255
+MAX_REASON = 255
 # The 1.0 authentication's fields: old integrations still send them; the apiKey replaced them.
 LEGACY = ("timeStamp", "hash")
 KEY = "apiKey"
@@ -34,10 +37,14 @@ class Argument:
     max_length: int
     required: bool = False
     example: str | None = None
+    # The only values the handler takes (any other is a 400 naming them); none: any clean text.
+    choices: tuple[str, ...] = ()
 
     def schema(self) -> dict:
         schema = {"type": "string", "maxLength": self.max_length, "pattern": CLEAN_TEXT,
                   "description": self.description}
+        if self.choices:
+            schema["enum"] = list(self.choices)
         if self.required:
             schema["minLength"] = 1
         if self.example is not None:
@@ -48,17 +55,21 @@ class Argument:
 @dataclass(frozen=True)
 class Answer:
     """One status an operation answers with: a JSON body when ``schema`` is given, else one
-    plain-text sentence (``media`` and ``headers`` for anything else)."""
+    plain-text sentence (``media`` and ``headers`` for anything else: one media type, or several
+    the body may be one of). ``bodyless``: an answer with no body at all (304, 412)."""
 
     description: str
     schema: dict | None = None
-    media: str | None = None
+    media: str | tuple[str, ...] | None = None
     headers: dict = field(default_factory=dict)
+    bodyless: bool = False
 
     def describe(self) -> dict:
-        media = self.media or ("application/json" if self.schema is not None else "text/plain")
-        described = {"description": self.description,
-                     "content": {media: {"schema": self.schema or {"type": "string"}}}}
+        described: dict = {"description": self.description}
+        if not self.bodyless:
+            medias = self.media if isinstance(self.media, tuple) else (
+                self.media or ("application/json" if self.schema is not None else "text/plain"),)
+            described["content"] = {media: {"schema": self.schema or {"type": "string"}} for media in medias}
         if self.headers:
             described["headers"] = self.headers
         return described
@@ -104,6 +115,51 @@ def _retrieval_arguments(key: Argument) -> tuple[Argument, ...]:
 
 _OUTCOME = {"$ref": "#/components/schemas/Outcome"}
 _LEGS = {"type": "array", "items": {"$ref": "#/components/schemas/Leg"}}
+_HOLD = {"$ref": "#/components/schemas/HoldOutcome"}
+# After the call: a leg by its id, for the user who asks.
+_LEG_ID = Argument("recordingId", "a leg's RecordingId, as retrieveMetaData gives it", MAX_LEG_ID, required=True,
+                   example="5f0c2a9e7d3b4c1a8e6f0b2d4c6a8e0f")
+_ASKER = Argument("loginName", "who asks: owners reach their own legs, Recording Manager members every leg",
+                  MAX_LOGIN, required=True, example="boss")
+_AUDIO = tuple(sorted({*CONTENT_TYPES.values(), FALLBACK_TYPE}))
+_BINARY = {"type": "string", "format": "binary"}
+_RANGE_HEADERS = {"Content-Range": {"required": True, "schema": {"type": "string"},
+                                    "description": "bytes START-END/SIZE; for a 416, bytes */SIZE"}}
+_PLAY = Operation(
+    "GET", f"{RETRIEVAL}/retrieveRecording", "recording",
+    "Play or download a leg's recording once the leg has ended (a Range gets 206, so a player can seek); the "
+    "service must see the monitor directory (the Asterisk host, or a share: RECORDING_MONITOR_MOUNT)",
+    (_LEG_ID, _ASKER),
+    {
+        "200": Answer("the whole file", _BINARY, media=_AUDIO),
+        "206": Answer("the part named by Range", _BINARY, media=_AUDIO, headers=_RANGE_HEADERS),
+        "304": Answer("not modified since the If-None-Match or If-Modified-Since given", bodyless=True),
+        "404": Answer("no leg has that id, or the leg has no file: it recorded nothing, its audio was or is "
+                      "being purged, or the file is gone (the sentence says which, and where it looked)"),
+        "409": Answer("the leg is still recording"),
+        "412": Answer("an If-Match or If-Unmodified-Since given does not hold", bodyless=True),
+        "416": Answer("the Range cannot be read, or starts past the end of the file", headers=_RANGE_HEADERS),
+        "503": Answer("the database cannot be reached, or the monitor directory cannot be seen from this host"),
+    },
+    parameters=({"name": "Range", "in": "header", "required": False, "schema": {"type": "string"},
+                 "description": "bytes=START-END, bytes=START- or bytes=-LENGTH: only that part of the file"},),
+)
+_HOLDING = Operation(
+    "POST", f"{RETRIEVAL}/holdRecording", "hold",
+    "Place or release a legal hold on a leg (Recording Manager members only): a held leg's audio is never "
+    "purged; a leg whose purge has begun, or is done, cannot be held",
+    (_LEG_ID, _ASKER,
+     Argument("release", "true to release the hold instead of placing it (default false)", 5,
+              choices=("true", "false")),
+     Argument("reason", "why the leg is held, e.g. a case reference", MAX_REASON, example="case 2026-17")),
+    {
+        "200": Answer("the leg as it is now, and what was done", _HOLD),
+        "404": Answer("no leg has that id"),
+        "409": Answer("the leg has no audio left to hold: it recorded nothing, or its purge has begun or is done"),
+        "503": Answer("the database cannot be reached"),
+    },
+    form=True,
+)
 _CALL_ANSWERS = {
     "404": Answer("no live channel has that extension or unique id"),
     "409": Answer("several live channels fit the extension (the sentence names them; give the unique id), "
@@ -137,6 +193,8 @@ OPERATIONS = (
                                       example="1795825765.3")),
         {"200": Answer("one entry per leg the asking user may see (none: an empty list)", _LEGS)},
     ),
+    _PLAY,
+    _HOLDING,
 )
 
 COMMON = {
@@ -208,6 +266,25 @@ def _schemas() -> dict:
     text, nullable = {"type": "string"}, {"type": "string", "nullable": True}
     when = {"type": "string", "format": "date-time"}
     seconds = {"type": "number", "minimum": 0}
+    leg = {
+        "UniqueId": text, "Leg": {"type": "integer", "minimum": 1}, "Start": when, "Duration": seconds,
+        "Tag": nullable, "Username": {**nullable, "description": "the owner's login; null: default ownership"},
+        "CallRecordId": {"type": "integer"}, "File": text,
+        "Ownership": {"type": "string", "enum": list(OWNERSHIP_RULES)},
+        "End": {**when, "nullable": True}, "State": {"type": "string", "enum": list(LEG_STATES)},
+        "Recorded": {**seconds, "description": "the duration less the paused spans"}, "RecordingId": text,
+        # After the call:
+        "RecordingUrl": {**nullable, "description": "retrieveRecording for this leg (add the service's address, "
+                         "apiKey and loginName); null: the leg has no audio (it recorded nothing, or was purged)"},
+        "FileSize": {"type": "integer", "minimum": 0, "nullable": True,
+                     "description": "bytes of the complete file; null: not hashed yet"},
+        "FileSha256": {"type": "string", "pattern": "^[0-9a-f]{64}$", "nullable": True},
+        "HashedAt": {**when, "nullable": True},
+        "Held": {"type": "boolean", "description": "under legal hold: never purged"},
+        "HeldAt": {**when, "nullable": True}, "HeldBy": nullable, "HoldReason": nullable,
+        "PurgedAt": {**when, "nullable": True, "description": "when the audio was deleted (retention)"},
+        "PurgeReason": nullable,
+    }
     return {
         "Outcome": {"type": "object", "additionalProperties": False, "properties": {
             "status": {"type": "string", "enum": ["STARTED", "ALREADY_RECORDING", "STOPPED", "PAUSED", "RESUMED"]},
@@ -215,15 +292,11 @@ def _schemas() -> dict:
             "file": text, "deferred": {"type": "boolean", "description": "the leg waits in the local journal "
                                        "for the database (it is durable on disk)"},
         }, "required": ["status", "recordingId", "uniqueId", "channel", "leg", "file", "deferred"]},
-        "Leg": {"type": "object", "additionalProperties": False, "properties": {
-            "UniqueId": text, "Leg": {"type": "integer", "minimum": 1}, "Start": when, "Duration": seconds,
-            "Tag": nullable, "Username": {**nullable, "description": "the owner's login; null: default ownership"},
-            "CallRecordId": {"type": "integer"}, "File": text,
-            "Ownership": {"type": "string", "enum": list(OWNERSHIP_RULES)},
-            "End": {**when, "nullable": True}, "State": {"type": "string", "enum": list(LEG_STATES)},
-            "Recorded": {**seconds, "description": "the duration less the paused spans"}, "RecordingId": text,
-        }, "required": ["UniqueId", "Leg", "Start", "Duration", "Tag", "Username", "CallRecordId", "File",
-                        "Ownership", "End", "State", "Recorded", "RecordingId"]},
+        "Leg": {"type": "object", "additionalProperties": False, "properties": leg,
+                "required": list(leg)},
+        "HoldOutcome": {"type": "object", "additionalProperties": False, "properties": {
+            "status": {"type": "string", "enum": ["HELD", "ALREADY_HELD", "RELEASED", "NOT_HELD"]}, **leg,
+        }, "required": ["status", *leg]},
     }
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field, fields, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
 
 from ..errors import ConfigError
@@ -16,6 +16,10 @@ DEFAULT_DATABASE_URL = "sqlite:///recording.sqlite3"
 DEFAULT_MONITOR_TEMPLATE = "/var/spool/asterisk/monitor/{date:%Y/%m/%d}/{uniqueid}-{leg}.wav"
 _OPTIONS = re.compile(r"^[A-Za-z0-9()_.:/-]*$")
 _VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_PERIOD = re.compile(r"^\s*(\d{1,9})\s*([hdwy])\s*$", re.IGNORECASE)
+_PERIOD_UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1), "y": timedelta(days=365)}
+# Longer than this is "for ever", which an empty setting says better (and dates stay in range).
+LONGEST_PERIOD = timedelta(days=365 * 1000)
 
 
 def _setting(env: str, help: str, default: Any) -> Any:
@@ -173,6 +177,30 @@ class Settings:
         "(the standard library's loop)",
         "auto",
     )
+    monitor_mount: str = _setting(
+        "RECORDING_MONITOR_MOUNT",
+        "where this host sees the folder at the start of RECORDING_MONITOR_TEMPLATE (Asterisk's monitor "
+        "directory) when it is shared here under another path; empty: under the same path (the same host, "
+        "or a share mounted there). Playing, purging and hashing recordings need it",
+        "",
+    )
+    retention: str = _setting(
+        "RECORDING_RETENTION",
+        "how long the audio of an ended leg is kept, e.g. 90d (h, d, w, or y of 365 days); empty: for ever. "
+        "When set the service purges once a day; held legs are never purged",
+        "",
+    )
+    file_quiet: float = _setting(
+        "RECORDING_FILE_QUIET",
+        "seconds an ended leg's file must go unchanged before it counts as complete and its size and "
+        "SHA-256 are stored (Asterisk says nothing when MixMonitor closes a file)",
+        10.0,
+    )
+    hash_interval: float = _setting(
+        "RECORDING_HASH_INTERVAL",
+        "seconds between looks for ended legs whose file is complete, to store its size and SHA-256",
+        30.0,
+    )
     log_format: str = _setting("RECORDING_LOG_FORMAT", "text (one line per event) or json (for log shippers)", "text")
     log_level: str = _setting("RECORDING_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", "INFO")
 
@@ -209,6 +237,8 @@ class Settings:
                 raise ConfigError(f"{spec.metadata['env']} must be greater than 0, not {value}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"RECORDING_LOG_LEVEL {self.log_level!r} is not a log level")
+        if self.retention:
+            parse_period(self.retention, "RECORDING_RETENTION")
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -238,6 +268,11 @@ class Settings:
     def http_address(self) -> tuple[str, int] | None:
         return parse_listen(self.http_listen, "RECORDING_HTTP_LISTEN") if self.http_listen else None
 
+    @property
+    def retention_period(self) -> timedelta | None:
+        """How long ended legs' audio is kept; None: for ever."""
+        return parse_period(self.retention, "RECORDING_RETENTION") if self.retention else None
+
 
 def describe() -> list[tuple[str, str, Any, str]]:
     """``(field, environment variable, default, help)`` for every setting."""
@@ -264,6 +299,24 @@ def parse_listen(value: str, name: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{name} {value!r} is not HOST:PORT (for example 127.0.0.1:4573)")
     return host, int(port)
+
+
+def parse_period(text: str, name: str) -> timedelta:
+    """A period such as ``90d``: a whole number and a unit, ``h`` hours, ``d`` days, ``w`` weeks
+    or ``y`` years of 365 days. Raises ConfigError naming ``name`` for anything else."""
+    match = _PERIOD.match(text or "")
+    if match is None:
+        raise ConfigError(
+            f"{name} {text!r} is not a period: a whole number and h, d, w or y (hours, days, weeks, "
+            "years of 365 days), e.g. 90d"
+        )
+    try:
+        period = int(match.group(1)) * _PERIOD_UNITS[match.group(2).lower()]
+    except OverflowError:
+        period = None
+    if period is None or not timedelta(0) < period <= LONGEST_PERIOD:
+        raise ConfigError(f"{name} {text!r}: a period must be longer than 0 and at most 1000y (for ever: leave it empty)")
+    return period
 
 
 def render_file(template: str, *, uniqueid: str, leg: int, extension: str, when: datetime) -> str:

@@ -44,6 +44,11 @@ RELOADABLE = frozenset({
     "environment_timeout",
     "sweep_interval",
     "max_leg_age",
+    # after the call: read on each pass of the background work and each download
+    "monitor_mount",
+    "retention",
+    "file_quiet",
+    "hash_interval",
     # the access rules of recording.access: who may connect, and how wrong keys are slowed
     "agi_allow",
     "http_allow",

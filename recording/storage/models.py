@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -123,6 +124,20 @@ class CallRecord(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+# The rules of a leg's file, kept by the database itself (migration 0004 spells out the same text).
+# A digest is the size, the SHA-256 and when they were taken, all three or none.
+DIGEST_COMPLETE = ("(file_sha256 IS NULL) = (file_size IS NULL) AND (file_sha256 IS NULL) = (hashed_at IS NULL)"
+                   " AND (file_sha256 IS NULL OR length(file_sha256) = 64)")
+# "purged" comes with its time and the state the leg had ended in, and only then.
+PURGED_WHEN_MARKED = ("(state = 'purged') = (purged_at IS NOT NULL)"
+                      " AND (purged_at IS NULL) = (state_before_purge IS NULL)")
+# A leg is marked purged only after its purge was begun (and recorded) before its file was deleted.
+PURGE_HAS_INTENT = "purged_at IS NULL OR (purge_started_at IS NOT NULL AND purge_reason IS NOT NULL)"
+# A held leg has no purge under way: a hold cannot be placed once the deletion may have begun,
+# and a purge does not begin on a held leg.
+HOLD_OR_PURGE = "held_at IS NULL OR purge_started_at IS NULL"
+
+
 class RecordingLeg(Base):
     """One MixMonitor run on one channel of a call.
 
@@ -137,6 +152,10 @@ class RecordingLeg(Base):
         CheckConstraint(_one_of("ownership", OWNERSHIP_RULES), name="ownership_rule"),
         CheckConstraint(_one_of("state", LEG_STATES), name="state"),
         CheckConstraint("(ownership = 'DEFAULT') = (owner_id IS NULL)", name="owner_matches_rule"),
+        CheckConstraint(DIGEST_COMPLETE, name="digest_complete"),
+        CheckConstraint(PURGED_WHEN_MARKED, name="purged_when_marked"),
+        CheckConstraint(PURGE_HAS_INTENT, name="purge_has_intent"),
+        CheckConstraint(HOLD_OR_PURGE, name="hold_or_purge"),
         Index(
             "uq_recording_legs_active_unique_id",
             "unique_id",
@@ -160,11 +179,24 @@ class RecordingLeg(Base):
     source: Mapped[str] = mapped_column(String(8))
     state: Mapped[str] = mapped_column(String(16))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     # Who or what ended the leg: a login, "dialplan", "hangup", "sweeper"...
     ended_by: Mapped[str | None] = mapped_column(String(128))
     # When the channel was last known to be alive; a lost leg ends there.
     seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The file once complete (the leg ended and the file stopped changing).
+    file_size: Mapped[int | None] = mapped_column(BigInteger)
+    file_sha256: Mapped[str | None] = mapped_column(String(64))
+    hashed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A legal hold: the leg's audio is not purged while held_at is set.
+    held_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    held_by: Mapped[str | None] = mapped_column(String(128))
+    hold_reason: Mapped[str | None] = mapped_column(String(255))
+    # Retention: the intent (written first), then the mark once the file is deleted.
+    purge_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    purge_reason: Mapped[str | None] = mapped_column(String(255))
+    purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    state_before_purge: Mapped[str | None] = mapped_column(String(16))
 
 
 class RecordingPause(Base):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -28,6 +28,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from ..domain import (
     ACTIVE_STATES,
+    ENDED_STATES,
     CommitResult,
     DirectorySnapshot,
     LegChange,
@@ -37,7 +38,7 @@ from ..domain import (
     TagUpdate,
     UserRef,
 )
-from ..errors import ConfigError, Invalid, StorageRefused, StorageUnavailable
+from ..errors import Conflict, ConfigError, Invalid, NotFound, StorageRefused, StorageUnavailable
 from .hotpath import HotPath
 from .models import (
     API_KEY_VARIABLE,
@@ -56,7 +57,7 @@ log = logging.getLogger("recording.store")
 _legs = RecordingLeg.__table__
 _calls = CallRecord.__table__
 _pauses = RecordingPause.__table__
-ENDED_STATES = ("stopped", "ended", "lost")
+_variables = SystemVariable.__table__
 
 
 def migrations_path() -> Path:
@@ -534,6 +535,10 @@ class Store:
                 mixmonitor_id=row.mixmonitor_id, source=row.source, state=row.state,
                 start=row.started_at, end=row.ended_at, ended_by=row.ended_by,
                 pauses=tuple(pauses.get(row.id, ())), owner_id=row.owner_id,
+                file_size=row.file_size, file_sha256=row.file_sha256, hashed_at=row.hashed_at,
+                held_at=row.held_at, held_by=row.held_by, hold_reason=row.hold_reason,
+                purge_started_at=row.purge_started_at, purge_reason=row.purge_reason, purged_at=row.purged_at,
+                state_before_purge=row.state_before_purge,
             )
             for row in rows
         ]
@@ -564,6 +569,164 @@ class Store:
             rows = conn.execute(select(_legs.c.id, func.coalesce(_legs.c.seen_at, _legs.c.started_at))
                                 .where(_legs.c.id.in_(leg_ids)))
             return dict(rows.all())
+
+    # -- after the call: a leg's digest, legal hold and purge --------------------------------
+
+    def leg(self, leg_id: str) -> LegView | None:
+        """The leg with that id, or None."""
+        with self._read() as conn:
+            views = self._views(conn, conn.execute(self._leg_query().where(_legs.c.id == leg_id)))
+        return views[0] if views else None
+
+    def legs_ended_before(self, cutoff: datetime, after: tuple[datetime, str] | None = None, limit: int = 500
+                          ) -> list[LegView]:
+        """Ended legs whose audio is still kept and whose end is before ``cutoff``, oldest
+        first, the ``limit`` after the (end, id) ``after``; held ones and ones whose purge was
+        begun included (the caller tells them apart)."""
+        query = self._leg_query().where(_legs.c.state.in_(ENDED_STATES), _legs.c.ended_at < cutoff)
+        if after is not None:
+            query = query.where(or_(_legs.c.ended_at > after[0],
+                                    (_legs.c.ended_at == after[0]) & (_legs.c.id > after[1])))
+        query = query.order_by(_legs.c.ended_at, _legs.c.id).limit(limit)
+        with self._read() as conn:
+            return self._views(conn, conn.execute(query))
+
+    def unfinished_purges(self) -> list[LegView]:
+        """Legs whose purge was begun and not marked done: a purge that was interrupted."""
+        query = self._leg_query().where(_legs.c.purge_started_at.is_not(None), _legs.c.state != "purged")
+        with self._read() as conn:
+            return self._views(conn, conn.execute(query.order_by(_legs.c.purge_started_at, _legs.c.id)))
+
+    def begin_purge(self, leg_id: str, at: datetime, reason: str) -> bool:
+        """The first step of a purge, committed before the file is touched: the intent, its time
+        and reason. False when the leg may not be purged (held, not ended, begun already)."""
+        with self._write() as conn:
+            changed = conn.execute(
+                update(_legs)
+                .where(_legs.c.id == leg_id, _legs.c.state.in_(ENDED_STATES), _legs.c.held_at.is_(None),
+                       _legs.c.purge_started_at.is_(None))
+                .values(purge_started_at=at, purge_reason=reason[:255])
+            )
+            return changed.rowcount == 1
+
+    def abandon_purge(self, leg_id: str) -> bool:
+        """Takes back a begun purge whose file could not be deleted (so the leg can be held)."""
+        with self._write() as conn:
+            changed = conn.execute(
+                update(_legs)
+                .where(_legs.c.id == leg_id, _legs.c.purge_started_at.is_not(None), _legs.c.state != "purged")
+                .values(purge_started_at=None, purge_reason=None)
+            )
+            return changed.rowcount == 1
+
+    def finish_purge(self, leg_id: str, at: datetime) -> bool:
+        """The last step, once the file is gone: the leg becomes ``purged``, keeping the state it
+        had ended in. False when it was not begun, or was finished already."""
+        with self._write() as conn:
+            changed = conn.execute(
+                update(_legs)
+                .where(_legs.c.id == leg_id, _legs.c.purge_started_at.is_not(None), _legs.c.state.in_(ENDED_STATES))
+                .values(state="purged", purged_at=at, state_before_purge=_legs.c.state)
+            )
+            return changed.rowcount == 1
+
+    def set_hold(self, leg_id: str, *, held: bool, by: str, at: datetime, reason: str | None = None
+                 ) -> tuple[LegView, bool]:
+        """Places (``held``) or releases a legal hold. Returns the leg and whether anything
+        changed (holding a held leg, or releasing one that is not, changes nothing). Raises
+        NotFound for an unknown leg and Conflict for a leg with no audio left to hold."""
+        with self._write() as conn:
+            row = conn.execute(select(_legs).where(_legs.c.id == leg_id)).first()
+            if row is None:
+                raise NotFound(f"no recording leg has the id {leg_id!r}")
+            changed = False
+            if held and row.held_at is None:
+                if row.state == "purged":
+                    raise Conflict(f"the audio of leg {leg_id} was purged at {row.purged_at.isoformat()}: "
+                                   "there is nothing left to hold")
+                if row.state == "failed":
+                    raise Conflict(f"leg {leg_id} recorded nothing (its MixMonitor did not start): nothing to hold")
+                if row.purge_started_at is not None:
+                    raise Conflict(f"the purge of leg {leg_id} began at {row.purge_started_at.isoformat()} "
+                                   f"({row.purge_reason}): it can no longer be held")
+                # NOTE: the condition is checked again by the UPDATE itself, so a purge that
+                # began meanwhile (another process) wins cleanly instead of both going ahead.
+                changed = conn.execute(
+                    update(_legs).where(_legs.c.id == leg_id, _legs.c.purge_started_at.is_(None))
+                    .values(held_at=at, held_by=by[:128], hold_reason=reason[:255] if reason else None)
+                ).rowcount == 1
+                if not changed:
+                    raise Conflict(f"the purge of leg {leg_id} began just now: it can no longer be held")
+            elif not held and row.held_at is not None:
+                conn.execute(update(_legs).where(_legs.c.id == leg_id)
+                             .values(held_at=None, held_by=None, hold_reason=None))
+                changed = True
+            view = self._views(conn, conn.execute(self._leg_query().where(_legs.c.id == leg_id)))[0]
+        return view, changed
+
+    def unhashed_legs(self, since: datetime, limit: int) -> list[LegView]:
+        """Ended legs since ``since`` whose file has no digest yet (and no purge begun), the
+        most recently ended first."""
+        query = self._leg_query().where(
+            _legs.c.state.in_(ENDED_STATES), _legs.c.file_sha256.is_(None), _legs.c.purge_started_at.is_(None),
+            _legs.c.ended_at >= since,
+        ).order_by(_legs.c.ended_at.desc(), _legs.c.id).limit(limit)
+        with self._read() as conn:
+            return self._views(conn, conn.execute(query))
+
+    def store_digest(self, leg_id: str, size: int, sha256: str, at: datetime) -> bool:
+        """Stores a complete file's size and SHA-256 with its leg, once: a digest is never
+        overwritten. False when the leg had one already, or is being purged."""
+        with self._write() as conn:
+            changed = conn.execute(
+                update(_legs)
+                .where(_legs.c.id == leg_id, _legs.c.file_sha256.is_(None), _legs.c.state.in_(ENDED_STATES),
+                       _legs.c.purge_started_at.is_(None))
+                .values(file_size=size, file_sha256=sha256, hashed_at=at)
+            )
+            return changed.rowcount == 1
+
+    def ended_legs_page(self, since: datetime | None, after: tuple[datetime, str] | None, limit: int
+                        ) -> list[LegView]:
+        """Ended legs whose audio is kept, started at ``since`` or later, in the order of their
+        start, the ``limit`` after the (start, id) ``after``: a page of a long walk."""
+        query = self._leg_query().where(_legs.c.state.in_(ENDED_STATES))
+        if since is not None:
+            query = query.where(_legs.c.started_at >= since)
+        if after is not None:
+            query = query.where(or_(_legs.c.started_at > after[0],
+                                    (_legs.c.started_at == after[0]) & (_legs.c.id > after[1])))
+        query = query.order_by(_legs.c.started_at, _legs.c.id).limit(limit)
+        with self._read() as conn:
+            return self._views(conn, conn.execute(query))
+
+    def lease(self, name: str, owner: str, ttl: timedelta, now: datetime) -> bool:
+        """True when ``owner`` holds the lease ``name`` now: it held it within ``ttl`` (and
+        renews it), or nobody did. One process at a time does what the lease stands for; when
+        it stops renewing, another takes over after ``ttl``."""
+        value = f"{_stamp(now)} {owner}"
+        stamp = func.substr(_variables.c.value, 1, STAMP_WIDTH)
+        holder = func.substr(_variables.c.value, STAMP_WIDTH + 2)
+        stmt = self._insert(_variables).values(name=name, value=value, updated_at=now)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["name"], set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
+            where=or_(holder == owner, stamp <= _stamp(now - ttl)),
+        ).returning(_variables.c.name)
+        with self._write() as conn:
+            return conn.scalar(stmt) is not None
+
+    def take_turn(self, name: str, every: timedelta, now: datetime) -> bool:
+        """True for exactly one caller per ``every`` among all the processes that share this
+        database (``serve --workers``, several hosts): the one that moves the time stored under
+        ``name`` forward. A process that crashed during its turn waits for the next one."""
+        stamp, due = _stamp(now), _stamp(now - every)
+        stmt = self._insert(_variables).values(name=name, value=stamp, updated_at=now)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["name"], set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
+            where=_variables.c.value <= due,
+        ).returning(_variables.c.name)
+        with self._write() as conn:
+            return conn.scalar(stmt) is not None
 
     # -- transactions -------------------------------------------------------------------------
 
@@ -648,6 +811,14 @@ def _is_outage(exc: Exception) -> bool:
     """
     text = str(getattr(exc, "orig", exc))
     return "FATAL:" not in text or any(reason in text for reason in _PASSING_REFUSALS)
+
+
+STAMP_WIDTH = len("2026-11-30T10:00:00.000000Z")
+
+
+def _stamp(when: datetime) -> str:
+    """A UTC time as fixed-width text, so that two of them compare as the times do."""
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def first_line(exc: BaseException) -> str:

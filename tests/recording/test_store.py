@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from recording.domain import NewLeg, TagUpdate, UserRef
@@ -194,10 +194,60 @@ def test_migration_0003_adds_the_failed_state_and_takes_it_back(empty_database_u
                 conn.execute(text("UPDATE recording_legs SET state = 'bogus' WHERE unique_id = '1.1'"))
         with store.engine.begin() as conn:
             command.downgrade(store._alembic(conn), "0002")
-        states = {v.unique_id: v.state for v in store.find_legs(unique_id="1.1") + store.find_legs(unique_id="1.2")}
+        # Read by hand: the models describe the newest schema, which has columns 0002 lacks.
+        with store.engine.connect() as conn:
+            states = dict(conn.execute(text("SELECT unique_id, state FROM recording_legs")).all())
         assert states == {"1.1": "recording", "1.2": "lost"}
         # And up again: the downgrade left the constraint as 0002 had it.
         store.upgrade("0003")
         assert store.schema_revision() == "0003"
+    finally:
+        store.close()
+
+
+def test_migration_0004_adds_digest_hold_and_purge_and_takes_them_back(empty_database_url):
+    from alembic import command
+
+    store = Store(empty_database_url)
+    try:
+        store.upgrade("0003")
+        kept = replace(leg(unique_id="1.1"), state="ended", ended_at=NOW)
+        store.commit([kept])
+        store.upgrade()
+        assert store.schema_revision() == "0004"
+        (view,) = store.find_legs(unique_id="1.1")
+        assert (view.state, view.file_sha256, view.held, view.purged_at) == ("ended", None, False, None)
+        purged = replace(leg(unique_id="1.2"), state="stopped", ended_at=NOW)
+        store.commit([purged])
+        assert store.begin_purge(purged.id, NOW, "older than 1d (test)")
+        assert store.finish_purge(purged.id, NOW)
+        assert store.store_digest(kept.id, 44, "a" * 64, NOW)
+        store.set_hold(kept.id, held=True, by="boss", at=NOW, reason="case 7")
+        # The database itself keeps the rules: no purged leg without its time, no half digest,
+        # no hold on a leg whose purge has begun.
+        for statement in (
+            "UPDATE recording_legs SET state = 'purged' WHERE unique_id = '1.1'",
+            "UPDATE recording_legs SET file_size = NULL WHERE unique_id = '1.1'",
+            "UPDATE recording_legs SET file_sha256 = 'abc' WHERE unique_id = '1.1'",
+            "UPDATE recording_legs SET purge_started_at = hashed_at, purge_reason = 'x' WHERE unique_id = '1.1'",
+            "UPDATE recording_legs SET state = 'bogus' WHERE unique_id = '1.1'",
+        ):
+            with pytest.raises(IntegrityError):
+                with store.engine.begin() as conn:
+                    conn.execute(text(statement))
+        with store.engine.begin() as conn:
+            command.downgrade(store._alembic(conn), "0003")
+        assert store.schema_revision() == "0003"
+        with store.engine.connect() as conn:
+            rows = dict(conn.execute(text("SELECT unique_id, state FROM recording_legs")).all())
+            columns = {c["name"] for c in inspect(conn).get_columns("recording_legs")}
+        # A purged leg goes back to the state it had ended in; the new columns are gone.
+        assert rows == {"1.1": "ended", "1.2": "stopped"}
+        assert not columns & {"file_sha256", "held_at", "purge_started_at", "purged_at", "state_before_purge"}
+        with pytest.raises(IntegrityError):
+            with store.engine.begin() as conn:
+                conn.execute(text("UPDATE recording_legs SET state = 'purged' WHERE unique_id = '1.1'"))
+        store.upgrade()
+        assert store.schema_revision() == "0004"
     finally:
         store.close()
