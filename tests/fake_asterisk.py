@@ -8,6 +8,11 @@ hangs up followed by dead-channel mode, and ``HANGUP`` then close when the serve
 It reads commands as res_agi.c's run_agi() does (see :class:`CommandReader`), so a server that
 sends a command before the previous one's reply waits, as it would on a real Asterisk.
 Everything runs on blocking sockets in the calling thread, so tests assert from the peer's side.
+
+Given a ``filesystem`` (the Asterisk host's disk, as a folder), MixMonitor writes real WAV files
+there: the 44-byte header at once, as the captures show, then audio while the call talks
+(:meth:`FakeAsterisk.talk`), and the header's sizes when the file is closed (a stop, or
+:meth:`FakeAsterisk.hang_up`).
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ from __future__ import annotations
 import itertools
 import re
 import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from agi.protocol import split_command
 
@@ -31,9 +38,28 @@ _unique = itertools.count(1)
 _lock = threading.Lock()
 
 
+# Signed linear 16-bit mono at 8 kHz, as a WAV file MixMonitor writes for a .wav name.
+RATE, SAMPLE_BYTES = 8000, 2
+WAV_HEADER_BYTES = 44
+
+
 def new_unique_id() -> str:
     with _lock:
         return f"1795825765.{next(_unique)}"
+
+
+def wav_header(data_bytes: int) -> bytes:
+    """A canonical 44-byte PCM WAV header for ``data_bytes`` of audio."""
+    return struct.pack(
+        "<4sI4s4sIHHIIHH4sI", b"RIFF", 36 + data_bytes, b"WAVE", b"fmt ", 16, 1, 1, RATE, RATE * SAMPLE_BYTES,
+        SAMPLE_BYTES, 8 * SAMPLE_BYTES, b"data", data_bytes,
+    )
+
+
+def audio(seconds: float, offset: int = 0) -> bytes:
+    """``seconds`` of a deterministic test signal (different at each ``offset``)."""
+    count = int(seconds * RATE) * SAMPLE_BYTES
+    return bytes((offset + i * 37) & 0xFF for i in range(count))
 
 
 @dataclass
@@ -42,6 +68,8 @@ class MixMonitor:
     file: str
     options: str
     data: str
+    # Where this fake wrote the file (under its filesystem), None when it wrote none.
+    path: Path | None = None
 
 
 @dataclass
@@ -227,12 +255,15 @@ class CommandReader:
 class FakeAsterisk:
     """Places calls that run ``AGI(agi://host:port/<script>)`` against the server."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", *, timeout: float = 10.0):
+    def __init__(self, port: int, host: str = "127.0.0.1", *, timeout: float = 10.0,
+                 filesystem: Path | None = None):
         self.port = port
         self.host = host
         self.timeout = timeout
         self.mixmonitor_loaded = True
         self.channels: dict[str, ChannelState] = {}
+        # The Asterisk host's disk: MixMonitor's file /a/b.wav is written at filesystem/a/b.wav.
+        self.filesystem = filesystem
 
     def connect(self) -> socket.socket:
         sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
@@ -370,6 +401,7 @@ class FakeAsterisk:
             call.state.mixmonitors.append(monitor)
             for variable in re.findall(r"i\(([^)]*)\)", options):
                 call.variables[variable] = monitor.id
+            self._open(monitor)
             return "200 result=0"
         if app == "stopmixmonitor":
             running = call.state.running
@@ -377,6 +409,8 @@ class FakeAsterisk:
             target = [m for m in running if m.id == data] if data else running[-1:]
             call.stopped.extend(target)
             call.state.stopped.extend(target)
+            for monitor in target:
+                self._close(monitor)
             return "200 result=0"
         if app == "mset":
             # NOTE: Asterisk's MSet answers 0 whatever it set (a pair without "=" is only
@@ -388,3 +422,53 @@ class FakeAsterisk:
         if app == "wait":
             return "200 result=0"
         return "200 result=-2"
+
+    # -- the files MixMonitor writes --------------------------------------------------------
+
+    def _open(self, monitor: MixMonitor) -> None:
+        if self.filesystem is None:
+            return
+        path = self.filesystem / monitor.file.lstrip("/")
+        append = "a" in re.sub(r"\([^)]*\)", "", monitor.options)
+        try:
+            # NOTE: MixMonitor makes the folders the file needs.
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not (append and path.exists()):
+                path.write_bytes(wav_header(0))
+        except OSError:
+            return  # NOTE: MixMonitor answers 200 result=0 whether or not it can write the file
+        monitor.path = path
+
+    def _close(self, monitor: MixMonitor) -> None:
+        """What closing the file does: the header's sizes are written (format_wav's close)."""
+        if monitor.path is None or not monitor.path.exists():
+            return
+        with open(monitor.path, "r+b") as handle:
+            size = handle.seek(0, 2)
+            handle.seek(0)
+            handle.write(wav_header(size - WAV_HEADER_BYTES))
+
+    def talk(self, uniqueid: str, seconds: float) -> int:
+        """The call carries ``seconds`` of audio: each running MixMonitor on the channel appends
+        it to its file. Returns the bytes written to each."""
+        with _lock:
+            running = list(self.channels[uniqueid].running)
+        written = 0
+        for monitor in running:
+            if monitor.path is not None:
+                with open(monitor.path, "ab") as handle:
+                    chunk = audio(seconds, offset=handle.tell())
+                    handle.write(chunk)
+                    written = len(chunk)
+        return written
+
+    def hang_up(self, uniqueid: str) -> list[MixMonitor]:
+        """The channel hangs up: its MixMonitors end and close their files (Asterisk says
+        nothing of it over AMI: ami-events-mixmonitor-ext393)."""
+        with _lock:
+            state = self.channels[uniqueid]
+            ended = list(state.running)
+            state.stopped.extend(ended)
+        for monitor in ended:
+            self._close(monitor)
+        return ended

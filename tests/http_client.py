@@ -17,6 +17,7 @@ class Answer:
     status: int
     body: str
     headers: dict[str, str]
+    content: bytes = b""  # the body as it came (a recording's audio is not text)
 
     @property
     def json(self):
@@ -37,9 +38,9 @@ class HTTPClient:
             request.add_header("Content-Type", "application/x-www-form-urlencoded")
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
-                return Answer(response.status, response.read().decode(), dict(response.headers))
+                return _answer(response.status, response.read(), response.headers)
         except urllib.error.HTTPError as error:
-            return Answer(error.code, error.read().decode(), dict(error.headers))
+            return _answer(error.code, error.read(), error.headers)
 
     def post(self, path: str, **query) -> Answer:
         return self.request("POST", path, query=query)
@@ -54,4 +55,8 @@ class HTTPClient:
             sock.sendall(request)
             response = http.client.HTTPResponse(sock)
             response.begin()
-            return Answer(response.status, response.read().decode("utf-8", "replace"), dict(response.headers))
+            return _answer(response.status, response.read(), response.headers)
+
+
+def _answer(status: int, content: bytes, headers) -> Answer:
+    return Answer(status, content.decode("utf-8", "replace"), dict(headers), content)

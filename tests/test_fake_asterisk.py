@@ -161,3 +161,48 @@ def test_separate_args_keeps_the_rest_whole_past_the_last_slot():
     assert separate_args("a,b,c", ",", 2) == ["a", "b,c"]
     assert separate_args("a,", ",", 5) == ["a", ""]
     assert separate_args(r"a\,b", ",", 5) == ["a,b"]
+
+
+def _mixmonitor_server(*commands: bytes):
+    def server(conn):
+        _read_until_blank(conn)
+        for command in commands:
+            conn.sendall(command)
+            assert conn.recv(65536).startswith(b"200 ")
+        conn.shutdown(socket.SHUT_WR)
+        while conn.recv(65536):
+            pass
+
+    return server
+
+
+def test_mixmonitor_writes_a_wav_file_on_the_asterisk_hosts_disk(tmp_path):
+    import wave
+
+    port, done = _serve_once(_mixmonitor_server(b'EXEC MixMonitor "/spool/m/x-1.wav,bi(ID)"\n'))
+    fake = FakeAsterisk(port, timeout=5, filesystem=tmp_path)
+    call = fake.call("x", uniqueid="1795825765.10")
+    assert done.wait(5)
+    path = tmp_path / "spool/m/x-1.wav"
+    # As captured: the file appears at once as a 44-byte WAV header (the folders are made).
+    assert call.mixmonitors[0].path == path and path.stat().st_size == 44
+
+    assert fake.talk("1795825765.10", 0.5) == 8000
+    (monitor,) = fake.hang_up("1795825765.10")
+
+    assert monitor.path == path and path.stat().st_size == 44 + 8000
+    with wave.open(str(path)) as sound:
+        assert (sound.getframerate(), sound.getsampwidth(), sound.getnframes()) == (8000, 2, 4000)
+    assert fake.channels["1795825765.10"].running == []
+
+
+def test_mixmonitor_that_cannot_write_still_answers_and_leaves_no_file(tmp_path):
+    (tmp_path / "spool").write_text("a file where a folder should be")
+    port, done = _serve_once(_mixmonitor_server(b'EXEC MixMonitor "/spool/m/x-1.wav,b"\n'))
+    fake = FakeAsterisk(port, timeout=5, filesystem=tmp_path)
+
+    call = fake.call("x", uniqueid="1795825765.11")
+
+    assert done.wait(5)
+    assert call.replies == ["200 result=0"] and call.mixmonitors[0].path is None
+    assert fake.talk("1795825765.11", 0.1) == 0

@@ -147,3 +147,34 @@ def http(ami_service):
     from tests.http_client import HTTPClient
 
     return HTTPClient(ami_service.app.http_port)
+
+
+@pytest.fixture
+def monitor_dir(tmp_path):
+    """Asterisk's monitor directory, on the disk this host shares with the fake Asterisk."""
+    return tmp_path / "monitor"
+
+
+@pytest.fixture
+def files_settings(settings, monitor_dir) -> Settings:
+    """The service's settings with recordings in ``monitor_dir``, counted complete after 0.3 s
+    without a change, and looked for every 0.1 s."""
+    return settings.with_(
+        monitor_template=f"{monitor_dir}/{{date:%Y/%m/%d}}/{{uniqueid}}-{{leg}}.wav", file_quiet=0.3,
+        hash_interval=0.1,
+    )
+
+
+@pytest.fixture
+def files_service(store, files_settings):
+    """The service with its HTTP API, reading the recordings' files."""
+    with RunningService(files_settings.with_(http_listen="127.0.0.1:0")) as running:
+        yield running
+
+
+@pytest.fixture
+def pbx(files_service) -> FakeAsterisk:
+    """A fake Asterisk on the same host as the service: its MixMonitor writes real files."""
+    from pathlib import Path
+
+    return FakeAsterisk(files_service.port, filesystem=Path("/"))
