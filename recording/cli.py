@@ -292,7 +292,7 @@ def recordings_verify(args, settings: Settings) -> int:
     since = _parse_time(args.since, "--since") if args.since else None
     report = VerifyReport()
     for finding in verify(_store(settings), _monitor(settings), since, report):
-        print(_leg_line(finding.leg, f"{finding.leg.file}: {finding.detail}", finding.kind))
+        print(_leg_line(finding.leg, finding.detail, finding.kind))
     print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
     return 0 if report.ok else 1
 

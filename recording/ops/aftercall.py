@@ -46,7 +46,9 @@ class AfterCall:
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._said: str | None = None
-        self.purges = 0
+        self.turns_asked = 0  # times this process asked whether the day's purge was its turn
+        self.purges = 0  # daily purges this process ran
+        self.rounds = 0  # rounds of the background loop done
 
     def monitor(self) -> MonitorDirectory:
         return MonitorDirectory(self.settings.monitor_template, self.settings.monitor_mount)
@@ -76,6 +78,7 @@ class AfterCall:
             if self.settings.retention and time.monotonic() >= next_purge:
                 next_purge = time.monotonic() + PURGE_CHECK
                 await self._guarded(self._daily_purge)
+            self.rounds += 1
             try:
                 async with asyncio.timeout(self.settings.hash_interval):
                     await self._wake.wait()
@@ -124,7 +127,9 @@ class AfterCall:
         monitor = self.monitor()
         if period is None or not self._visible(monitor):
             return
+        self.turns_asked += 1
         if not self.store.take_turn("retention.purge", PURGE_EVERY, utcnow()):
+            log.debug("the day's purge was done by another process (or this one) less than a day ago")
             return
         reason = f"older than {self.settings.retention} (RECORDING_RETENTION)"
         report = Purger(self.store, monitor, stop=self._stopping).run(period, reason)

@@ -46,10 +46,12 @@ class Hasher:
         # leg id -> (size, mtime_ns, when first seen so)
         self._seen: dict[str, tuple[int, int, float]] = {}
         self.hashed = 0
+        self.passes = 0
 
     def run(self, monitor: MonitorDirectory) -> int:
         """One pass over the ended legs without a digest; returns how many got one. A pass does
         nothing when the monitor directory cannot be seen (its problem is logged by the caller)."""
+        self.passes += 1
         if monitor.problem() is not None:
             return 0
         started = self.now()
@@ -152,8 +154,8 @@ def verify(store: Store, monitor: MonitorDirectory, since: datetime | None, repo
 def _check(leg: LegView, monitor: MonitorDirectory) -> Finding | None:
     look = monitor.look(leg.file)
     if leg.file_sha256 is None:
-        there = f"the file has {look.size} bytes now" if look.status == "present" else look.why
-        return Finding(leg, "unhashed", f"never hashed ({there})")
+        there = f"{look.path} has {look.size} bytes" if look.status == "present" else look.why
+        return Finding(leg, "unhashed", f"never hashed: {there}")
     hashed = f"hashed at {leg.hashed_at.isoformat(timespec='seconds')}: {leg.file_size} bytes"
     if look.status == "gone":
         return Finding(leg, "vanished", f"{look.why} ({hashed})")

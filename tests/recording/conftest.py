@@ -178,3 +178,29 @@ def pbx(files_service) -> FakeAsterisk:
     from pathlib import Path
 
     return FakeAsterisk(files_service.port, filesystem=Path("/"))
+
+
+@pytest.fixture
+def people(store):
+    """fred and ann (agents) and boss (a Recording Manager)."""
+    store.add_user("fred")
+    store.add_user("ann")
+    store.add_user("boss", ["Recording Manager"])
+
+
+@pytest.fixture
+def cli(database_url, files_settings, monkeypatch, capsys):
+    """``recording-agi`` run in this process against the database, reading the same monitor
+    directory as the service: ``cli(*args)`` gives (exit status, stdout, stderr)."""
+    from recording.cli import main
+
+    monkeypatch.setenv("RECORDING_MONITOR_TEMPLATE", files_settings.monitor_template)
+    for name in ("RECORDING_RETENTION", "RECORDING_MONITOR_MOUNT"):
+        monkeypatch.delenv(name, raising=False)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main(["--database-url", database_url, *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

@@ -40,13 +40,6 @@ def recorded_call(pbx: FakeAsterisk, store, *, seconds: float = 1.0, agent: str 
 
 
 @pytest.fixture
-def people(store):
-    store.add_user("fred")
-    store.add_user("ann")
-    store.add_user("boss", ["Recording Manager"])
-
-
-@pytest.fixture
 def http(files_service) -> HTTPClient:
     return HTTPClient(files_service.app.http_port)
 
