@@ -28,6 +28,7 @@ from ..asterisk.ami import AMIClient, AMILoginRefused, AMIUnavailable, parse_ami
 from .config import Settings, parse_listen, render_file
 from ..errors import StorageUnavailable
 from ..storage import snapshot as snapshots
+from ..storage.audio import MonitorDirectory
 from ..storage.store import Store, migrations_path, normalize_url, redact_url
 
 CHECK_TIMEOUT = 5.0
@@ -48,11 +49,12 @@ class Finding:
 
 async def check(settings: Settings, *, timeout: float = CHECK_TIMEOUT) -> list[Finding]:
     """Runs every check, each within ``timeout`` seconds, and returns their findings in a
-    fixed order: settings, database, schema, apikey, monitor template, journal, ami, then one
-    per listen address. Never raises for what it finds."""
+    fixed order: settings, database, schema, apikey, monitor template, recordings' files,
+    journal, ami, then one per listen address. Never raises for what it finds."""
     groups = await asyncio.gather(
         _database(settings, timeout),
         _guarded("monitor template", _monitor_template(settings)),
+        _guarded("recordings' files", _files(settings, timeout)),
         _guarded("journal", _journal(settings, timeout)),
         _guarded("ami", _ami(settings, timeout)),
         *(_guarded(name, _listen(name, value, timeout)) for name, value in _listen_addresses(settings)),
@@ -254,6 +256,23 @@ async def _monitor_template(settings: Settings) -> Finding:
             "(set RECORDING_MONITOR_TEMPLATE to an absolute path)"
         ))
     return Finding("monitor template", True, f"renders, e.g. {example} (a path on the Asterisk host)")
+
+
+async def _files(settings: Settings, timeout: float) -> Finding:
+    """Whether this host sees the monitor directory: needed to play, purge and hash recordings,
+    so a failure only when RECORDING_RETENTION asks for purges."""
+    monitor = MonitorDirectory(settings.monitor_template, settings.monitor_mount)
+    try:
+        problem = await _in_thread(monitor.problem, timeout)
+    except TimeoutError:
+        problem = f"{monitor.local_root} gave no answer within {timeout:g} s (a share that hangs?)"
+    if problem is None:
+        return Finding("recordings' files", True, f"{monitor.local_root} is visible: recordings can be played, "
+                                                  "hashed and purged")
+    if settings.retention:
+        return Finding("recordings' files", False, f"RECORDING_RETENTION is {settings.retention} but nothing can "
+                                                   f"be purged: {problem}")
+    return Finding("recordings' files", True, f"not visible (playing, hashing and purging are off): {problem}")
 
 
 async def _journal(settings: Settings, timeout: float) -> Finding:

@@ -60,8 +60,8 @@ def closed_port() -> int:
 def test_a_good_setup_passes_every_check(good, tmp_path):
     findings = run(good)
     assert failed(findings) == set(), format_findings(list(findings.values()))
-    assert list(findings) == ["settings", "database", "schema", "apikey", "monitor template", "journal", "ami",
-                              "agi listen"]
+    assert list(findings) == ["settings", "database", "schema", "apikey", "monitor template", "recordings' files",
+                              "journal", "ami", "agi listen"]
     assert "at the newest migration" in findings["schema"].detail
     assert "not configured" in findings["ami"].detail
     assert "can be created" in findings["journal"].detail
@@ -147,6 +147,22 @@ def test_a_relative_monitor_template(good):
     findings = run(good.with_(monitor_template="{uniqueid}-{leg}.wav"))
     assert failed(findings) == {"monitor template"}
     assert "not an absolute path" in findings["monitor template"].detail
+
+
+def test_the_recordings_files_must_be_visible_only_for_a_retention(good, tmp_path):
+    template = f"{tmp_path}/monitor/{{uniqueid}}-{{leg}}.wav"
+    unseen = run(good.with_(monitor_template=template))
+    refused = run(good.with_(monitor_template=template, retention="90d"))
+    (tmp_path / "monitor").mkdir()
+    (tmp_path / "monitor" / "1795825765.3-1.wav").write_bytes(b"RIFF")
+    seen = run(good.with_(monitor_template=template, retention="90d"))
+
+    assert "recordings' files" not in failed(unseen)
+    assert "not visible (playing, hashing and purging are off)" in unseen["recordings' files"].detail
+    assert failed(refused) == {"recordings' files"}
+    assert "RECORDING_RETENTION is 90d but nothing can be purged" in refused["recordings' files"].detail
+    assert seen["recordings' files"].ok
+    assert seen["recordings' files"].detail.startswith(f"{tmp_path}/monitor is visible")
 
 
 def test_a_journal_directory_that_cannot_be_made(good, tmp_path):

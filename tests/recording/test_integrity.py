@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.fake_asterisk import audio
+from tests.fake_asterisk import FakeAsterisk, audio
 from tests.recording.conftest import API_KEY
 from tests.recording.test_recording_download import CHANNEL, recorded_call
 from tests.recording.test_retention import age
 from tests.recording.test_store import leg as new_leg
+from tests.service_runner import RunningService
 from tests.waiting import wait_until
 
 
@@ -40,29 +41,29 @@ def test_a_complete_file_gets_its_size_and_sha256(pbx, store, people, cli):
         len(content), done.file_sha256, done.hashed_at.isoformat())
 
 
-def test_a_file_still_being_written_is_not_hashed_until_it_stops(pbx, store, people, files_service):
+def test_a_file_still_being_written_is_not_hashed_until_it_stops(store, people, files_settings):
     # The leg ends (the h extension ran) but MixMonitor's thread still writes for a while:
     # Asterisk says nothing when the file is closed, so the file itself must fall quiet.
-    files_service.app.aftercall.settings = files_service.app.settings.with_(file_quiet=1.0, hash_interval=0.1)
-    call = pbx.call(f"recording/start?apiKey={API_KEY}&agentLoginName=fred", channel=CHANNEL)
-    path = Path(call.variables["RECORDING_FILE"])
-    hasher = files_service.app.aftercall._hasher
-    passes = hasher.passes
-    wait_until(lambda: hasher.passes >= passes + 5, 10, "the hasher passing while the leg records")
-    assert store.leg(call.variables["RECORDING_ID"]).file_sha256 is None
-    ended = pbx.call(f"recording/hangup?apiKey={API_KEY}", channel=CHANNEL, uniqueid=call.uniqueid)
-    assert ended.status == "ENDED"
+    with RunningService(files_settings.with_(file_quiet=1.0)) as running:
+        pbx = FakeAsterisk(running.port, filesystem=Path("/"))
+        call = pbx.call(f"recording/start?apiKey={API_KEY}&agentLoginName=fred", channel=CHANNEL)
+        leg_id, path = call.variables["RECORDING_ID"], Path(call.variables["RECORDING_FILE"])
+        rounds = running.app.aftercall.rounds
+        wait_until(lambda: running.app.aftercall.rounds >= rounds + 5, 10, "the hasher passing while the leg records")
+        assert store.leg(leg_id).file_sha256 is None
+        ended = pbx.call(f"recording/hangup?apiKey={API_KEY}", channel=CHANNEL, uniqueid=call.uniqueid)
+        assert ended.status == "ENDED"
 
-    stop_writing = time.monotonic() + 2.0
-    last_write = None
-    while time.monotonic() < stop_writing:
-        pbx.talk(call.uniqueid, 0.02)
-        last_write = datetime.now(timezone.utc)
-        assert store.leg(call.variables["RECORDING_ID"]).file_sha256 is None, "hashed while still written"
-        time.sleep(0.05)
-    pbx.hang_up(call.uniqueid)
+        stop_writing = time.monotonic() + 2.0
+        while time.monotonic() < stop_writing:
+            pbx.talk(call.uniqueid, 0.02)
+            last_write = datetime.now(timezone.utc)
+            assert store.leg(leg_id).file_sha256 is None, "hashed while still being written"
+            time.sleep(0.05)
+        pbx.hang_up(call.uniqueid)
 
-    done = hashed(store, call.variables["RECORDING_ID"])
+        done = hashed(store, leg_id)
+
     assert done.file_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert done.file_size == path.stat().st_size > 44 and done.hashed_at > last_write
 
@@ -125,9 +126,6 @@ def test_verify_cannot_vouch_for_files_it_cannot_see(pbx, store, people, cli, mo
 
 
 def test_no_digest_is_stored_where_the_files_cannot_be_seen(store, files_settings, people, tmp_path, caplog):
-    from tests.fake_asterisk import FakeAsterisk
-    from tests.service_runner import RunningService
-
     with RunningService(files_settings) as running:
         pbx = FakeAsterisk(running.port, filesystem=tmp_path / "elsewhere")
         _, leg = recorded_call(pbx, store)
@@ -147,8 +145,6 @@ def _threads_left():
 
 
 def test_the_after_call_thread_stops_with_the_service(store, files_settings, _threads_left):
-    from tests.service_runner import RunningService
-
     with RunningService(files_settings):
         wait_until(lambda: any(t.name.startswith("recording-aftercall") for t in threading.enumerate()), 5,
                    "the after-call thread running")

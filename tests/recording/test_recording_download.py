@@ -156,11 +156,14 @@ def test_a_purged_leg_says_when_and_why(pbx, store, people, http):
 
     _, leg = recorded_call(pbx, store)
     now = datetime.now(timezone.utc)
-    assert store.begin_purge(leg.id, now, "older than 1h (test)") and store.finish_purge(leg.id, now)
+    assert store.begin_purge(leg.id, now, "older than 1h (test)")
+    begun = play(http, leg.id)
+    assert store.finish_purge(leg.id, now)
 
     answer = play(http, leg.id)
     (entry,) = http.get(f"{RETRIEVAL}/retrieveMetaData", tag="CRM-1", apiKey=API_KEY, loginName="fred").json
 
+    assert begun.status == 404 and "is being purged (since " in begun.body
     assert answer.status == 404 and "was purged at" in answer.body and "older than 1h (test)" in answer.body
     assert (entry["State"], entry["RecordingUrl"], entry["PurgeReason"]) == ("purged", None, "older than 1h (test)")
 

@@ -255,7 +255,7 @@ def test_the_service_purges_once_a_day_when_retention_is_set(store, files_settin
         assert store.leg(leg_id).state == "purged"
     again_file, again = old_call(pbx, store)
     with RunningService(second(files_settings, tmp_path, retention="1d")) as running:
-        wait_until(lambda: running.app.aftercall.turns_asked == 1, 10, "the restarted service asking for the day's turn")
+        wait_until(lambda: running.app.aftercall.turns_asked == 1, 10, "the restarted service asking for its turn")
         assert running.app.aftercall.purges == 0
 
     # The day's turn was taken: a restart the same day does not purge again.
