@@ -98,11 +98,14 @@ class AfterCall:
         """Whether the files can be seen; says so in the log when that changes."""
         problem = monitor.problem()
         if problem != self._said:
+            # A warning when a retention cannot be kept; else this host is simply not the one
+            # that sees the files (an HTTP-only host), which is worth one line, not an alarm.
+            level = logging.WARNING if self.settings.retention else logging.INFO
             if problem:
-                log.warning("recordings' files are not visible from this host, so none are hashed or purged: %s",
-                            problem)
+                log.log(level, "recordings' files are not visible from this host, so none are hashed or purged: %s",
+                        problem)
             elif self._said is not None:
-                log.warning("recordings' files are visible again in %s", monitor.local_root)
+                log.log(level, "recordings' files are visible again in %s", monitor.local_root)
             self._said = problem
         return problem is None
 
