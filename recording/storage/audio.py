@@ -164,17 +164,24 @@ def digest(path: Path) -> Digest | None:
     return Digest(size, sha.hexdigest(), after.st_mtime_ns)
 
 
-def delete(path: Path) -> bool:
-    """Deletes the file and makes the deletion durable (the folder is synced), so that a leg
-    marked purged afterwards cannot find its file back after a power cut. False when there was
-    no file. Raises OSError when it cannot be deleted."""
+def delete(path: Path, *, sync: bool = True) -> bool:
+    """Deletes the file and (``sync``) makes the deletion durable by syncing its folder, so
+    that a leg marked purged afterwards cannot find its file back after a power cut; a caller
+    deleting many files syncs their folders once with :func:`sync_folder`. False when there
+    was no file. Raises OSError when it cannot be deleted."""
     try:
         os.unlink(path)
     except FileNotFoundError:
         return False
-    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    if sync:
+        sync_folder(path.parent)
     return True
+
+
+def sync_folder(folder: Path) -> None:
+    """Makes the folder's entries (a deletion) durable. Raises OSError."""
+    handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)

@@ -1,7 +1,8 @@
 """Retention: the audio of ended legs past a period is deleted, except under a legal hold; the
 leg stays, as ``purged``, with when and why, and each purge is one audit line.
 
-One leg's purge is three steps, each committed (or synced to disk) before the next begins:
+One leg's purge is three steps, each committed (or synced to disk) before the next begins (for a
+batch of legs at a time):
 
 1. *begin*: the intent, its time and reason, are written with the leg. A held leg is not
    begun, and a begun one can no longer be held (a database check says so too).
@@ -21,8 +22,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Callable
 
 from ..domain import LegView
@@ -33,7 +35,8 @@ from .store import Store
 audit = logging.getLogger("recording.audit")
 log = logging.getLogger("recording.retention")
 
-PAGE = 500
+# Legs purged together: one transaction begins them, one finishes them.
+BATCH = 100
 
 
 def utcnow() -> datetime:
@@ -74,15 +77,18 @@ class PurgeReport:
 
 
 class Purger:
-    """Purges legs of ``store`` whose files are in ``monitor``. ``stop``, when set, ends a run
-    between two legs (the service's shutdown)."""
+    """Purges legs of ``store`` whose files are in ``monitor``, a batch of legs at a time (each
+    step once per batch: one transaction to begin, one to finish, one sync per folder). ``stop``,
+    when set, ends a run between two legs (the service's shutdown): what was begun is finished
+    by the next run."""
 
     def __init__(self, store: Store, monitor: MonitorDirectory, *, stop: threading.Event | None = None,
-                 now: Callable[[], datetime] = utcnow):
+                 now: Callable[[], datetime] = utcnow, batch: int = BATCH):
         self.store = store
         self.monitor = monitor
         self.stop = stop or threading.Event()
         self.now = now
+        self.batch = batch
 
     def run(self, older_than: timedelta, reason: str, *, dry_run: bool = False) -> PurgeReport:
         """Purges every ended leg whose end is more than ``older_than`` ago and that is not held;
@@ -95,13 +101,12 @@ class Purger:
             self.finish_interrupted(report)
         after = None
         while not self.stop.is_set():
-            page = self.store.legs_ended_before(report.cutoff, after, PAGE)
+            page = self.store.legs_ended_before(report.cutoff, after, self.batch)
             if not page:
                 break
             after = (page[-1].end, page[-1].id)
+            todo = []
             for leg in page:
-                if self.stop.is_set():
-                    break
                 if leg.held:
                     report.held.append(leg)
                 elif leg.purge_started_at is not None:
@@ -109,7 +114,8 @@ class Purger:
                 elif dry_run:
                     self._preview(leg, report)
                 else:
-                    self._purge(leg, reason, report)
+                    todo.append(leg)
+            self._purge(todo, reason, report)
         return report
 
     def finish_interrupted(self, report: PurgeReport | None = None) -> PurgeReport:
@@ -120,11 +126,11 @@ class Purger:
             report.problem = self.monitor.problem()
         if report.problem is not None:
             return report
-        for leg in self.store.unfinished_purges():
+        begun = self.store.unfinished_purges()
+        for start in range(0, len(begun), self.batch):
             if self.stop.is_set():
                 break
-            if self._finish(leg, leg.purge_reason or "", report, interrupted=True):
-                report.finished += 1
+            report.finished += self._finish(begun[start:start + self.batch], report, interrupted=True)
         return report
 
     def _preview(self, leg: LegView, report: PurgeReport) -> None:
@@ -136,42 +142,58 @@ class Purger:
         else:
             report.failed.append((leg, look.why))
 
-    def _purge(self, leg: LegView, reason: str, report: PurgeReport) -> None:
-        look = self.monitor.look(leg.file)
-        if look.status == "unseen":
-            report.failed.append((leg, look.why))
-            return
-        if not self.store.begin_purge(leg.id, self.now(), reason):
-            return  # held, or begun by another purge, meanwhile
-        self._finish(leg, reason, report)
+    def _purge(self, legs: list[LegView], reason: str, report: PurgeReport) -> None:
+        seen = []
+        for leg in legs:
+            look = self.monitor.look(leg.file)
+            if look.status == "unseen":
+                report.failed.append((leg, look.why))
+            else:
+                seen.append(leg)
+        # Step 1 for the whole batch; a leg held, or begun by another purge, meanwhile is left out.
+        begun = self.store.begin_purges([leg.id for leg in seen], self.now(), reason)
+        self._finish([replace(leg, purge_reason=reason) for leg in seen if leg.id in begun], report)
 
-    def _finish(self, leg: LegView, reason: str, report: PurgeReport, *, interrupted: bool = False) -> bool:
-        """Steps 2 and 3 of a begun purge. True when the leg is purged now."""
-        look = self.monitor.look(leg.file)
-        if look.status == "unseen":
-            # Left begun: the next purge finishes it once the file can be seen again.
-            report.failed.append((leg, f"its purge was begun and is left to finish later: {look.why}"))
-            return False
-        if look.status == "present":
+    def _finish(self, legs: list[LegView], report: PurgeReport, *, interrupted: bool = False) -> int:
+        """Steps 2 and 3 for begun legs; returns how many are purged now."""
+        done: dict[str, str] = {}
+        folders: dict[Path, list[str]] = {}
+        for leg in legs:
+            if self.stop.is_set():
+                break  # left begun: finished by the next run
+            look = self.monitor.look(leg.file)
+            if look.status == "unseen":
+                report.failed.append((leg, f"its purge was begun and is left to finish later: {look.why}"))
+            elif look.status == "present":
+                try:
+                    audio.delete(look.path, sync=False)
+                except OSError as exc:
+                    # Taken back, so the leg may be held meanwhile; the next purge decides again.
+                    self.store.abandon_purge(leg.id)
+                    report.failed.append((leg, f"{look.path} could not be deleted: {exc.strerror or exc}"))
+                    continue
+                done[leg.id] = f"deleted {look.path}"
+                folders.setdefault(look.path.parent, []).append(leg.id)
+            else:
+                done[leg.id] = f"its file was already gone ({look.why})"
+        for folder, ids in folders.items():
             try:
-                audio.delete(look.path)
+                audio.sync_folder(folder)
             except OSError as exc:
-                # Taken back, so the leg may be held meanwhile; the next purge decides again.
-                self.store.abandon_purge(leg.id)
-                report.failed.append((leg, f"{look.path} could not be deleted: {exc.strerror or exc}"))
-                return False
-            done = f"deleted {look.path}"
-        else:
-            done = f"its file was already gone ({look.why})"
-        if not self.store.finish_purge(leg.id, self.now()):
-            return False  # another purge finished it meanwhile
-        report.purged.append((leg, done))
-        audit.info(
-            "purged the audio of leg %s (call %s, leg %d, %s, ended %s)%s: %s; %s",
-            leg.id, leg.unique_id, leg.leg, leg.state, leg.end.isoformat(timespec="seconds") if leg.end else "-",
-            " finishing an interrupted purge" if interrupted else "", reason, done,
-        )
-        return True
+                for leg_id in ids:  # not durably deleted: left begun, for the next run
+                    done.pop(leg_id)
+                log.warning("the deletions in %s could not be synced (%s): %d legs left to finish later",
+                            folder, exc.strerror or exc, len(ids))
+        finished = self.store.finish_purges(list(done), self.now())
+        for leg in legs:
+            if leg.id in finished:
+                report.purged.append((leg, done[leg.id]))
+                audit.info(
+                    "purged the audio of leg %s (call %s, leg %d, %s, ended %s)%s: %s; %s", leg.id, leg.unique_id,
+                    leg.leg, leg.state, leg.end.isoformat(timespec="seconds") if leg.end else "-",
+                    " finishing an interrupted purge" if interrupted else "", leg.purge_reason, done[leg.id],
+                )
+        return len(finished)
 
 
 def hold_sentence(leg: LegView) -> str:

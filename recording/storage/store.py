@@ -597,17 +597,23 @@ class Store:
         with self._read() as conn:
             return self._views(conn, conn.execute(query.order_by(_legs.c.purge_started_at, _legs.c.id)))
 
-    def begin_purge(self, leg_id: str, at: datetime, reason: str) -> bool:
-        """The first step of a purge, committed before the file is touched: the intent, its time
-        and reason. False when the leg may not be purged (held, not ended, begun already)."""
+    def begin_purges(self, leg_ids: Sequence[str], at: datetime, reason: str) -> set[str]:
+        """The first step of a purge, committed before any file is touched: the intent, its time
+        and reason, for each of ``leg_ids`` that may be purged (ended, not held, not begun
+        already). Returns the ids it was written for."""
+        if not leg_ids:
+            return set()
         with self._write() as conn:
-            changed = conn.execute(
+            return set(conn.scalars(
                 update(_legs)
-                .where(_legs.c.id == leg_id, _legs.c.state.in_(ENDED_STATES), _legs.c.held_at.is_(None),
+                .where(_legs.c.id.in_(leg_ids), _legs.c.state.in_(ENDED_STATES), _legs.c.held_at.is_(None),
                        _legs.c.purge_started_at.is_(None))
                 .values(purge_started_at=at, purge_reason=reason[:255])
-            )
-            return changed.rowcount == 1
+                .returning(_legs.c.id)
+            ))
+
+    def begin_purge(self, leg_id: str, at: datetime, reason: str) -> bool:
+        return leg_id in self.begin_purges([leg_id], at, reason)
 
     def abandon_purge(self, leg_id: str) -> bool:
         """Takes back a begun purge whose file could not be deleted (so the leg can be held)."""
@@ -619,16 +625,23 @@ class Store:
             )
             return changed.rowcount == 1
 
-    def finish_purge(self, leg_id: str, at: datetime) -> bool:
-        """The last step, once the file is gone: the leg becomes ``purged``, keeping the state it
-        had ended in. False when it was not begun, or was finished already."""
+    def finish_purges(self, leg_ids: Sequence[str], at: datetime) -> set[str]:
+        """The last step, once the files are gone: the legs become ``purged``, keeping the state
+        they had ended in. Returns the ids finished now (not those never begun, or finished
+        already)."""
+        if not leg_ids:
+            return set()
         with self._write() as conn:
-            changed = conn.execute(
+            return set(conn.scalars(
                 update(_legs)
-                .where(_legs.c.id == leg_id, _legs.c.purge_started_at.is_not(None), _legs.c.state.in_(ENDED_STATES))
+                .where(_legs.c.id.in_(leg_ids), _legs.c.purge_started_at.is_not(None),
+                       _legs.c.state.in_(ENDED_STATES))
                 .values(state="purged", purged_at=at, state_before_purge=_legs.c.state)
-            )
-            return changed.rowcount == 1
+                .returning(_legs.c.id)
+            ))
+
+    def finish_purge(self, leg_id: str, at: datetime) -> bool:
+        return leg_id in self.finish_purges([leg_id], at)
 
     def set_hold(self, leg_id: str, *, held: bool, by: str, at: datetime, reason: str | None = None
                  ) -> tuple[LegView, bool]:

@@ -190,27 +190,29 @@ def test_a_held_leg_is_never_purged_and_a_purge_under_way_cannot_be_held(store):
 
 CRASH = """
 import os, signal, sys
-real = os.unlink
-def crash(path, *args, **kwargs):
+real = os.{function}
+def crash(*args, **kwargs):
     if {after}:
-        real(path, *args, **kwargs)
+        real(*args, **kwargs)
     os.kill(os.getpid(), signal.SIGKILL)
-os.unlink = crash
+os.{function} = crash
 from recording.cli import main
 sys.exit(main(["recordings", "purge", "--older-than", "1d"]))
 """
 
 
-@pytest.mark.parametrize("after", [False, True], ids=["killed-before-deleting", "killed-after-deleting"])
+@pytest.mark.parametrize("function,after,deleted", [
+    ("unlink", False, 0), ("unlink", True, 1), ("fsync", True, 3),
+], ids=["killed-before-deleting", "killed-after-deleting-one", "killed-after-syncing-the-deletions"])
 def test_a_purge_killed_half_way_is_finished_by_the_next(pbx, store, people, cli, database_url, files_settings,
-                                                         after, caplog):
+                                                         function, after, deleted, caplog):
     caplog.set_level(logging.INFO, logger="recording.audit")
-    files = dict(old_call(pbx, store, tag=f"T{n}")[::-1] for n in range(2))
+    files = dict(old_call(pbx, store, tag=f"T{n}")[::-1] for n in range(3))
     env = {**os.environ, "RECORDING_DATABASE_URL": database_url,
            "RECORDING_MONITOR_TEMPLATE": files_settings.monitor_template}
 
-    killed = subprocess.run([sys.executable, "-c", CRASH.format(after=after)], env=env, capture_output=True,
-                            text=True, timeout=60)
+    killed = subprocess.run([sys.executable, "-c", CRASH.format(function=function, after=after)], env=env,
+                            capture_output=True, text=True, timeout=60)
 
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     legs = {leg_id: store.leg(leg_id) for leg_id in files}
@@ -219,17 +221,18 @@ def test_a_purge_killed_half_way_is_finished_by_the_next(pbx, store, people, cli
     for leg_id, path in files.items():
         assert not (legs[leg_id].state == "purged" and path.exists())
         assert path.exists() or legs[leg_id].purge_started_at is not None
-    begun = [leg_id for leg_id, leg in legs.items() if leg.purge_started_at is not None]
-    assert len(begun) == 1 and legs[begun[0]].state == "ended"
-    assert files[begun[0]].exists() is (not after)
+    assert all(leg.state == "ended" and leg.purge_reason == "older than 1d (recordings purge)" for leg in legs.values())
+    assert sum(not path.exists() for path in files.values()) == deleted
+    with pytest.raises(Conflict, match="it can no longer be held"):
+        store.set_hold(next(iter(files)), held=True, by="boss", at=datetime.now(timezone.utc))
 
     code, out, err = cli("recordings", "purge", "--older-than", "1d")
 
     assert code == 0, err
     assert all(store.leg(leg_id).state == "purged" and not path.exists() for leg_id, path in files.items())
-    assert "2 legs purged, 1 of them finishing an interrupted purge" in out
+    assert "3 legs purged, 3 of them finishing an interrupted purge" in out
     audit = [r.getMessage() for r in caplog.records if r.name == "recording.audit" and "purged" in r.getMessage()]
-    assert len(audit) == 2 and sum("finishing an interrupted purge" in line for line in audit) == 1
+    assert len(audit) == 3 and all("finishing an interrupted purge" in line for line in audit)
 
 
 def second(files_settings, tmp_path, **changes):
@@ -301,3 +304,29 @@ def test_under_workers_one_process_does_the_days_purge(store, files_settings, pb
     audit = [line for line in log.splitlines() if "recording.audit: purged the audio of leg" in line]
     assert sorted(leg_id for leg_id in files if any(leg_id in line for line in audit)) == sorted(files)
     assert len(audit) == 3 and not any(path.exists() for path in files.values())
+
+
+def test_a_purge_goes_through_its_legs_a_batch_at_a_time(store, monitor_dir):
+    from recording.storage.audio import MonitorDirectory
+    from recording.storage.retention import Purger
+    from tests.fake_asterisk import audio, wav_header
+
+    now = datetime.now(timezone.utc)
+    legs = []
+    for n in range(7):
+        path = monitor_dir / f"b-{n}.wav"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(wav_header(1600) + audio(0.1))
+        legs.append(new_leg(f"8.{n}", state="ended"))
+        legs[-1].file = str(path)
+    store.commit(legs)
+    with store.engine.begin() as conn:
+        for n, leg in enumerate(legs):  # ended 7, 6, ... 1 days ago; the newest is too young
+            conn.execute(update(RecordingLeg).where(RecordingLeg.id == leg.id).values(ended_at=now - (7 - n) * DAY))
+    store.set_hold(legs[2].id, held=True, by="boss", at=now)
+
+    report = Purger(store, MonitorDirectory(f"{monitor_dir}/{{uniqueid}}.wav"), batch=2).run(DAY + DAY / 2, "test")
+
+    assert [leg.id for leg, _ in report.purged] == [leg.id for n, leg in enumerate(legs) if n not in (2, 6)]
+    assert [leg.id for leg in report.held] == [legs[2].id] and report.ok
+    assert [Path(leg.file).exists() for leg in legs] == [False, False, True, False, False, False, True]
