@@ -74,15 +74,18 @@ def test_a_range_answers_206_so_a_player_can_seek(pbx, store, people, http, capl
     middle = play(http, leg.id, Range="bytes=1000-1999")
     tail = play(http, leg.id, Range="bytes=-100")
     beyond = play(http, leg.id, Range=f"bytes={len(content) + 10}-")
+    unreadable = play(http, leg.id, Range="bytes=0-1,5-6")
 
     assert (middle.status, middle.content) == (206, content[1000:2000])
     assert middle.headers["Content-Range"] == f"bytes 1000-1999/{len(content)}"
     assert (tail.status, tail.content) == (206, content[-100:])
     assert beyond.status == 416 and beyond.headers["Content-Range"] == f"bytes */{len(content)}"
+    assert f"past the end of the file ({len(content)} bytes)" in beyond.body
+    assert unreadable.status == 416 and "cannot be served: one range" in unreadable.body
     # The log line has the status the client got (settled when the file is sent).
     statuses = [r.getMessage().split("status=")[1].split()[0] for r in caplog.records
                 if r.name == "recording.http" and PLAY in r.getMessage()]
-    assert statuses == ["206", "206", "416"]
+    assert statuses == ["206", "206", "416", "416"]
 
 
 def test_an_hour_long_file_is_sent_from_disk_without_being_read_into_memory(pbx, store, people, files_service):
@@ -174,8 +177,10 @@ def test_a_purged_leg_says_when_and_why(pbx, store, people, http):
     ({"recordingId": "x\x01", "apiKey": API_KEY, "loginName": "fred"}, 400, "recordingId must be UTF-8 text"),
     ({"recordingId": "x" * 300, "apiKey": API_KEY, "loginName": "fred"}, 400, "longer than 255"),
     ({"recordingId": "x" * 40, "apiKey": API_KEY, "loginName": "fred"}, 404, "no recording leg has the id"),
+    ({"recordingId": "x", "apiKey": API_KEY, "loginName": "f\x00"}, 400, "loginName must be UTF-8 text"),
+    ({"recordingId": "x", "apiKey": API_KEY, "loginName": "f" * 129}, 400, "loginName is longer than 128"),
     ({"recordingId": "x", "apiKey": API_KEY, "loginName": "fred", "fmt": "mp3"}, 400, "unknown argument 'fmt'"),
-], ids=["no-id", "no-login", "control-character", "too-long", "long-unknown", "typo"])
+], ids=["no-id", "no-login", "control-character", "too-long", "long-unknown", "nul-login", "long-login", "typo"])
 def test_bad_arguments_get_their_status_and_a_sentence(people, http, arguments, status, message):
     answer = http.get(PLAY, **arguments)
 
@@ -211,7 +216,7 @@ def test_a_recording_manager_holds_and_releases_over_http(pbx, store, people, ht
     again = http.request("POST", HOLD, form={"recordingId": leg.id, "apiKey": API_KEY, "loginName": "boss"})
     refused = http.post(HOLD, recordingId=leg.id, apiKey=API_KEY, loginName="fred", release="true")
     released = http.post(HOLD, recordingId=leg.id, apiKey=API_KEY, loginName="boss", release="true")
-    bad = http.post(HOLD, recordingId=leg.id, apiKey=API_KEY, loginName="boss", release="maybe")
+    bad = http.post(HOLD, recordingId=leg.id, apiKey=API_KEY, loginName="boss", release="yes")
 
     assert held.status == 200, held.body
     assert (held.json["status"], held.json["Held"], held.json["HeldBy"], held.json["HoldReason"]) == (
