@@ -49,6 +49,7 @@ class AfterCall:
         self.turns_asked = 0  # times this process asked whether the day's purge was its turn
         self.purges = 0  # daily purges this process ran
         self.rounds = 0  # rounds of the background loop done
+        self.recovered = False  # whether the purges found half done at start-up were finished
 
     def monitor(self) -> MonitorDirectory:
         return MonitorDirectory(self.settings.monitor_template, self.settings.monitor_mount)
@@ -71,9 +72,12 @@ class AfterCall:
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
     async def _run(self) -> None:
-        await self._guarded(self._finish_interrupted)
+        # Purges left half done are finished first; again each round until that could be done
+        # (the service may start while the database is away, or before the files can be seen).
         next_purge = 0.0
         while not self._stopping.is_set():
+            if not self.recovered:
+                self.recovered = await self._guarded(self._finish_interrupted)
             await self._guarded(self._hash)
             if self.settings.retention and time.monotonic() >= next_purge:
                 next_purge = time.monotonic() + PURGE_CHECK
@@ -86,13 +90,15 @@ class AfterCall:
                 pass
             self._wake.clear()
 
-    async def _guarded(self, work) -> None:
+    async def _guarded(self, work) -> bool:
+        """Runs ``work`` in the after-call thread; False (and a log line) if it did not finish."""
         try:
-            await self._call(work)
+            return await self._call(work) is not False
         except StorageUnavailable as exc:
             log.debug("after-call work skipped: %s", exc)
         except Exception:
             log.exception("after-call work failed")
+        return False
 
     def _visible(self, monitor: MonitorDirectory) -> bool:
         """Whether the files can be seen; says so in the log when that changes."""
@@ -109,12 +115,14 @@ class AfterCall:
             self._said = problem
         return problem is None
 
-    def _finish_interrupted(self) -> None:
+    def _finish_interrupted(self) -> bool:
         monitor = self.monitor()
-        if self._visible(monitor):
-            report = Purger(self.store, monitor, stop=self._stopping).finish_interrupted()
-            if report.finished:
-                log.warning("finished %d purges that had been interrupted", report.finished)
+        if not self._visible(monitor):
+            return False
+        report = Purger(self.store, monitor, stop=self._stopping).finish_interrupted()
+        if report.finished:
+            log.warning("finished %d purges that had been interrupted", report.finished)
+        return report.problem is None and not self._stopping.is_set()
 
     def _hash(self) -> None:
         monitor = self.monitor()

@@ -45,6 +45,13 @@ def old_call(pbx, store, **kwargs):
     return Path(call.variables["RECORDING_FILE"]), leg.id
 
 
+def begun_elsewhere(files_service, store, leg_id):
+    """A purge of ``leg_id`` begun (by a process that then died), once the ``pbx`` service has
+    done its own start-up recovery, so that only the service under test can finish it."""
+    wait_until(lambda: files_service.app.aftercall.recovered, 10, "the pbx service's start-up recovery")
+    assert store.begin_purge(leg_id, datetime.now(timezone.utc), "older than 1d (recordings purge)")
+
+
 def test_purge_deletes_old_audio_keeps_the_leg_and_writes_one_audit_line(pbx, store, people, cli, caplog):
     caplog.set_level(logging.INFO, logger="recording.audit")
     old_file, old = old_call(pbx, store, tag="OLD")
@@ -205,9 +212,11 @@ sys.exit(main(["recordings", "purge", "--older-than", "1d"]))
     ("unlink", False, 0), ("unlink", True, 1), ("fsync", True, 3),
 ], ids=["killed-before-deleting", "killed-after-deleting-one", "killed-after-syncing-the-deletions"])
 def test_a_purge_killed_half_way_is_finished_by_the_next(pbx, store, people, cli, database_url, files_settings,
-                                                         function, after, deleted, caplog):
+                                                         files_service, function, after, deleted, caplog):
     caplog.set_level(logging.INFO, logger="recording.audit")
     files = dict(old_call(pbx, store, tag=f"T{n}")[::-1] for n in range(3))
+    # Only the next purge may finish what the killed one began, not the pbx service's start-up.
+    wait_until(lambda: files_service.app.aftercall.recovered, 10, "the pbx service's start-up recovery")
     env = {**os.environ, "RECORDING_DATABASE_URL": database_url,
            "RECORDING_MONITOR_TEMPLATE": files_settings.monitor_template}
 
@@ -240,9 +249,10 @@ def second(files_settings, tmp_path, **changes):
     return files_settings.with_(journal_dir=str(tmp_path / f"journal-{uuid.uuid4().hex[:8]}"), **changes)
 
 
-def test_the_service_finishes_an_interrupted_purge_when_it_starts(store, files_settings, pbx, people, tmp_path):
+def test_the_service_finishes_an_interrupted_purge_when_it_starts(store, files_settings, files_service, pbx, people,
+                                                                 tmp_path):
     path, leg_id = old_call(pbx, store)
-    assert store.begin_purge(leg_id, datetime.now(timezone.utc), "older than 1d (recordings purge)")
+    begun_elsewhere(files_service, store, leg_id)
 
     with RunningService(second(files_settings, tmp_path)):
         wait_until(lambda: store.leg(leg_id).state == "purged", 10, "the begun purge finished")
@@ -330,3 +340,19 @@ def test_a_purge_goes_through_its_legs_a_batch_at_a_time(store, monitor_dir):
     assert [leg.id for leg, _ in report.purged] == [leg.id for n, leg in enumerate(legs) if n not in (2, 6)]
     assert [leg.id for leg in report.held] == [legs[2].id] and report.ok
     assert [Path(leg.file).exists() for leg in legs] == [False, False, True, False, False, False, True]
+
+
+def test_a_service_that_starts_before_the_files_are_visible_finishes_the_purge_once_they_are(
+        store, files_settings, files_service, pbx, people, tmp_path, monitor_dir):
+    path, leg_id = old_call(pbx, store)
+    begun_elsewhere(files_service, store, leg_id)
+    mount = tmp_path / "share"
+
+    with RunningService(second(files_settings, tmp_path, monitor_mount=str(mount))) as running:
+        rounds = running.app.aftercall.rounds
+        wait_until(lambda: running.app.aftercall.rounds >= rounds + 3, 10, "rounds while the share is not mounted")
+        assert store.leg(leg_id).state == "ended" and path.exists()
+        mount.symlink_to(monitor_dir)  # the share comes up
+        wait_until(lambda: store.leg(leg_id).state == "purged", 10, "the begun purge finished")
+
+    assert not path.exists()
