@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 
 import pytest
+from sqlalchemy import text
 
 from recording.ops.config import Settings
 from recording.storage import snapshot as snapshots
@@ -195,8 +196,14 @@ def test_a_schema_that_is_behind_when_the_database_answers_stops_the_service(clu
     assert code == 2, log
     assert log.strip().endswith("run 'recording-agi db upgrade'")
     assert "stopping: the database schema is at 0002 but this version needs" in log
-    # Nothing replayed into the old schema; every leg waits in the journal.
-    assert legs_by_unique_id(cluster.url) == {}
+    # Nothing replayed into the old schema; every leg waits in the journal. (Counted by hand:
+    # the store reads the newest schema's columns, which 0002 lacks.)
+    store = Store(cluster.url)
+    try:
+        with store.engine.connect() as conn:
+            assert conn.scalar(text("SELECT count(*) FROM recording_legs")) == 0
+    finally:
+        store.close()
     assert Journal(journal).pending() == 5
 
     store = Store(cluster.url)
