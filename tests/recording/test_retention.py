@@ -20,7 +20,7 @@ from sqlalchemy import update
 from recording.errors import Conflict, NotFound
 from recording.storage.models import RecordingLeg
 from recording.storage.store import Store
-from tests.recording.test_recording_download import recorded_call
+from tests.recording.test_recording_download import begun_elsewhere, recorded_call
 from tests.recording.test_store import leg as new_leg
 from tests.service_runner import RunningService
 from tests.waiting import wait_until
@@ -43,13 +43,6 @@ def old_call(pbx, store, **kwargs):
     call, leg = recorded_call(pbx, store, **kwargs)
     age(store, leg.id, 2 * DAY)
     return Path(call.variables["RECORDING_FILE"]), leg.id
-
-
-def begun_elsewhere(files_service, store, leg_id):
-    """A purge of ``leg_id`` begun (by a process that then died), once the ``pbx`` service has
-    done its own start-up recovery, so that only the service under test can finish it."""
-    wait_until(lambda: files_service.app.aftercall.recovered, 10, "the pbx service's start-up recovery")
-    assert store.begin_purge(leg_id, datetime.now(timezone.utc), "older than 1d (recordings purge)")
 
 
 def test_purge_deletes_old_audio_keeps_the_leg_and_writes_one_audit_line(pbx, store, people, cli, caplog):
