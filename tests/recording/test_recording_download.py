@@ -271,5 +271,10 @@ def test_the_description_names_the_new_operations(http):
     play_op, hold_op = paths[PLAY]["get"], paths[HOLD]["post"]
     assert set(play_op["responses"]) >= {"200", "206", "400", "403", "404", "409", "416", "503"}
     assert "audio/wav" in play_op["responses"]["200"]["content"]
-    assert {p["name"] for p in play_op["parameters"]} == {"recordingId", "apiKey", "loginName", "Range"}
-    assert {p["name"] for p in hold_op["parameters"]} == {"recordingId", "apiKey", "loginName", "release", "reason"}
+    assert "content" not in play_op["responses"]["304"]
+    arguments, header = play_op["parameters"]
+    assert set(arguments["schema"]["properties"]) >= {"recordingId", "loginName"}
+    assert arguments["schema"]["required"] == ["recordingId", "loginName"] and header["name"] == "Range"
+    held = hold_op["parameters"][0]["schema"]["properties"]
+    assert held["release"]["enum"] == ["true", "false"] and held["reason"]["maxLength"] == 255
+    assert "requestBody" in hold_op and "requestBody" not in play_op
