@@ -12,16 +12,20 @@ the way Asterisk does:
 * ``EXEC MixMonitor "f,opt"``   -> ``200 result=0``; ``i(VAR)`` in the options sets VAR to an
   id like ``0x7fcdbc008fc0``
 * ``EXEC StopMixMonitor [id]``  -> ``200 result=0``
+* ``EXEC MSet "N1=v1,N2=v2"``   -> ``200 result=0``; the pairs are parsed as Asterisk 22 does
+  (``app_separate_args``/``mset``, below) and the variables set
 * ``EXEC <other application>``  -> ``200 result=-2`` (no such application)
 * ``VERBOSE``/``NOOP``          -> ``200 result=1`` / ``200 result=0``
 * anything else                 -> ``510 Invalid or unknown command``
 
 Command lines are split as res_agi's ``parse_args()`` does (whitespace separates, ``"..."``
-groups a word with the quotes removed, ``\\`` escapes), independently of the code under test.
+groups a word with the quotes removed, ``\\`` escapes), independently of the code under test,
+and a line longer than res_agi's buffer (8,192 bytes with its newline) is cut there, the rest
+read as the next command.
 When the server half-closes, the session answers ``HANGUP`` and closes, as Asterisk does.
 
 A session counts as ok when the connection completed that exchange and the channel variable
-``RECORDING_STATUS`` ends up ``STARTED``; anything else (refused/timed-out connection, reset,
+``RECORDING_STATUS`` ends up ``STARTED`` (set by ``SET VARIABLE`` or by ``MSet``); anything else (refused/timed-out connection, reset,
 no half-close within ``--timeout``, another status) is an error, classified in the report.
 
 N sessions run at concurrency C: C sessions are in flight at all times until N have been
@@ -29,7 +33,12 @@ started (or ``--duration-cap`` seconds have passed; sessions in flight then stil
 ``--procs P`` splits C and N over P forked processes so that the generator is not what
 limits the figures; each reports its CPU time (getrusage), summed in the report.
 
+With ``--breakdown`` each session also notes when each of its bytes came and went, and the
+report gives the median of each step (see ``Breakdown``). ``--self-test`` checks the MSet parser
+against the captures in ``shared/asterisk/`` and exits.
+
     python bench/loadgen.py --target 127.0.0.1:4573 --api-key KEY -n 10000 -c 100 --procs 2
+    python bench/loadgen.py --self-test
 """
 
 from __future__ import annotations
@@ -44,8 +53,11 @@ import resource
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 MAX_ERROR_SAMPLES = 5
+# shared/asterisk/ beside the checkout (as in /work: main/, shared/), where CI puts it too.
+CAPTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "asterisk"
 
 
 def raise_nofile() -> tuple[int, int]:
@@ -131,6 +143,107 @@ def parse_args_like_res_agi(line: str, max_args: int = 128) -> list[str]:
     return ["".join(w) for w in words]
 
 
+# res_agi reads a command with fgets() into a buffer of AGI_BUF_LEN (8,192) bytes: a longer
+# line is cut after 8,191 bytes and the rest is read as the next command.
+AGI_BUF_LEN = 8192
+# GET VARIABLE answers at most this many bytes of a value (captured: 8,000 came back as 1,023).
+GET_VARIABLE_MAX = 1023
+# MSet parses at most 99 pairs (AST_APP_ARG(pair)[99]); a 99th element holds the rest, unsplit.
+MSET_MAX_PAIRS = 99
+
+
+def app_separate_args(data: str, delim: str = ",", remove_chars: bool = True, arraylen: int = MSET_MAX_PAIRS) -> list[str]:
+    """Splits an application's argument string as Asterisk's ``__ast_app_separate_args()`` does
+    (main/app.c): ``delim`` separates, except inside ``(...)`` or ``[...]`` (counted even within
+    quotes) or between ``"``s; with ``remove_chars`` a ``"`` is dropped (and toggles quoting) and
+    a ``\\`` is dropped and the character after it is taken as it is, unexamined. At most
+    ``arraylen - 1`` arguments are split off; the rest of the string, when any, is the last one,
+    as it is. A ``delim`` at the very end gives one more, empty, argument."""
+    args: list[str] = []
+    paren = bracket = 0
+    quote = False
+    i, n = 0, len(data)
+    ended_on_delim = False
+    while i < n and len(args) < arraylen - 1:
+        cur: list[str] = []
+        ended_on_delim = False
+        while i < n:
+            c = data[i]
+            if c == "(":
+                paren += 1
+            elif c == ")":
+                if paren:
+                    paren -= 1
+            elif c == "[":
+                bracket += 1
+            elif c == "]":
+                if bracket:
+                    bracket -= 1
+            elif c == '"' and delim != '"':
+                quote = not quote
+                if remove_chars:
+                    i += 1
+                    continue
+            elif c == "\\":
+                if remove_chars:
+                    # NOTE: memmove() drops the backslash and the loop's scan++ steps over the
+                    # character that took its place. A backslash at the very end makes Asterisk
+                    # read past the string; here it just ends it.
+                    if i + 1 < n:
+                        cur.append(data[i + 1])
+                    i += 2
+                    continue
+                cur.append(c)
+                i += 1
+                if i < n:
+                    cur.append(data[i])
+                    i += 1
+                continue
+            elif c == delim and not paren and not quote and not bracket:
+                i += 1
+                ended_on_delim = True
+                break
+            cur.append(c)
+            i += 1
+        args.append("".join(cur))
+    if i < n:
+        args.append(data[i:])
+    elif ended_on_delim:
+        args.append("")
+    return args
+
+
+def mset_pairs(data: str) -> list[tuple[str, str]]:
+    """The (name, value) pairs that ``MSet(data)`` sets, in order, as pbx_variables.c
+    ``pbx_builtin_setvar_multiple()`` finds them: the data split on ``,`` by
+    :func:`app_separate_args`, then each piece split at its first ``=`` outside brackets and
+    quotes (the name parsed again, the value taken as it is); a piece without ``=`` is ignored."""
+    pairs = []
+    if not data:
+        return pairs
+    for piece in app_separate_args(data, ",", True, MSET_MAX_PAIRS):
+        parts = app_separate_args(piece, "=", True, 2)
+        if len(parts) == 2:
+            pairs.append((parts[0], parts[1]))
+    return pairs
+
+
+def mset_encode(pairs: list[tuple[str, str]]) -> str:
+    """One ``EXEC MSet`` command line setting ``pairs``, escaped as ``shared/asterisk/README.md``
+    says ("Setting several variables in one command"): ``\\ " , ( ) [ ]`` in a value behind a
+    backslash for MSet, then the whole data as one double-quoted word with ``\\`` and ``"``
+    behind a backslash for res_agi. Used by the reference server and the self-test."""
+    data = ",".join(name + "=" + _MSET_VALUE.sub(_backslashed, value) for name, value in pairs)
+    return 'EXEC MSet "' + data.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+_MSET_VALUE = re.compile(r'[\\",()\[\]]')
+
+
+def _backslashed(match: re.Match) -> str:
+    return "\\" + match.group()
+
+
 _id_counter = 0x7FCDBC008FC0
 
 
@@ -161,7 +274,11 @@ class Channel:
             if n != 3:
                 return "520 Invalid command syntax.  Proper usage not available."
             value = self.variables.get(words[2])
-            return "200 result=0" if value is None else f"200 result=1 ({value})"
+            if value is None:
+                return "200 result=0"
+            if len(value) > GET_VARIABLE_MAX // 4 and len(value.encode("utf-8", "surrogateescape")) > GET_VARIABLE_MAX:
+                value = value.encode("utf-8", "surrogateescape")[:GET_VARIABLE_MAX].decode("utf-8", "surrogateescape")
+            return f"200 result=1 ({value})"
         if verb == "GET" and n >= 3 and words[1].upper() == "FULL" and words[2].upper() == "VARIABLE":
             if n < 4:
                 return "520 Invalid command syntax.  Proper usage not available."
@@ -169,7 +286,7 @@ class Channel:
         if verb == "SET" and n >= 2 and words[1].upper() == "VARIABLE":
             if n != 4:
                 return "520 Invalid command syntax.  Proper usage not available."
-            self.variables[words[2]] = words[3]
+            self.set(words[2], words[3])
             return "200 result=1"
         if verb == "EXEC":
             if n < 2:
@@ -181,6 +298,13 @@ class Channel:
         if verb == "NOOP":
             return "200 result=0"
         return "510 Invalid or unknown command"
+
+    def set(self, name: str, value: str) -> None:
+        """``pbx_builtin_setvar_helper()``: a leading ``_`` or ``__`` (inheritance) is not part of
+        the name the variable is read back by."""
+        if name.startswith("_"):
+            name = name[2:] if name.startswith("__") else name[1:]
+        self.variables[name] = value
 
     def _expand(self, text: str) -> str:
         out, i = [], 0
@@ -207,8 +331,12 @@ class Channel:
                 end = options.find(")", pos)
                 if end < 0:
                     break
-                self.variables[options[pos + 2:end]] = mid
+                self.set(options[pos + 2:end], mid)
                 pos = options.find("i(", end)
+            return "200 result=0"
+        if app == "mset":
+            for name, value in mset_pairs(data):
+                self.set(name, value)
             return "200 result=0"
         if app == "stopmixmonitor":
             if data:
@@ -231,10 +359,14 @@ class AsteriskProtocol(asyncio.Protocol):
     socket takes ONE line with fgets() from a stdio buffer that holds whatever had arrived.
     A line that came with an earlier one waits in that buffer, unseen by the poll, until more
     bytes (or the server's EOF) arrive; at EOF every buffered line is taken in turn. A server
-    that pipelines commands therefore stalls here as it would on a real Asterisk.
+    that pipelines commands therefore stalls here as it would on a real Asterisk. fgets() takes
+    at most AGI_BUF_LEN - 1 bytes: the rest of a longer line is the next command.
+
+    With ``timed``, ``marks`` gets (line taken, reply written, line) for each command, and
+    ``env_at`` the time the environment was written.
     """
 
-    def __init__(self, env: bytes, channel: Channel, delay: float, done: asyncio.Future):
+    def __init__(self, env: bytes, channel: Channel, delay: float, done: asyncio.Future, timed: bool = False):
         self.env = env
         self.channel = channel
         self.delay = delay
@@ -250,6 +382,8 @@ class AsteriskProtocol(asyncio.Protocol):
         self.commands = 0
         self.stalled = 0
         self.self_connected = False
+        self.env_at = 0.0
+        self.marks: list[list] | None = [] if timed else None
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -260,6 +394,7 @@ class AsteriskProtocol(asyncio.Protocol):
             transport.abort()
             return
         transport.write(self.env)
+        self.env_at = time.monotonic()
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -277,24 +412,35 @@ class AsteriskProtocol(asyncio.Protocol):
     def _turn(self) -> None:
         """One turn of run_agi()'s loop, if its poll would return now."""
         while not self.busy and (self.woken or self.eof):
-            end = self.buffer.find(b"\n")
-            if end < 0:
-                if not self.eof:
-                    return  # fgets goes on reading until the line is whole
-                if not self.buffer:
-                    self._hangup()
-                    return
-                end = len(self.buffer)
+            end = self.buffer.find(b"\n", 0, AGI_BUF_LEN - 1)
+            if end >= 0:
+                rest = end + 1
+            elif len(self.buffer) >= AGI_BUF_LEN - 1:
+                end = rest = AGI_BUF_LEN - 1  # fgets() stops at a full buffer
+            elif not self.eof:
+                return  # fgets goes on reading until the line is whole
+            elif not self.buffer:
+                self._hangup()
+                return
+            else:
+                end = rest = len(self.buffer)
             line = self.buffer[:end].decode("utf-8", "surrogateescape")
-            self.buffer = self.buffer[end + 1:]
+            self.buffer = self.buffer[rest:]
             self.woken = False
             self.commands += 1
             if b"\n" in self.buffer and not self.eof:
                 self.stalled += 1
             if self.delay > 0:
                 self.busy = True
+                if self.marks is not None:
+                    self.marks.append([time.monotonic(), 0.0, line])
                 asyncio.get_running_loop().call_later(self.delay, self._reply, line)
                 return
+            if self.marks is not None:
+                taken = time.monotonic()
+                self.transport.write((self.channel.answer(line) + "\n").encode("utf-8", "surrogateescape"))
+                self.marks.append([taken, time.monotonic(), line])
+                continue
             self.transport.write((self.channel.answer(line) + "\n").encode("utf-8", "surrogateescape"))
 
     def _reply(self, line: str) -> None:
@@ -303,6 +449,8 @@ class AsteriskProtocol(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             return
         self.transport.write((self.channel.answer(line) + "\n").encode("utf-8", "surrogateescape"))
+        if self.marks:
+            self.marks[-1][1] = time.monotonic()
         self._turn()
 
     def _hangup(self) -> None:
@@ -315,12 +463,72 @@ class AsteriskProtocol(asyncio.Protocol):
             self.done.set_result(exc)
 
 
+def command_label(line: str) -> str:
+    """A short name for a command in the breakdown: ``EXEC MixMonitor``, ``GET VARIABLE X``."""
+    words = parse_args_like_res_agi(line)
+    if len(words) >= 3 and words[1].upper() == "VARIABLE":
+        return " ".join(words[:3])
+    return " ".join(words[:2])
+
+
+def session_steps(started: float, proto: AsteriskProtocol) -> tuple:
+    """One session's steps, in seconds, as the fake Asterisk saw them: (connect, [server's turn
+    before each command], [Asterisk's turn for each command], server's turn before the
+    half-close, total, [command labels]). The server's turn runs from the last byte we wrote
+    (the environment, or the reply before) to the command's line being read here: both
+    crossings of the loopback plus all the server did. Asterisk's turn runs from the line read
+    to the reply written (``--delay`` included). The steps add up to the total."""
+    think, answer, labels = [], [], []
+    last = proto.env_at
+    for taken, replied, line in proto.marks:
+        think.append(taken - last)
+        answer.append(replied - taken)
+        labels.append(line)
+        last = replied
+    return (proto.env_at - started, think, answer, proto.eof_at - last, proto.eof_at - started, labels)
+
+
+def _common_label(first: str, last: str) -> str:
+    """One label for a command whose words differ from session to session (a per-leg name)."""
+    if first == last:
+        return first
+    n = 0
+    while n < min(len(first), len(last)) and first[n] == last[n]:
+        n += 1
+    cut = max(first.rfind(c, 0, n) for c in "_-./ ") + 1  # back to a word's edge
+    return first[:cut or n] + "<...>"
+
+
+def summarize_steps(steps: list[tuple]) -> dict | None:
+    """Per-step medians (ms) over the sessions of the most common shape (number of commands)."""
+    if not steps:
+        return None
+    shapes = Counter(len(s[1]) for s in steps)
+    n, _ = shapes.most_common(1)[0]
+    chosen = [s for s in steps if len(s[1]) == n]
+
+    def med(values) -> float:
+        values = sorted(values)
+        mid = len(values) // 2
+        return 1000 * (values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2)
+
+    return {
+        "sessions": len(chosen), "other_shapes": {str(k): v for k, v in shapes.items() if k != n},
+        "connect_ms": med(s[0] for s in chosen),
+        "commands": [{"label": _common_label(command_label(chosen[0][5][i]), command_label(chosen[-1][5][i])),
+                      "think_ms": med(s[1][i] for s in chosen), "answer_ms": med(s[2][i] for s in chosen)}
+                     for i in range(n)],
+        "close_ms": med(s[3] for s in chosen), "total_ms": med(s[4] for s in chosen),
+    }
+
+
 class Totals:
     def __init__(self):
         self.latencies: list[float] = []
         self.ok = 0
         self.errors: Counter[str] = Counter()
         self.samples: dict[str, list[str]] = {}
+        self.steps: list[tuple] = []
 
     def error(self, kind: str, detail: str) -> None:
         self.errors[kind] += 1
@@ -342,7 +550,8 @@ async def one_session(loop, cfg, seq: int, totals: Totals) -> None:
     try:
         async with asyncio.timeout(cfg.connect_timeout):
             transport, proto = await loop.create_connection(
-                lambda: AsteriskProtocol(env, channel, cfg.delay, done), cfg.host, cfg.port, local_addr=local,
+                lambda: AsteriskProtocol(env, channel, cfg.delay, done, cfg.breakdown), cfg.host, cfg.port,
+                local_addr=local,
             )
     except TimeoutError:
         totals.error("connect timeout", f"{uniqueid}: no connection within {cfg.connect_timeout:g}s")
@@ -372,6 +581,8 @@ async def one_session(loop, cfg, seq: int, totals: Totals) -> None:
     if status == "STARTED":
         totals.ok += 1
         totals.latencies.append(proto.eof_at - started)
+        if proto.marks is not None:
+            totals.steps.append(session_steps(started, proto))
     else:
         error = channel.variables.get("RECORDING_ERROR", "")
         totals.error(f"status={status}", f"{uniqueid}: RECORDING_STATUS={status!r} RECORDING_ERROR={error!r}")
@@ -402,7 +613,7 @@ async def run_proc(cfg, concurrency: int, sessions: int, seq_start: int, seq_ste
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "started": started, "ok": totals.ok, "errors": dict(totals.errors), "samples": totals.samples,
-        "latencies": totals.latencies, "t0": t0, "t1": t1,
+        "latencies": totals.latencies, "t0": t0, "t1": t1, "steps": totals.steps,
         "cpu": (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime),
     }
 
@@ -484,7 +695,99 @@ def run(cfg) -> dict:
         "max_ms": (latencies[-1] * 1000) if latencies else float("nan"),
         "mean_ms": (sum(latencies) / len(latencies) * 1000) if latencies else float("nan"),
         "loadgen_cpu_s": cpu, "seq_next": cfg.seq_start + cfg.sessions,
+        "breakdown": summarize_steps([x for r in results for x in r["steps"]]) if cfg.breakdown else None,
     }
+
+
+# -- self-test against the captures ---------------------------------------------------------------
+
+_MIXMONITOR_ID = re.compile(r"0x[0-9a-f]+")
+
+
+def self_test(captures: Path) -> tuple[list[str], int]:
+    """Checks this fake Asterisk against what a real one did. Returns (failures, checks made).
+
+    1. ``fastagi-mset-ext390.txt``: every command the probe sent (``>>``) is answered by a
+       :class:`Channel` and must get the reply Asterisk gave (``<<``), so each ``EXEC MSet``
+       line, as it was on the wire, must store what ``GET VARIABLE`` then read back. A
+       MixMonitor id may differ, but not its shape. Lines the capture shortened (``...``) and
+       the commands after one are skipped.
+    2. ``fastagi-mset-values.jsonl``: every value sent, escaped by :func:`mset_encode` (five to a
+       command, as the probe did, and each alone), must come out of :func:`mset_pairs`, through
+       res_agi's word split, exactly as Asterisk stored it.
+    3. What main/app.c does that the captures do not show, and that a server must escape for:
+       an unescaped ``(`` swallows the later pairs, brackets count inside quotes, ``"`` is
+       removed, a piece without ``=`` is ignored, the value keeps a later ``=``.
+    """
+    failures: list[str] = []
+    checked = 0
+    transcript = captures / "fastagi-mset-ext390.txt"
+    values = captures / "fastagi-mset-values.jsonl"
+    for path in (transcript, values):
+        if not path.is_file():
+            failures.append(f"{path}: not found (give the captures' folder with --captures)")
+    if failures:
+        return failures, 0
+
+    channel = Channel("1795978798.3", "Local/390@accept-project-00000001;2")
+    sent: str | None = None
+    skipping = False
+    for number, raw in enumerate(transcript.read_text(encoding="utf-8").splitlines(), 1):
+        if raw.startswith(">> "):
+            sent = raw[3:]
+            skipping = skipping or sent.endswith(" ...")
+            if not skipping:
+                answer = channel.answer(sent)
+        elif raw.startswith("<< ") and sent is not None and not skipping:
+            expected = raw[3:]
+            checked += 1
+            if _MIXMONITOR_ID.sub("0x", answer) != _MIXMONITOR_ID.sub("0x", expected):
+                failures.append(f"{transcript.name}:{number}: {sent!r} answered {answer!r}, Asterisk {expected!r}")
+            sent = None
+        elif raw.startswith("..."):
+            skipping = False  # the elided part is over; the next commands are whole again
+    if checked < 40:
+        failures.append(f"{transcript.name}: only {checked} replies compared, the capture looks cut")
+
+    table = [json.loads(line) for line in values.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for size in (5, 1):
+        for first in range(0, len(table), size):
+            batch = table[first:first + size]
+            pairs = [(f"V{first + k}", row["sent"]) for k, row in enumerate(batch)]
+            line = mset_encode(pairs)
+            checked += 1
+            if len(line.encode("utf-8")) >= AGI_BUF_LEN:
+                failures.append(f"{values.name}: the command for V{first} is {len(line)} bytes, over res_agi's buffer")
+                continue
+            words = parse_args_like_res_agi(line)
+            got = dict(mset_pairs(words[2])) if len(words) == 3 and words[:2] == ["EXEC", "MSet"] else {}
+            for k, row in enumerate(batch):
+                if got.get(f"V{first + k}") != row["stored"]:
+                    failures.append(f"{values.name}: {row['sent']!r} sent as {line!r} came out as "
+                                    f"{got.get(f'V{first + k}')!r}, Asterisk stored {row['stored']!r}")
+    if len(table) < 300:
+        failures.append(f"{values.name}: only {len(table)} values")
+
+    for data, expected in (
+        ("A=x(,B=y", [("A", "x(,B=y")]),               # an open paren runs to the end
+        ('A="(",B=1', [("A", "(,B=1")]),                # counted even inside quotes
+        ("A=[1,B=2],C=3", [("A", "[1,B=2]"), ("C", "3")]),
+        ('A="a,b",B=2', [("A", "a,b"), ("B", "2")]),    # quotes group, and are removed
+        ("A=x=y,NOEQUALS,B=", [("A", "x=y"), ("B", "")]),
+        ("A=1,", [("A", "1")]),                         # a trailing comma: one empty piece, no '='
+        ("A=\\,\\(,B=2", [("A", ",("), ("B", "2")]),
+    ):
+        checked += 1
+        got = mset_pairs(data)
+        if got != expected:
+            failures.append(f"mset_pairs({data!r}) = {got!r}, expected {expected!r} (main/app.c)")
+    channel = Channel("1.1", "PJSIP/1")
+    checked += 1
+    reply = channel.answer('EXEC MSet "__RECORDING_STATUS=STARTED,RECORDING_ERROR="')
+    if reply != "200 result=0" or channel.variables.get("RECORDING_STATUS") != "STARTED" \
+            or channel.variables.get("RECORDING_ERROR") != "":
+        failures.append(f"EXEC MSet via Channel.answer: {reply!r}, {channel.variables!r}")
+    return failures, checked
 
 
 def parse_target(text: str) -> tuple[str, int]:
@@ -496,7 +799,7 @@ def parse_target(text: str) -> tuple[str, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--target", required=True, type=parse_target, help="HOST:PORT of the FastAGI server")
+    p.add_argument("--target", type=parse_target, help="HOST:PORT of the FastAGI server")
     p.add_argument("-n", "--sessions", type=int, default=1000, help="sessions to run (default 1000)")
     p.add_argument("-c", "--concurrency", type=int, default=10, help="sessions in flight at all times (default 10)")
     p.add_argument("--procs", type=int, default=1, help="processes to split the load over (default 1)")
@@ -516,11 +819,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source-ips", type=int, default=0,
                    help="spread connections over 127.0.0.2..N+1 as source addresses (0: let the kernel pick)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    p.add_argument("--breakdown", action="store_true",
+                   help="time each step of each session and report the median of each (see session_steps)")
+    p.add_argument("--self-test", action="store_true",
+                   help="check the MSet parser against the captures in --captures, then exit")
+    p.add_argument("--captures", default=str(CAPTURES),
+                   help=f"folder of the Asterisk captures (default {CAPTURES})")
     return p
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.self_test:
+        failures, checked = self_test(Path(args.captures))
+        for failure in failures:
+            print(f"loadgen self-test: {failure}", file=sys.stderr)
+        print(f"loadgen self-test: {checked} checks, {len(failures)} failed", file=sys.stderr)
+        return 1 if failures or not checked else 0
+    if args.target is None:
+        parser.error("--target is required")
     soft, hard = raise_nofile()
     if args.concurrency < 1 or args.sessions < 1 or args.procs < 1:
         print("loadgen: --sessions, --concurrency and --procs must be at least 1", file=sys.stderr)

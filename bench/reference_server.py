@@ -5,38 +5,56 @@ Per session it reads the environment block, sends ``EXEC MixMonitor "/tmp/ref-<u
 and awaits the reply, sends ``SET VARIABLE RECORDING_STATUS "STARTED"`` and awaits the reply,
 then half-closes, reads until Asterisk's ``HANGUP`` and EOF, and closes. No database, no
 logging per session, no checks: what any Python recorder pays for the conversation alone.
-With ``--in-turn`` it sends the 8 commands our ``recording/start`` sends instead (``ref8``).
 
-    python bench/reference_server.py --listen 127.0.0.1:4599 [--in-turn]
+With ``--start3`` (``ref3``) it sends the three commands of a correct start instead, each after
+the reply to the one before: ``EXEC MixMonitor "<file>,b i(RECORDING_MIXMON_<leg>)"`` (the id
+variable named for the leg, so it never holds a stale id), ``GET VARIABLE RECORDING_MIXMON_<leg>``
+(MixMonitor answers 0 even when it did not start: the id is what tells), and one ``EXEC MSet``
+that sets RECORDING_STATUS, RECORDING_ERROR, RECORDING_ID, RECORDING_FILE and RECORDING_DEFERRED
+(``STARTED`` with the leg, or ``FAILED`` when no id came back). Still no database.
+
+    python bench/reference_server.py --listen 127.0.0.1:4599 [--start3]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
+import os
 import resource
 import signal
 import socket
 import sys
 
+from loadgen import mset_encode  # bench/ is sys.path[0] when this runs as a script
+
 ENV_LIMIT = 65536
 TIMEOUT = 30.0
 
 
-# The reference's conversation, and with --in-turn the same commands our recording/start sends
-# (each after the reply to the one before, as res_agi requires), with nothing else around them.
 BARE = ('EXEC MixMonitor "/tmp/ref-{uid}.wav,b"\n', 'SET VARIABLE RECORDING_STATUS "STARTED"\n')
-IN_TURN = (
-    'SET VARIABLE RECORDING_MIXMONITOR_ID ""\n',
-    'EXEC MixMonitor "/tmp/ref-{uid}.wav,bi(RECORDING_MIXMONITOR_ID)"\n',
-    "GET VARIABLE RECORDING_MIXMONITOR_ID\n",
-    'SET VARIABLE RECORDING_STATUS "STARTED"\n',
-    'SET VARIABLE RECORDING_ERROR ""\n',
-    'SET VARIABLE RECORDING_ID "{uid}"\n',
-    'SET VARIABLE RECORDING_FILE "/tmp/ref-{uid}.wav"\n',
-    'SET VARIABLE RECORDING_DEFERRED "0"\n',
-)
-in_turn = False
+start3 = False
+_legs = itertools.count(1)
+_leg_prefix = f"{os.getpid():x}"
+
+
+async def start_in_three(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, safe: str) -> None:
+    leg = f"{_leg_prefix}x{next(_legs)}"
+    path = f"/tmp/ref-{safe}.wav"
+    writer.write(f'EXEC MixMonitor "{path},b i(RECORDING_MIXMON_{leg})"\n'.encode())
+    await reader.readline()
+    writer.write(f"GET VARIABLE RECORDING_MIXMON_{leg}\n".encode())
+    reply = await reader.readline()
+    if reply.startswith(b"200 result=1 ("):
+        pairs = [("RECORDING_STATUS", "STARTED"), ("RECORDING_ERROR", ""), ("RECORDING_ID", leg),
+                 ("RECORDING_FILE", path), ("RECORDING_DEFERRED", "0")]
+    else:
+        pairs = [("RECORDING_STATUS", "FAILED"), ("RECORDING_ERROR", "MixMonitor did not start (no id)"),
+                 ("RECORDING_ID", ""), ("RECORDING_FILE", ""), ("RECORDING_DEFERRED", "0")]
+    # the escaping that loadgen.py --self-test checks against the captures
+    writer.write((mset_encode(pairs) + "\n").encode())
+    await reader.readline()
 
 
 async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -54,9 +72,12 @@ async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
                 if line.startswith(b"agi_uniqueid:"):
                     uniqueid = line[13:].strip().decode("utf-8", "replace")
             safe = "".join(c for c in uniqueid if c.isalnum() or c in ".-_") or "unknown"
-            for command in (IN_TURN if in_turn else BARE):
-                writer.write(command.replace("{uid}", safe).encode())
-                await reader.readline()
+            if start3:
+                await start_in_three(reader, writer, safe)
+            else:
+                for command in BARE:
+                    writer.write(command.replace("{uid}", safe).encode())
+                    await reader.readline()
             writer.write_eof()
             while await reader.read(4096):  # HANGUP, then EOF
                 pass
@@ -88,11 +109,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--listen", default="127.0.0.1:4599", help="HOST:PORT (default 127.0.0.1:4599)")
     parser.add_argument("--backlog", type=int, default=4096, help="listen backlog (default 4096)")
-    parser.add_argument("--in-turn", action="store_true",
-                        help="send the 8 commands of our recording/start instead of the reference's 2")
+    parser.add_argument("--start3", action="store_true",
+                        help="send the 3 commands of a correct start (MixMonitor with a per-leg id variable, "
+                             "GET VARIABLE of it, one MSet of the 5 results) instead of the reference's 2")
     args = parser.parse_args(argv)
-    global in_turn
-    in_turn = args.in_turn
+    global start3
+    start3 = args.start3
     host, sep, port = args.listen.rpartition(":")
     if not sep or not port.isdigit():
         parser.error(f"--listen {args.listen!r} is not HOST:PORT")

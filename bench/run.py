@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
-"""Benchmarks the recording service's FastAGI path against a minimal reference, in one run.
+"""Benchmarks the recording service's FastAGI path against references and peers, in one run.
 
-Starts, each as its own process: the reference server (``bench/reference_server.py``), our
-server on SQLite (a temp file) and our server on PostgreSQL (a temp database), the latter two
-through the CLI exactly as deployed (``db upgrade``, ``apikey set``, ``serve --listen``). Then,
-for each concurrency level and each server in turn, it runs ``bench/loadgen.py`` (a fake
-Asterisk) and prints one table: throughput, latency, server CPU per session, server peak RSS,
-errors, the load generator's own CPU, and the ratios to the reference at the same concurrency.
+Starts, each as its own process: the references (``bench/reference_server.py``: ``ref`` sends 2
+commands, ``ref3`` the 3 of a correct start; no database), the peers (``bench/peers/``: a pyst2
+server with SQLAlchemy and a panoramisk one with a psycopg pool, each writing one row to
+PostgreSQL), our server on SQLite (a temp file) and on PostgreSQL (a temp database, which the
+peers use too), ours through the CLI exactly as deployed (``db upgrade``, ``apikey set``,
+``serve --listen``). Then, for each concurrency level, ``--rounds`` times, each server in turn,
+it runs ``bench/loadgen.py`` (a fake Asterisk), and prints one table of the medians over the
+rounds: throughput, latency, server CPU per session, server peak RSS, errors, the load
+generator's own CPU, and the ratios to the best peer and to ``ref3`` at the same concurrency;
+then the concurrency-1 breakdown of a session of each server, step by step.
 
     .venv/bin/python bench/run.py --quick
-    .venv/bin/python bench/run.py --concurrency 1,10,100,1000 --sessions 50000 --duration-cap 8
+    .venv/bin/python bench/run.py --commit HEAD --concurrency 1,10,100 --sessions 5000 --rounds 3
     .venv/bin/python bench/run.py --concurrency 2000 --sessions 4000
 
 Everything is bounded: each phase has a time cap, and every process started here is stopped
@@ -29,20 +33,27 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TICK = os.sysconf("SC_CLK_TCK")
-# ref8: the reference's server sending the 8 commands our start sends, in turn (ratios are
-# still to ref, so its row shows what the conversation alone costs).
-SERVER_NAMES = ("ref", "ref8", "sqlite", "pg")
+# ref: the reference's 2 commands; ref3: the 3 commands of a correct start (ratios are to it);
+# the peers: recorders as users write them with other libraries; sqlite, pg: our server.
+SERVER_NAMES = ("ref", "ref3", "pyst2", "panoramisk", "sqlite", "pg")
+REFERENCES = {"ref": [], "ref3": ["--start3"]}
+# each peer: its script in bench/peers/ and the modules it needs (the bench extra)
+PEERS = {"pyst2": ("pyst2_server.py", ("asterisk.agi", "sqlalchemy")),
+         "panoramisk": ("panoramisk_server.py", ("panoramisk", "psycopg_pool"))}
+OURS = ("sqlite", "pg")
 
 
 def log(message: str) -> None:
@@ -211,7 +222,9 @@ def reset_hwm(root: int) -> bool:
 
 
 def comm_cpu_ticks(name: str) -> int:
-    """utime+stime of every live process whose command is ``name`` (the PostgreSQL backends)."""
+    """CPU of every live process whose command is ``name`` (the PostgreSQL server): utime+stime,
+    plus cutime+cstime, where the postmaster keeps the time of the backends it has reaped (a
+    peer that connects per session ends a backend per session)."""
     total = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -223,7 +236,7 @@ def comm_cpu_ticks(name: str) -> int:
             continue
         fields = _stat_fields(int(entry))
         if fields:
-            total += int(fields[11]) + int(fields[12])
+            total += sum(int(x) for x in fields[11:15])
     return total
 
 
@@ -357,6 +370,55 @@ class Row:
     error_kinds: dict = field(default_factory=dict)
     error_samples: dict = field(default_factory=dict)
     note: str = ""
+    rounds: int = 1
+    breakdown: dict | None = None  # loadgen.py --breakdown (concurrency 1 only)
+
+
+def _median(values) -> float:
+    values = [v for v in values if v is not None and v == v]
+    return statistics.median(values) if values else float("nan")
+
+
+def combine(rounds: list[Row]) -> Row:
+    """One cell of the table from the rounds of one server at one concurrency: the median of
+    each figure (each on its own), errors and sessions summed, the peak RSS the highest, the
+    error kinds and notes of every round."""
+    cell = Row(rounds[0].server, rounds[0].concurrency, rounds=len(rounds))
+    cell.sessions = sum(r.sessions for r in rounds)
+    cell.ok = sum(r.ok for r in rounds)
+    cell.errors = sum(r.errors for r in rounds)
+    for name in ("wall_s", "rate", "p50", "p99", "max", "cpu_ms", "lg_cpu_s", "other_cpu_s"):
+        setattr(cell, name, _median(getattr(r, name) for r in rounds))
+    cell.rss_mb = max((r.rss_mb for r in rounds if r.rss_mb == r.rss_mb), default=float("nan"))
+    if any(r.db_cpu_ms is not None for r in rounds):
+        cell.db_cpu_ms = _median(r.db_cpu_ms for r in rounds)
+    for r in rounds:
+        for kind, count in r.error_kinds.items():
+            cell.error_kinds[kind] = cell.error_kinds.get(kind, 0) + count
+            cell.error_samples.setdefault(kind, []).extend(r.error_samples.get(kind, []))
+    cell.note = "; ".join(dict.fromkeys(r.note for r in rounds if r.note))
+    cell.breakdown = combine_breakdowns([r.breakdown for r in rounds if r.breakdown])
+    return cell
+
+
+def combine_breakdowns(parts: list[dict]) -> dict | None:
+    """The rounds' breakdowns as one: the median of each step's round medians, over the rounds
+    whose sessions had the most common number of commands."""
+    if not parts:
+        return None
+    shape = Counter(len(b["commands"]) for b in parts).most_common(1)[0][0]
+    parts = [b for b in parts if len(b["commands"]) == shape]
+    return {
+        "rounds": len(parts), "sessions": sum(b["sessions"] for b in parts),
+        "other_shapes": {k: v for b in parts for k, v in b["other_shapes"].items()},
+        "connect_ms": _median(b["connect_ms"] for b in parts),
+        "commands": [{"label": parts[0]["commands"][i]["label"],
+                      "think_ms": _median(b["commands"][i]["think_ms"] for b in parts),
+                      "answer_ms": _median(b["commands"][i]["answer_ms"] for b in parts)}
+                     for i in range(shape)],
+        "close_ms": _median(b["close_ms"] for b in parts),
+        "total_ms": _median(b["total_ms"] for b in parts),
+    }
 
 
 def run_level(server: Server, concurrency: int, sessions: int, args, epoch: int, cap: float,
@@ -370,6 +432,8 @@ def run_level(server: Server, concurrency: int, sessions: int, args, epoch: int,
         "--connect-timeout", str(args.connect_timeout), "--epoch", str(epoch), "--seq-start", str(server.seq),
         "--json",
     ]
+    if concurrency == 1:
+        cmd.append("--breakdown")
     if args.duration_cap:
         cmd += ["--duration-cap", str(args.duration_cap)]
     if args.source_ips:
@@ -429,6 +493,7 @@ def run_level(server: Server, concurrency: int, sessions: int, args, epoch: int,
     if server.db_comm:
         row.db_cpu_ms = (db1 - db0) / TICK * 1000 / max(row.sessions, 1)
     row.error_kinds, row.error_samples = result["error_kinds"], result["error_samples"]
+    row.breakdown = result.get("breakdown")
     if not hwm_reset:
         row.note = "peak RSS since start (clear_refs not writable)"
     if server.proc.poll() is not None:
@@ -440,10 +505,11 @@ def run_level(server: Server, concurrency: int, sessions: int, args, epoch: int,
 # -- output --------------------------------------------------------------------------------------
 
 COLUMNS = [
-    # header, width, format
-    ("server", 7), ("conc", 5), ("sessions", 8), ("wall s", 6), ("sess/s", 8), ("p50 ms", 8), ("p99 ms", 8),
-    ("max ms", 8), ("cpu/sess ms", 11), ("rss MB", 7), ("errors", 6), ("lg cpu s", 8), ("other cpu s", 11),
-    ("db cpu/sess ms", 14), ("thr x", 6), ("cpu x", 6), ("p99 x", 6),
+    # header, width
+    ("server", 10), ("conc", 5), ("sessions", 8), ("wall s", 6), ("sess/s", 7), ("p50 ms", 8), ("p99 ms", 8),
+    ("max ms", 8), ("cpu/sess ms", 11), ("rss MB", 6), ("errors", 6), ("lg cpu s", 8), ("other cpu s", 11),
+    ("db cpu/sess ms", 14), ("thr/peer", 8), ("p50/peer", 8), ("p99/peer", 8), ("cpu/peer", 8),
+    ("thr/ref3", 8), ("cpu/ref3", 8),
 ]
 
 
@@ -453,15 +519,32 @@ def _f(value, digits=1) -> str:
     return f"{value:.{digits}f}"
 
 
+def best_peers(rows: list[Row]) -> dict[int, dict[str, float]]:
+    """For each concurrency, the best of the peers' figures, each on its own: the highest sess/s,
+    the lowest p50, p99 and CPU per session (peers with no ok session left out)."""
+    best: dict[int, dict[str, float]] = {}
+    for r in rows:
+        if r.server not in PEERS or not r.ok:
+            continue
+        b = best.setdefault(r.concurrency, {})
+        for name, better in (("rate", max), ("p50", min), ("p99", min), ("cpu_ms", min)):
+            value = getattr(r, name)
+            if value == value:
+                b[name] = better(b[name], value) if name in b else value
+    return best
+
+
 def format_table(rows: list[Row]) -> str:
-    refs = {r.concurrency: r for r in rows if r.server == "ref"}
+    refs = {r.concurrency: r for r in rows if r.server == "ref3"}
+    peers = best_peers(rows)
     lines = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(COLUMNS))]
     lines.append("  ".join("-" * w for _, w in COLUMNS))
     for r in rows:
         ref = refs.get(r.concurrency)
+        peer = peers.get(r.concurrency, {})
 
         def ratio(a, b, digits=2):
-            if ref is None or r.server == "ref" or not a or not b or a != a or b != b:
+            if not a or not b or a != a or b != b:
                 return "-"
             return f"{a / b:.{digits}f}"
 
@@ -469,11 +552,52 @@ def format_table(rows: list[Row]) -> str:
             r.server, str(r.concurrency), str(r.sessions), _f(r.wall_s, 1), _f(r.rate, 0), _f(r.p50), _f(r.p99),
             _f(r.max), _f(r.cpu_ms, 2), _f(r.rss_mb, 0), str(r.errors), _f(r.lg_cpu_s, 2), _f(r.other_cpu_s, 2),
             _f(r.db_cpu_ms, 2),
-            ratio(r.rate, ref.rate if ref else None), ratio(r.cpu_ms, ref.cpu_ms if ref else None),
-            ratio(r.p99, ref.p99 if ref else None),
+            ratio(r.rate, peer.get("rate")), ratio(r.p50, peer.get("p50")), ratio(r.p99, peer.get("p99")),
+            ratio(r.cpu_ms, peer.get("cpu_ms")),
+            ratio(r.rate, ref.rate) if ref and r is not ref else "-",
+            ratio(r.cpu_ms, ref.cpu_ms) if ref and r is not ref else "-",
         ]
         lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, (_, w)) in enumerate(zip(cells, COLUMNS))))
     return "\n".join(lines)
+
+
+def format_breakdown(rows: list[Row]) -> str:
+    """The concurrency-1 sessions of each server, step by step (medians, ms): a summary line per
+    server, then each server's commands one by one."""
+    cells = [r for r in rows if r.concurrency == 1 and r.breakdown]
+    if not cells:
+        return ""
+    out = ["c=1 breakdown: median per session, ms, seen from the fake Asterisk. 'server' = from the last byte "
+           "Asterisk wrote (the environment, or the reply before) to the server's next line read: both loopback "
+           "crossings and all the server did; 'asterisk' = the fake Asterisk's own turn (command read to reply "
+           "written). The steps' medians need not add up to the median total exactly.",
+           "",
+           f"{'server':10}  {'cmds':>4}  {'connect':>7}  {'env->1st cmd':>12}  {'later cmds':>10}  "
+           f"{'asterisk':>8}  {'->half-close':>12}  {'sum':>6}  {'total':>6}  {'p50':>6}",
+           f"{'-' * 10}  {'-' * 4}  {'-' * 7}  {'-' * 12}  {'-' * 10}  {'-' * 8}  {'-' * 12}  {'-' * 6}  {'-' * 6}  "
+           f"{'-' * 6}"]
+    for r in cells:
+        b = r.breakdown
+        cmds = b["commands"]
+        first = cmds[0]["think_ms"] if cmds else float("nan")
+        later = sum(c["think_ms"] for c in cmds[1:])
+        answers = sum(c["answer_ms"] for c in cmds)
+        total_steps = b["connect_ms"] + first + later + answers + b["close_ms"]
+        out.append(f"{r.server:10}  {len(cmds):>4}  {b['connect_ms']:7.2f}  {first:12.2f}  {later:10.2f}  "
+                   f"{answers:8.2f}  {b['close_ms']:12.2f}  {total_steps:6.2f}  {b['total_ms']:6.2f}  {r.p50:6.2f}")
+    for r in cells:
+        b = r.breakdown
+        shapes = f"; sessions with another number of commands left out: {b['other_shapes']}" if b["other_shapes"] else ""
+        out.append("")
+        out.append(f"{r.server}: {len(b['commands'])} commands, {b['sessions']} sessions over {b['rounds']} "
+                   f"round(s){shapes}")
+        width = max([len(c["label"]) for c in b["commands"]] + [20]) + 4
+        out.append(f"    {'connect (start of connect to the environment written)':{width + 20}}  {b['connect_ms']:6.2f}")
+        for i, c in enumerate(b["commands"], 1):
+            out.append(f"    {i:>2} {c['label']:{width}}  server {c['think_ms']:6.2f}  asterisk {c['answer_ms']:6.2f}")
+        out.append(f"    {'   half-close':{width + 3}}  server {b['close_ms']:6.2f}")
+        out.append(f"    {'   total':{width + 3}}         {b['total_ms']:6.2f}")
+    return "\n".join(out)
 
 
 _NOISE = re.compile(r"\b\d{10}\.\d+\b|\b[0-9a-f]{32}\b|\b0x[0-9a-f]+\b|\b\d+(\.\d+)?(ms|s)?\b|127\.0\.0\.1:\d+")
@@ -570,9 +694,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sessions per level and server, at most (default 20000; at least the concurrency)")
     p.add_argument("--duration-cap", type=float, default=8.0,
                    help="seconds after which a level starts no new session (default 8; 0: none)")
-    p.add_argument("--servers", default=",".join(SERVER_NAMES), help="which of ref,ref8,sqlite,pg (default all)")
+    p.add_argument("--servers", default=",".join(SERVER_NAMES),
+                   help=f"which of {','.join(SERVER_NAMES)} (default all)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="runs of each server at each level; each cell is the median of its rounds (default 3; "
+                        "1 with --quick)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: 300 sessions per level (1000 at concurrency 1000), 3 s cap")
+                   help="smoke run: 300 sessions per level (1000 at concurrency 1000), 3 s cap, 1 round")
     p.add_argument("--procs", type=int, default=1, help="load generator processes (default 1)")
     p.add_argument("--delay", type=float, default=0.0, help="fake Asterisk's delay before each reply, s (default 0)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds one session may take (default 60)")
@@ -607,16 +735,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def self_test() -> str | None:
+    """Runs ``loadgen.py --self-test`` (its MSet parser against the Asterisk captures); returns
+    its output if it failed."""
+    try:
+        out = subprocess.run([sys.executable, str(HERE / "loadgen.py"), "--self-test"], capture_output=True,
+                             text=True, timeout=120, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return "loadgen.py --self-test took more than 120 s"
+    return None if out.returncode == 0 else (out.stdout + out.stderr).strip()
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.quick:
         args.sessions, args.duration_cap = 300, 3.0
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
     if args.quiet_wait is None:
         args.quiet_wait = 0.0 if args.quick else 20.0
     levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
     wanted = [s.strip() for s in args.servers.split(",") if s.strip()]
-    if not levels or any(c < 1 for c in levels) or any(s not in SERVER_NAMES for s in wanted):
-        print("run.py: --concurrency takes positive integers, --servers names from ref,ref8,sqlite,pg", file=sys.stderr)
+    if not levels or any(c < 1 for c in levels) or any(s not in SERVER_NAMES for s in wanted) or args.rounds < 1:
+        print(f"run.py: --concurrency takes positive integers, --servers names from {','.join(SERVER_NAMES)}, "
+              "--rounds at least 1", file=sys.stderr)
         return 2
     if args.profile:
         found = shutil.which(args.profile)
@@ -624,6 +766,18 @@ def main(argv=None) -> int:
             print(f"run.py: --profile: {args.profile} not found (pip install py-spy)", file=sys.stderr)
             return 2
         args.profile = found
+    failed_check = self_test()
+    if failed_check:
+        print(f"run.py: the load generator's self-test failed, so its figures would not be Asterisk's:\n"
+              f"{failed_check}", file=sys.stderr)
+        return 2
+    status = 0
+    for name, (_script, modules) in PEERS.items():
+        missing = [m for m in modules if name in wanted and find_spec(m.split(".")[0]) is None]
+        if missing:
+            log(f"{name}: skipped, {', '.join(missing)} not installed (pip install -e '.[bench]')")
+            wanted.remove(name)
+            status = 1
     cap = args.phase_cap or (args.duration_cap or 600) + args.timeout + 30
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -660,11 +814,13 @@ def main(argv=None) -> int:
             log(workers_note)
     api_key = args.api_key = "bench-" + secrets.token_urlsafe(12)
     pg: Postgres | None = None
+    pg_url: str | None = None
     servers: list[Server] = []
-    rows: list[Row] = []
+    rounds: list[Row] = []
+    cells: list[Row] = []
     profiles: list[tuple[str, int, Path]] = []
+    quiet_notes: list[str] = []
     interrupted = False
-    status = 0
     started_at = dt.datetime.now().astimezone()
 
     def on_term(signum, frame):
@@ -674,23 +830,28 @@ def main(argv=None) -> int:
     # NOTE: a shell starting this in the background may have set SIGINT to be ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        if any(name == "pg" or name in PEERS for name in wanted):
+            pg = Postgres(args.pg_host, args.pg_port, args.pg_user)
+            try:
+                pg_url = pg.create()
+            except Exception as exc:
+                log(f"pg and the peers: skipped, the temp database could not be created: {exc}")
+                wanted = [n for n in wanted if n != "pg" and n not in PEERS]
+                pg, status = None, 1
         for name in wanted:
             port = free_port()
             log_path = tmp / f"{name}.log"
-            if name in ("ref", "ref8"):
+            if name in REFERENCES:
                 cmd = [sys.executable, str(HERE / "reference_server.py"), "--listen", f"127.0.0.1:{port}"]
-                servers.append(Server(name, port, log_path, cmd + (["--in-turn"] if name == "ref8" else [])))
+                servers.append(Server(name, port, log_path, cmd + REFERENCES[name]))
                 continue
-            if name == "sqlite":
-                url = f"sqlite:///{tmp / 'recording.sqlite3'}"
-            else:
-                pg = Postgres(args.pg_host, args.pg_port, args.pg_user)
-                try:
-                    url = pg.create()
-                except Exception as exc:
-                    log(f"pg: skipped, the temp database could not be created: {exc}")
-                    status = 1
-                    continue
+            if name in PEERS:
+                dsn = pg_url.replace("postgresql+psycopg://", "postgresql://", 1)
+                cmd = [sys.executable, str(HERE / "peers" / PEERS[name][0]), "--listen", f"127.0.0.1:{port}",
+                       "--dsn", dsn]
+                servers.append(Server(name, port, log_path, cmd, db_comm="postgres"))
+                continue
+            url = f"sqlite:///{tmp / 'recording.sqlite3'}" if name == "sqlite" else pg_url
             for step in (["db", "upgrade"], ["apikey", "set", api_key]):
                 run_checked([cli, "--database-url", url, *step], env=env, cwd=source, timeout=120)
             cmd = [cli, "--database-url", url, "serve", "--listen", f"127.0.0.1:{port}", *serve_extra]
@@ -712,23 +873,30 @@ def main(argv=None) -> int:
                 if row.errors:
                     log(f"{server.name}: warm-up had {row.errors} errors: {row.error_kinds} {row.note}")
         for concurrency in levels:
-            for server in servers:
-                if server.failed:
-                    continue
-                time.sleep(args.settle)
-                busy_before = wait_for_quiet(args.quiet_wait) if args.quiet_wait else None
-                sessions = 1000 if args.quick and concurrency >= 1000 else args.sessions
-                profile_to = None
-                if args.profile and not server.name.startswith("ref"):
-                    profile_to = tmp / f"profile-{server.name}-c{concurrency}.txt"
-                    profiles.append((server.name, concurrency, profile_to))
-                row = run_level(server, concurrency, sessions, args, epoch, cap, profile_to)
-                if busy_before is not None and busy_before >= 0.3:
-                    row.note = (row.note + "; " if row.note else "") + (
-                        f"machine not idle before the run ({busy_before:.1f} cores busy)")
-                rows.append(row)
-                log(f"{server.name:6} c={concurrency:<5} {row.sessions} sessions {row.rate:.0f}/s "
-                    f"p99 {row.p99:.1f} ms cpu/sess {row.cpu_ms:.2f} ms errors {row.errors} {row.note}")
+            level_rounds: dict[str, list[Row]] = {}
+            for round_no in range(1, args.rounds + 1):
+                # each round runs every server once, so that a drift of the machine hits them alike
+                for server in servers:
+                    if server.failed:
+                        continue
+                    time.sleep(args.settle)
+                    busy_before = wait_for_quiet(args.quiet_wait) if args.quiet_wait else None
+                    sessions = 1000 if args.quick and concurrency >= 1000 else args.sessions
+                    profile_to = None
+                    if args.profile and server.name in OURS:
+                        profile_to = tmp / f"profile-{server.name}-c{concurrency}-r{round_no}.txt"
+                        profiles.append((server.name, concurrency, profile_to))
+                    row = run_level(server, concurrency, sessions, args, epoch, cap, profile_to)
+                    if busy_before is not None and busy_before >= 0.3:
+                        row.note = (row.note + "; " if row.note else "") + (
+                            f"machine not idle before the run ({busy_before:.1f} cores busy)")
+                        quiet_notes.append(f"{server.name} c={concurrency} round {round_no}: {busy_before:.1f}")
+                    rounds.append(row)
+                    level_rounds.setdefault(server.name, []).append(row)
+                    log(f"{server.name:10} c={concurrency:<5} round {round_no}: {row.sessions} sessions "
+                        f"{row.rate:.0f}/s p50 {row.p50:.1f} p99 {row.p99:.1f} ms cpu/sess {row.cpu_ms:.2f} ms "
+                        f"errors {row.errors} {row.note}")
+            cells.extend(combine(level_rounds[s.name]) for s in servers if s.name in level_rounds)
     except KeyboardInterrupt:
         interrupted = True
         log("interrupted: stopping everything")
@@ -744,22 +912,37 @@ def main(argv=None) -> int:
                 log(f"could not drop the temp database {pg.name}: {exc}")
                 status = 1
 
-    if rows:
+    if rounds and not cells:  # interrupted inside a level: show what was measured
+        by_cell: dict[tuple[str, int], list[Row]] = {}
+        for r in rounds:
+            by_cell.setdefault((r.server, r.concurrency), []).append(r)
+        cells = [combine(v) for v in by_cell.values()]
+    if cells:
         print(f"# {started_at:%Y-%m-%d %H:%M %Z}: {machine_note()}")
-        print(f"# {git_note(sha)}; levels {levels}; up to {args.sessions} sessions per level "
-              f"(duration cap {args.duration_cap:g}s), loadgen procs {args.procs}, reply delay {args.delay:g}s, "
-              f"warm-up {args.warmup}")
+        print(f"# {git_note(sha)}; levels {levels}; up to {args.sessions} sessions per level and round "
+              f"(duration cap {args.duration_cap:g}s), {args.rounds} round(s), each cell the median of its rounds; "
+              f"loadgen procs {args.procs}, reply delay {args.delay:g}s, warm-up {args.warmup}")
+        if args.quiet_wait:
+            print(f"# quiet wait: {len(quiet_notes)} of {len(rounds)} runs started without an idle second "
+                  f"within {args.quiet_wait:g}s (busy cores before each: "
+                  f"{', '.join(quiet_notes) if quiet_notes else 'none'})")
+        else:
+            print("# quiet wait: off (the runs did not wait for an idle machine)")
         if workers_note:
             print(f"# {workers_note}")
-        print(format_table(rows))
-        for r in rows:
+        print(format_table(cells))
+        for r in cells:
             if r.note:
                 print(f"note: {r.server} c={r.concurrency}: {r.note}")
-    total_errors = sum(r.errors for r in rows)
+        breakdown = format_breakdown(cells)
+        if breakdown:
+            print()
+            print(breakdown)
+    total_errors = sum(r.errors for r in cells)
     if total_errors:
         status = 1
         print("\nerrors seen by the load generator (kind: count, then examples):")
-        for r in rows:
+        for r in cells:
             for kind, count in r.error_kinds.items():
                 print(f"  {r.server} c={r.concurrency}: {kind}: {count}")
                 for sample in r.error_samples.get(kind, [])[:3]:
@@ -770,10 +953,11 @@ def main(argv=None) -> int:
             print(f"\n{server.name} server log ({server.log_path.name}), warnings and errors grouped by shape:")
             print("\n".join(excerpt))
     for name, concurrency, path in profiles:
-        print(f"\nprofile of {name} at concurrency {concurrency} (py-spy --gil):")
+        print(f"\nprofile of {name} at concurrency {concurrency} ({path.name}, py-spy --gil):")
         print("\n".join(profile_summary(path)))
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps([r.__dict__ for r in rows], indent=1))
+        Path(args.json_out).write_text(json.dumps({"cells": [r.__dict__ for r in cells],
+                                                   "rounds": [r.__dict__ for r in rounds]}, indent=1))
     if args.keep:
         print(f"\nserver logs kept in {tmp}", file=sys.stderr)
     else:
