@@ -348,6 +348,52 @@ class Postgres:
             self.created = False
 
 
+def commit_floor(pg_url: str | None, sqlite_path: Path | None, count: int = 300) -> list[str]:
+    """What one durable commit costs from Python with nothing else running in the process: the
+    floor under the database step of a concurrency-1 session. One INSERT, committed, ``count``
+    times in turn: on PostgreSQL through psycopg in autocommit (one round trip, the server's
+    WAL flush with its default synchronous_commit), on SQLite as our server opens it (WAL,
+    synchronous=FULL). Returns report lines."""
+    import sqlite3
+
+    def stats(label: str, times: list[float]) -> str:
+        times.sort()
+        return (f"{label}: median {1000 * times[len(times) // 2]:.2f} ms, "
+                f"p99 {1000 * times[min(len(times) - 1, int(len(times) * 0.99))]:.2f} ms ({len(times)} commits)")
+
+    lines = []
+    if pg_url:
+        import psycopg
+
+        try:
+            with psycopg.connect(pg_url.replace("postgresql+psycopg://", "postgresql://", 1), autocommit=True,
+                                 connect_timeout=5) as conn:
+                conn.execute("CREATE TABLE IF NOT EXISTS bench_commit_probe (id bigserial PRIMARY KEY, v text)")
+                times = []
+                for i in range(count):
+                    t0 = time.perf_counter()
+                    conn.execute("INSERT INTO bench_commit_probe (v) VALUES (%s)", (f"probe-{i}",))
+                    times.append(time.perf_counter() - t0)
+            lines.append(stats("PostgreSQL, one INSERT in autocommit (psycopg)", times))
+        except Exception as exc:
+            lines.append(f"PostgreSQL commit probe failed: {exc}")
+    if sqlite_path:
+        conn = sqlite3.connect(sqlite_path, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("CREATE TABLE IF NOT EXISTS bench_commit_probe (id INTEGER PRIMARY KEY, v TEXT)")
+            times = []
+            for i in range(count):
+                t0 = time.perf_counter()
+                conn.execute("INSERT INTO bench_commit_probe (v) VALUES (?)", (f"probe-{i}",))
+                times.append(time.perf_counter() - t0)
+            lines.append(stats("SQLite (WAL, synchronous=FULL), one INSERT in autocommit (sqlite3)", times))
+        finally:
+            conn.close()
+    return lines
+
+
 # -- one measurement ------------------------------------------------------------------------------
 
 @dataclass
@@ -820,6 +866,7 @@ def main(argv=None) -> int:
     cells: list[Row] = []
     profiles: list[tuple[str, int, Path]] = []
     quiet_notes: list[str] = []
+    floor: list[str] = []
     interrupted = False
     started_at = dt.datetime.now().astimezone()
 
@@ -897,6 +944,10 @@ def main(argv=None) -> int:
                         f"{row.rate:.0f}/s p50 {row.p50:.1f} p99 {row.p99:.1f} ms cpu/sess {row.cpu_ms:.2f} ms "
                         f"errors {row.errors} {row.note}")
             cells.extend(combine(level_rounds[s.name]) for s in servers if s.name in level_rounds)
+            if concurrency == 1:
+                floor = commit_floor(pg_url, tmp / "commit-probe.sqlite3")
+                for line in floor:
+                    log(line)
     except KeyboardInterrupt:
         interrupted = True
         log("interrupted: stopping everything")
@@ -938,6 +989,11 @@ def main(argv=None) -> int:
         if breakdown:
             print()
             print(breakdown)
+        if floor:
+            print("\nOne durable commit from Python alone, right after the c=1 rounds (the floor under a "
+                  "c=1 session's database step):")
+            for line in floor:
+                print(f"    {line}")
     total_errors = sum(r.errors for r in cells)
     if total_errors:
         status = 1
