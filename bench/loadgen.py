@@ -25,8 +25,9 @@ read as the next command.
 When the server half-closes, the session answers ``HANGUP`` and closes, as Asterisk does.
 
 A session counts as ok when the connection completed that exchange and the channel variable
-``RECORDING_STATUS`` ends up ``STARTED`` (set by ``SET VARIABLE`` or by ``MSet``); anything else (refused/timed-out connection, reset,
-no half-close within ``--timeout``, another status) is an error, classified in the report.
+``RECORDING_STATUS`` ends up ``STARTED`` (set by ``SET VARIABLE`` or by ``MSet``); anything else
+(refused/timed-out connection, reset, no half-close within ``--timeout``, another status) is an
+error, classified in the report.
 
 N sessions run at concurrency C: C sessions are in flight at all times until N have been
 started (or ``--duration-cap`` seconds have passed; sessions in flight then still finish).
@@ -34,7 +35,7 @@ started (or ``--duration-cap`` seconds have passed; sessions in flight then stil
 limits the figures; each reports its CPU time (getrusage), summed in the report.
 
 With ``--breakdown`` each session also notes when each of its bytes came and went, and the
-report gives the median of each step (see ``Breakdown``). ``--self-test`` checks the MSet parser
+report gives the median of each step (see ``session_steps``). ``--self-test`` checks the MSet parser
 against the captures in ``shared/asterisk/`` and exits.
 
     python bench/loadgen.py --target 127.0.0.1:4573 --api-key KEY -n 10000 -c 100 --procs 2
@@ -152,7 +153,8 @@ GET_VARIABLE_MAX = 1023
 MSET_MAX_PAIRS = 99
 
 
-def app_separate_args(data: str, delim: str = ",", remove_chars: bool = True, arraylen: int = MSET_MAX_PAIRS) -> list[str]:
+def app_separate_args(data: str, delim: str = ",", remove_chars: bool = True,
+                      arraylen: int = MSET_MAX_PAIRS) -> list[str]:
     """Splits an application's argument string as Asterisk's ``__ast_app_separate_args()`` does
     (main/app.c): ``delim`` separates, except inside ``(...)`` or ``[...]`` (counted even within
     quotes) or between ``"``s; with ``remove_chars`` a ``"`` is dropped (and toggles quoting) and
@@ -500,7 +502,8 @@ def _common_label(first: str, last: str) -> str:
 
 
 def summarize_steps(steps: list[tuple]) -> dict | None:
-    """Per-step medians (ms) over the sessions of the most common shape (number of commands)."""
+    """Per-step medians and means (ms) over the sessions of the most common shape (number of
+    commands). The means add up to the mean total; the medians need not add up to anything."""
     if not steps:
         return None
     shapes = Counter(len(s[1]) for s in steps)
@@ -512,13 +515,20 @@ def summarize_steps(steps: list[tuple]) -> dict | None:
         mid = len(values) // 2
         return 1000 * (values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2)
 
+    def mean(values) -> float:
+        values = list(values)
+        return 1000 * sum(values) / len(values)
+
+    def both(key: str, pick) -> dict:
+        return {f"{key}_ms": med(pick(s) for s in chosen), f"{key}_mean_ms": mean(pick(s) for s in chosen)}
+
     return {
         "sessions": len(chosen), "other_shapes": {str(k): v for k, v in shapes.items() if k != n},
-        "connect_ms": med(s[0] for s in chosen),
+        **both("connect", lambda s: s[0]),
         "commands": [{"label": _common_label(command_label(chosen[0][5][i]), command_label(chosen[-1][5][i])),
-                      "think_ms": med(s[1][i] for s in chosen), "answer_ms": med(s[2][i] for s in chosen)}
+                      **both("think", lambda s: s[1][i]), **both("answer", lambda s: s[2][i])}
                      for i in range(n)],
-        "close_ms": med(s[3] for s in chosen), "total_ms": med(s[4] for s in chosen),
+        **both("close", lambda s: s[3]), **both("total", lambda s: s[4]),
     }
 
 

@@ -418,6 +418,7 @@ class Row:
     note: str = ""
     rounds: int = 1
     breakdown: dict | None = None  # loadgen.py --breakdown (concurrency 1 only)
+    busy_before: float | None = None  # busy cores in the second before the run (--quiet-wait)
 
 
 def _median(values) -> float:
@@ -443,27 +444,35 @@ def combine(rounds: list[Row]) -> Row:
             cell.error_kinds[kind] = cell.error_kinds.get(kind, 0) + count
             cell.error_samples.setdefault(kind, []).extend(r.error_samples.get(kind, []))
     cell.note = "; ".join(dict.fromkeys(r.note for r in rounds if r.note))
+    busy = [r.busy_before for r in rounds if r.busy_before is not None and r.busy_before >= 0.3]
+    if busy:
+        cell.note = (cell.note + "; " if cell.note else "") + (
+            f"machine not idle before {len(busy)} of {len(rounds)} rounds (up to {max(busy):.1f} cores busy)")
     cell.breakdown = combine_breakdowns([r.breakdown for r in rounds if r.breakdown])
     return cell
 
 
 def combine_breakdowns(parts: list[dict]) -> dict | None:
-    """The rounds' breakdowns as one: the median of each step's round medians, over the rounds
-    whose sessions had the most common number of commands."""
+    """The rounds' breakdowns as one, over the rounds whose sessions had the most common number
+    of commands: each step's median the median of the rounds' medians, its mean the mean over
+    all their sessions (so the means still add up to the mean total)."""
     if not parts:
         return None
     shape = Counter(len(b["commands"]) for b in parts).most_common(1)[0][0]
     parts = [b for b in parts if len(b["commands"]) == shape]
+    weight = sum(b["sessions"] for b in parts)
+
+    def both(key: str, pick) -> dict:
+        return {f"{key}_ms": _median(pick(b)[f"{key}_ms"] for b in parts),
+                f"{key}_mean_ms": sum(pick(b)[f"{key}_mean_ms"] * b["sessions"] for b in parts) / weight}
+
     return {
-        "rounds": len(parts), "sessions": sum(b["sessions"] for b in parts),
+        "rounds": len(parts), "sessions": weight,
         "other_shapes": {k: v for b in parts for k, v in b["other_shapes"].items()},
-        "connect_ms": _median(b["connect_ms"] for b in parts),
+        **both("connect", lambda b: b), **both("close", lambda b: b), **both("total", lambda b: b),
         "commands": [{"label": parts[0]["commands"][i]["label"],
-                      "think_ms": _median(b["commands"][i]["think_ms"] for b in parts),
-                      "answer_ms": _median(b["commands"][i]["answer_ms"] for b in parts)}
+                      **both("think", lambda b: b["commands"][i]), **both("answer", lambda b: b["commands"][i])}
                      for i in range(shape)],
-        "close_ms": _median(b["close_ms"] for b in parts),
-        "total_ms": _median(b["total_ms"] for b in parts),
     }
 
 
@@ -608,41 +617,45 @@ def format_table(rows: list[Row]) -> str:
 
 
 def format_breakdown(rows: list[Row]) -> str:
-    """The concurrency-1 sessions of each server, step by step (medians, ms): a summary line per
-    server, then each server's commands one by one."""
+    """The concurrency-1 sessions of each server, step by step: a summary line per server (the
+    means, which add up), then each server's commands one by one (median and mean)."""
     cells = [r for r in rows if r.concurrency == 1 and r.breakdown]
     if not cells:
         return ""
-    out = ["c=1 breakdown: median per session, ms, seen from the fake Asterisk. 'server' = from the last byte "
-           "Asterisk wrote (the environment, or the reply before) to the server's next line read: both loopback "
-           "crossings and all the server did; 'asterisk' = the fake Asterisk's own turn (command read to reply "
-           "written). The steps' medians need not add up to the median total exactly.",
+    out = ["c=1 breakdown, ms, seen from the fake Asterisk: 'server' = from the last byte Asterisk wrote (the "
+           "environment, or the reply before) to the server's next line read (both loopback crossings and all the "
+           "server did); 'asterisk' = the fake Asterisk's own turn (command read to reply written).",
+           "Means per session (they add up to the mean total; a busy machine delays a different step in each "
+           "session, so the medians of the steps add up to less than the median total):",
            "",
            f"{'server':10}  {'cmds':>4}  {'connect':>7}  {'env->1st cmd':>12}  {'later cmds':>10}  "
-           f"{'asterisk':>8}  {'->half-close':>12}  {'sum':>6}  {'total':>6}  {'p50':>6}",
-           f"{'-' * 10}  {'-' * 4}  {'-' * 7}  {'-' * 12}  {'-' * 10}  {'-' * 8}  {'-' * 12}  {'-' * 6}  {'-' * 6}  "
-           f"{'-' * 6}"]
+           f"{'asterisk':>8}  {'->half-close':>12}  {'mean total':>10}  {'median total':>12}",
+           f"{'-' * 10}  {'-' * 4}  {'-' * 7}  {'-' * 12}  {'-' * 10}  {'-' * 8}  {'-' * 12}  {'-' * 10}  {'-' * 12}"]
     for r in cells:
         b = r.breakdown
         cmds = b["commands"]
-        first = cmds[0]["think_ms"] if cmds else float("nan")
-        later = sum(c["think_ms"] for c in cmds[1:])
-        answers = sum(c["answer_ms"] for c in cmds)
-        total_steps = b["connect_ms"] + first + later + answers + b["close_ms"]
-        out.append(f"{r.server:10}  {len(cmds):>4}  {b['connect_ms']:7.2f}  {first:12.2f}  {later:10.2f}  "
-                   f"{answers:8.2f}  {b['close_ms']:12.2f}  {total_steps:6.2f}  {b['total_ms']:6.2f}  {r.p50:6.2f}")
+        first = cmds[0]["think_mean_ms"] if cmds else float("nan")
+        later = sum(c["think_mean_ms"] for c in cmds[1:])
+        answers = sum(c["answer_mean_ms"] for c in cmds)
+        out.append(f"{r.server:10}  {len(cmds):>4}  {b['connect_mean_ms']:7.2f}  {first:12.2f}  {later:10.2f}  "
+                   f"{answers:8.2f}  {b['close_mean_ms']:12.2f}  {b['total_mean_ms']:10.2f}  {b['total_ms']:12.2f}")
     for r in cells:
         b = r.breakdown
-        shapes = f"; sessions with another number of commands left out: {b['other_shapes']}" if b["other_shapes"] else ""
+        shapes = (f"; sessions with another number of commands left out: {b['other_shapes']}"
+                  if b["other_shapes"] else "")
         out.append("")
         out.append(f"{r.server}: {len(b['commands'])} commands, {b['sessions']} sessions over {b['rounds']} "
-                   f"round(s){shapes}")
+                   f"round(s){shapes}; median / mean")
         width = max([len(c["label"]) for c in b["commands"]] + [20]) + 4
-        out.append(f"    {'connect (start of connect to the environment written)':{width + 20}}  {b['connect_ms']:6.2f}")
+
+        def pair(d: dict, key: str) -> str:
+            return f"{d[key + '_ms']:6.2f} / {d[key + '_mean_ms']:6.2f}"
+
+        out.append(f"    {'   connect':{width + 3}}  {pair(b, 'connect')}")
         for i, c in enumerate(b["commands"], 1):
-            out.append(f"    {i:>2} {c['label']:{width}}  server {c['think_ms']:6.2f}  asterisk {c['answer_ms']:6.2f}")
-        out.append(f"    {'   half-close':{width + 3}}  server {b['close_ms']:6.2f}")
-        out.append(f"    {'   total':{width + 3}}         {b['total_ms']:6.2f}")
+            out.append(f"    {i:>2} {c['label']:{width}}  server {pair(c, 'think')}   asterisk {pair(c, 'answer')}")
+        out.append(f"    {'   half-close':{width + 3}}  server {pair(b, 'close')}")
+        out.append(f"    {'   total':{width + 3}}         {pair(b, 'total')}")
     return "\n".join(out)
 
 
@@ -865,7 +878,7 @@ def main(argv=None) -> int:
     rounds: list[Row] = []
     cells: list[Row] = []
     profiles: list[tuple[str, int, Path]] = []
-    quiet_notes: list[str] = []
+    quiet_notes: list[float] = []
     floor: list[str] = []
     interrupted = False
     started_at = dt.datetime.now().astimezone()
@@ -934,10 +947,9 @@ def main(argv=None) -> int:
                         profile_to = tmp / f"profile-{server.name}-c{concurrency}-r{round_no}.txt"
                         profiles.append((server.name, concurrency, profile_to))
                     row = run_level(server, concurrency, sessions, args, epoch, cap, profile_to)
+                    row.busy_before = busy_before
                     if busy_before is not None and busy_before >= 0.3:
-                        row.note = (row.note + "; " if row.note else "") + (
-                            f"machine not idle before the run ({busy_before:.1f} cores busy)")
-                        quiet_notes.append(f"{server.name} c={concurrency} round {round_no}: {busy_before:.1f}")
+                        quiet_notes.append(busy_before)
                     rounds.append(row)
                     level_rounds.setdefault(server.name, []).append(row)
                     log(f"{server.name:10} c={concurrency:<5} round {round_no}: {row.sessions} sessions "
@@ -974,9 +986,10 @@ def main(argv=None) -> int:
               f"(duration cap {args.duration_cap:g}s), {args.rounds} round(s), each cell the median of its rounds; "
               f"loadgen procs {args.procs}, reply delay {args.delay:g}s, warm-up {args.warmup}")
         if args.quiet_wait:
+            busy = (f"; in the second before them, median {statistics.median(quiet_notes):.1f} and at least "
+                    f"{min(quiet_notes):.1f} of the {os.cpu_count()} cores busy" if quiet_notes else "")
             print(f"# quiet wait: {len(quiet_notes)} of {len(rounds)} runs started without an idle second "
-                  f"within {args.quiet_wait:g}s (busy cores before each: "
-                  f"{', '.join(quiet_notes) if quiet_notes else 'none'})")
+                  f"(under 0.3 of a core) within {args.quiet_wait:g}s{busy}")
         else:
             print("# quiet wait: off (the runs did not wait for an idle machine)")
         if workers_note:

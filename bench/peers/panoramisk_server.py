@@ -96,7 +96,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dsn", required=True, help="PostgreSQL connection string")
     parser.add_argument("--backlog", type=int, default=4096, help="listen backlog (default 4096, as the others)")
     parser.add_argument("--pool-size", type=int, default=4, help="connections in the pool (default 4, psycopg_pool's)")
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO: panoramisk logs each request)")
+    parser.add_argument("--log-level", default="INFO",
+                        help="logging level (default INFO: panoramisk logs each request)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, sep, port = args.listen.rpartition(":")
