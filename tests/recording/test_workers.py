@@ -29,6 +29,7 @@ from tests.recording.test_store import leg
 from tests.waiting import wait_until
 
 LISTENING = re.compile(r" worker (\d+) agi\.server: FastAGI listening on ")
+HTTP_LISTENING = re.compile(r" worker (\d+) recording\.app: HTTP recording API listening on ")
 STARTED = re.compile(r" worker (\d+) started \(pid (\d+)\)")
 
 
@@ -107,9 +108,12 @@ class Workers:
         return "".join(self.log)
 
     def wait_for_listening(self, indexes, after: int = 0, timeout: float = 60) -> None:
+        """Until the workers ``indexes`` listen for FastAGI, and for HTTP when it is on (a worker
+        opens its HTTP listener after its FastAGI one)."""
         wanted = {str(i) for i in indexes}
-        wait_until(lambda: wanted <= {m.group(1) for line in self.log[after:] if (m := LISTENING.search(line))},
-                   timeout, f"workers {sorted(wanted)} listening:\n{self.text()}")
+        for pattern in (LISTENING, HTTP_LISTENING) if self.http_port else (LISTENING,):
+            wait_until(lambda: wanted <= {m.group(1) for line in self.log[after:] if (m := pattern.search(line))},
+                       timeout, f"workers {sorted(wanted)} listening:\n{self.text()}")
 
     def pids(self) -> dict[int, int]:
         """The newest pid of each worker, from the supervisor's log."""
