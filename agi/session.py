@@ -83,6 +83,8 @@ class Session:
         # One exchange at a time: a route's work that outlives its deadline and the report
         # that follows must not interleave their lines.
         self._turn = asyncio.Lock()
+        # Whether our half-close went out: None until it was tried (half_close or close).
+        self._eof_sent: bool | None = None
 
     @property
     def peer(self) -> str:
@@ -123,6 +125,8 @@ class Session:
         return self.watch.hold() if self.watch is not None else nullcontext()
 
     async def _exchange(self, payload: bytes) -> Reply:
+        if self._eof_sent is not None:
+            raise ProtocolError("the session was half-closed: no command can follow")
         if self._broken:
             raise ProtocolError(f"session is out of step: {self._broken}")
         try:
@@ -258,12 +262,25 @@ class Session:
 
     # -- the end ------------------------------------------------------------------------
 
+    async def half_close(self) -> None:
+        """Says "no more commands" now: Asterisk answers ``HANGUP``, closes its side and takes
+        the channel back to the dialplan, while this side finishes its own bookkeeping (a log
+        line, metrics) off the caller's wait. :meth:`close` then only waits for Asterisk's end.
+        Nothing can be sent after it."""
+        if self._eof_sent is None:
+            self._eof_sent = self._wire.write_eof()
+            # NOTE: uvloop (libuv) shuts the socket down on the loop's next turn, not inside
+            # write_eof(): one turn lets the EOF leave before the caller goes on.
+            await asyncio.sleep(0)
+
     async def close(self, timeout: float = 2.0) -> None:
-        """Ends the session: half-closes, lets Asterisk answer ``HANGUP`` and close its side
-        (which returns the channel to the dialplan), then closes. Never waits past ``timeout``."""
+        """Ends the session: half-closes (unless :meth:`half_close` did), lets Asterisk answer
+        ``HANGUP`` and close its side (which returns the channel to the dialplan), then closes.
+        Never waits past ``timeout``."""
         wire = self._wire
+        await self.half_close()
         try:
-            if wire.write_eof():
+            if self._eof_sent:
                 await within(self.watch, timeout, self._drain_to_eof(), "close")
         except (AGIError, TimeoutError, OSError):
             pass

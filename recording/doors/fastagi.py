@@ -138,13 +138,17 @@ class AGIChannel:
 
 async def report(session: Session, values: Mapping[str, str]) -> None:
     """Sets the result variables in one command (an error sentence too long for one AGI line
-    is cut); a channel that is gone is only logged. Held: an outcome reached is told, even if
-    the session's deadline came meanwhile."""
-    try:
-        with session.hold():
+    is cut), and half-closes: the outcome is the last thing a route says, and the channel goes
+    back to the dialplan while the log line and the metrics are written. A channel that is gone
+    is only logged. Held: an outcome reached is told, even if the session's deadline came
+    meanwhile."""
+    with session.hold():
+        try:
             await session.set_variables(values, shorten="RECORDING_ERROR")
-    except (AGIError, ValueError) as exc:
-        log.warning("could not tell the dialplan of %s (%s): %s", session.env.uniqueid, values.get("RECORDING_STATUS"), exc)
+        except (AGIError, ValueError) as exc:
+            log.warning("could not tell the dialplan of %s (%s): %s", session.env.uniqueid,
+                        values.get("RECORDING_STATUS"), exc)
+        await session.half_close()
 
 
 def outcome(status: str, error: str = "", leg_id: str = "", file: str = "", deferred: bool = False) -> dict[str, str]:

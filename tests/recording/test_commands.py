@@ -5,7 +5,9 @@ commands per route says the same."""
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 
 import pytest
 
@@ -145,3 +147,28 @@ def test_an_error_quoting_unbalanced_brackets_still_sets_all_five_variables(aste
     assert call.error.startswith(f"unknown argument {name!r} in the URL (expected ")
     assert (call.assigned["RECORDING_ID"], call.assigned["RECORDING_FILE"], call.assigned["RECORDING_DEFERRED"]) == (
         "", "", "0")
+
+
+class SlowHandler(logging.Handler):
+    """A log handler that takes its time, as a slow disk or a busy journald would."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        time.sleep(0.5)
+
+
+def test_the_channel_goes_back_to_the_dialplan_before_the_bookkeeping(asterisk):
+    # Asterisk returns to the dialplan when the server half-closes; the session's log line and
+    # metrics come after that, off the caller's wait.
+    told: dict[str, float] = {}
+    slow = SlowHandler()
+    logger = logging.getLogger("recording.fastagi")
+    logger.addHandler(slow)
+    try:
+        call = asterisk.call(route("start"), channel=CHANNEL,
+                             before_reply=lambda line: told.setdefault("mset", time.monotonic()) if "MSet" in line else None)
+        returned = time.monotonic()
+    finally:
+        logger.removeHandler(slow)
+
+    assert call.status == "STARTED" and call.server_closed
+    assert returned - told["mset"] < 0.4
