@@ -51,8 +51,9 @@ def verify(key: str, stored: str) -> bool:
 class KeyCache:
     """Remembers the verdicts on presented keys for one stored hash.
 
-    Entries are keyed by an HMAC of the key under a secret made at start-up, so the memory
-    of the process holds no key; the cache is emptied whenever the stored hash changes.
+    Entries are keyed by a MAC of the key under a secret made at start-up (keyed BLAKE2b, a
+    third of HMAC-SHA256's cost, paid by every session), so the memory of the process holds no
+    key; the cache is emptied whenever the stored hash changes.
     """
 
     def __init__(self, size: int = 1024):
@@ -63,7 +64,7 @@ class KeyCache:
 
     def fingerprint(self, key: str) -> bytes:
         """A keyed digest of ``key``: equal for equal keys, useless to anyone without the secret."""
-        return hmac.new(self._secret, key.encode("utf-8", "surrogateescape"), "sha256").digest()
+        return hashlib.blake2b(key.encode("utf-8", "surrogateescape"), key=self._secret, digest_size=32).digest()
 
     def lookup(self, key: str, stored: str) -> bool | None:
         """The remembered verdict on ``key`` against ``stored``, or None if not known."""

@@ -319,12 +319,34 @@ def parse_period(text: str, name: str) -> timedelta:
     return period
 
 
+class _Second:
+    """A time for ``str.format`` whose strftime for each format spec is remembered for the
+    second it is in: every start renders the file name, and strftime was most of that."""
+
+    __slots__ = ("when",)
+    _made: dict[tuple[str, int], str] = {}
+
+    def __init__(self, when: datetime):
+        self.when = when
+
+    def __format__(self, spec: str) -> str:
+        if not spec or "%f" in spec:
+            return format(self.when, spec)
+        key = (spec, int(self.when.timestamp()))
+        made = self._made.get(key)
+        if made is None:
+            if len(self._made) > 64:
+                self._made.clear()
+            made = self._made[key] = format(self.when, spec)
+        return made
+
+
 def render_file(template: str, *, uniqueid: str, leg: int, extension: str, when: datetime) -> str:
     """The recording's file name from the template. Raises ConfigError for a template that
     cannot be rendered, or that would leave ``${...}`` for Asterisk (which does not expand it)."""
     try:
         # NOTE: the hot path; the template itself was checked when the settings were made.
-        path = template.format(uniqueid=uniqueid, leg=leg, extension=extension, date=when)
+        path = template.format(uniqueid=uniqueid, leg=leg, extension=extension, date=_Second(when))
     except (KeyError, IndexError, ValueError, AttributeError):
         path = ""
     if path and "," not in path and "${" not in path:

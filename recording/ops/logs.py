@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import sys
+import time
 from datetime import datetime, timezone
 
 _KEY = re.compile(r"(?i)(api_?key\s*[=:]\s*\"?)[^&\s,\"')]+")
@@ -44,6 +45,19 @@ class _Stderr(logging.StreamHandler):
     @stream.setter
     def stream(self, value):
         pass
+
+
+class TextFormatter(logging.Formatter):
+    """The standard text line, with the time's strftime done once a second rather than once a
+    line (every session logs a line)."""
+
+    _second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self._second[0]:
+            self._second = (second, time.strftime("%Y-%m-%d %H:%M:%S", self.converter(record.created)))
+        return f"{self._second[1]},{int(record.msecs):03d}"
 
 
 class JSONFormatter(logging.Formatter):
@@ -80,7 +94,7 @@ def configure(level: str = "INFO", stream=None, prefix: str = "", fmt: str = "te
     if fmt == "json":
         handler.setFormatter(JSONFormatter(prefix))
     else:
-        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {where}%(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter(f"%(asctime)s %(levelname)s {where}%(name)s: %(message)s"))
     handler.addFilter(RedactingFilter())
     handler.recording_handler = True
     root = logging.getLogger()

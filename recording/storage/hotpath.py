@@ -155,24 +155,27 @@ def postgres_parameters(writes: Sequence[NewLeg | TagUpdate]) -> tuple[str, str]
 
 def _rows(writes: Sequence[NewLeg | TagUpdate], time) -> tuple[list[tuple], list[tuple]]:
     """The batch as rows: one call record per unique id (its newest tag, first and last times)
-    and one row per leg, times converted by ``time``."""
+    and one row per leg, times converted by ``time`` (once per write: a leg's start is also its
+    call record's first and last time)."""
     calls: dict[str, list] = {}
+    leg_rows = []
     for write in writes:
-        at = write.at if type(write) is TagUpdate else write.started_at
+        if type(write) is TagUpdate:
+            at = time(write.at)
+        else:
+            at = time(write.started_at)
+            leg_rows.append((
+                write.id, write.leg, write.unique_id, write.channel, write.extension, write.file, write.mixmonitor_id,
+                write.tag, write.agent.id if write.agent is not None else None, write.source, write.state, at,
+                time(write.ended_at) if write.ended_at is not None else None,
+            ))
         entry = calls.get(write.unique_id)
         if entry is None:
             calls[write.unique_id] = [write.unique_id, write.tag, at, at]
         else:
             entry[1] = write.tag or entry[1]
             entry[3] = at
-    call_rows = [(uid, tag, time(created), time(updated)) for uid, tag, created, updated in calls.values()]
-    leg_rows = [
-        (leg.id, leg.leg, leg.unique_id, leg.channel, leg.extension, leg.file, leg.mixmonitor_id, leg.tag,
-         leg.agent.id if leg.agent is not None else None, leg.source, leg.state, time(leg.started_at),
-         time(leg.ended_at) if leg.ended_at is not None else None)
-        for leg in writes if type(leg) is NewLeg
-    ]
-    return call_rows, leg_rows
+    return [tuple(entry) for entry in calls.values()], leg_rows
 
 
 def results(writes: Sequence[NewLeg | TagUpdate], rows: Sequence[tuple]) -> list[CommitResult | None]:
