@@ -12,7 +12,9 @@ batch of legs at a time):
 So a crash leaves, at worst, a leg marked for purge (step 1 done) whose file exists or not;
 never a leg marked purged whose file still exists (3 follows 2), and never a deleted file whose
 leg is not marked (2 follows 1). Every purge first finishes the legs left between 1 and 3, and
-the service does so at start-up.
+the service does so at start-up. One purge runs at a time among all the processes sharing the
+database (a lease, renewed each batch): legs another purge has begun are that purge's, not
+interrupted ones.
 
 Nothing is done when the monitor directory cannot be seen from this host: a file this host
 cannot see is not a deleted file.
@@ -21,7 +23,10 @@ cannot see is not a deleted file.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -37,6 +42,10 @@ log = logging.getLogger("recording.retention")
 
 # Legs purged together: one transaction begins them, one finishes them.
 BATCH = 100
+# The lease a purge holds; one that stops renewing it (a crash) lets the next take over after
+# LEASE_TTL, and that one finishes what it left.
+LEASE = "retention.purger"
+LEASE_TTL = timedelta(minutes=10)
 
 
 def utcnow() -> datetime:
@@ -89,16 +98,29 @@ class Purger:
         self.stop = stop or threading.Event()
         self.now = now
         self.batch = batch
+        # Who holds the purge's lease while this purge runs: unique to this Purger.
+        self.owner = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
 
     def run(self, older_than: timedelta, reason: str, *, dry_run: bool = False) -> PurgeReport:
         """Purges every ended leg whose end is more than ``older_than`` ago and that is not held;
-        ``reason`` is stored with each and written in its audit line."""
+        ``reason`` is stored with each and written in its audit line. One purge at a time among
+        all the processes that share the database (``problem`` says so when another runs)."""
         report = PurgeReport(cutoff=self.now() - older_than, dry_run=dry_run)
         report.problem = self.monitor.problem()
-        if report.problem is not None:
+        if report.problem is not None or dry_run:
+            if report.problem is None:
+                self._walk(report, reason)
             return report
-        if not dry_run:
-            self.finish_interrupted(report)
+        if not self._hold_lease(report):
+            return report
+        try:
+            self._finish_begun(report)
+            self._walk(report, reason)
+        finally:
+            self.store.release_lease(LEASE, self.owner)
+        return report
+
+    def _walk(self, report: PurgeReport, reason: str) -> None:
         after = None
         while not self.stop.is_set():
             page = self.store.legs_ended_before(report.cutoff, after, self.batch)
@@ -110,28 +132,52 @@ class Purger:
                 if leg.held:
                     report.held.append(leg)
                 elif leg.purge_started_at is not None:
-                    continue  # another purge is at it (or it was finished above)
-                elif dry_run:
+                    continue  # begun, and left by the finishing above (its file cannot be seen)
+                elif report.dry_run:
                     self._preview(leg, report)
                 else:
                     todo.append(leg)
+            if todo and not self._hold_lease(report):
+                break
             self._purge(todo, reason, report)
+
+    def finish_interrupted(self) -> PurgeReport:
+        """Finishes the purges that were begun and not marked done (a crash, a kill, a
+        database that went away between the steps), unless a purge runs elsewhere (then it is
+        that one's to finish, and ``problem`` says so)."""
+        report = PurgeReport()
+        report.problem = self.monitor.problem()
+        # Nothing begun, nothing to take the lease for (a start-up must not hold up a purge).
+        if report.problem is not None or not self.store.unfinished_purges() or not self._hold_lease(report):
+            return report
+        try:
+            self._finish_begun(report)
+        finally:
+            self.store.release_lease(LEASE, self.owner)
         return report
 
-    def finish_interrupted(self, report: PurgeReport | None = None) -> PurgeReport:
-        """Finishes the purges that were begun and not marked done (a crash, a kill, a
-        database that went away between the steps)."""
-        report = report or PurgeReport()
-        if report.problem is None:
-            report.problem = self.monitor.problem()
-        if report.problem is not None:
-            return report
+    def _finish_begun(self, report: PurgeReport) -> None:
         begun = self.store.unfinished_purges()
         for start in range(0, len(begun), self.batch):
-            if self.stop.is_set():
+            if self.stop.is_set() or not self._hold_lease(report):
                 break
             report.finished += self._finish(begun[start:start + self.batch], report, interrupted=True)
-        return report
+
+    def _hold_lease(self, report: PurgeReport) -> bool:
+        """Takes (or renews) the purge's lease; from a holder on this host whose process is
+        gone at once (a purge killed half way is finished by the next), from one elsewhere
+        after LEASE_TTL. NOTE: without it a purge starting in one process took the legs another
+        process's purge had just begun for interrupted ones, and finished them under its feet."""
+        now = self.now()
+        if self.store.lease(LEASE, self.owner, LEASE_TTL, now):
+            return True
+        holder = self.store.lease_holder(LEASE)
+        if holder is not None and _dead_here(holder) and self.store.lease(LEASE, self.owner, LEASE_TTL, now,
+                                                                          take_from=holder):
+            return True
+        report.problem = report.problem or f"another purge is under way ({holder}); try again later"
+        return False
+
 
     def _preview(self, leg: LegView, report: PurgeReport) -> None:
         look = self.monitor.look(leg.file)
@@ -194,6 +240,22 @@ class Purger:
                     " finishing an interrupted purge" if interrupted else "", leg.purge_reason, done[leg.id],
                 )
         return len(finished)
+
+
+
+def _dead_here(owner: str) -> bool:
+    """Whether a lease owner (``host/pid/...``) is a process of this host that no longer runs."""
+    host, _, rest = owner.partition("/")
+    pid = rest.partition("/")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def hold_sentence(leg: LegView) -> str:

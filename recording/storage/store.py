@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from sqlalchemy import Engine, create_engine, event, func, or_, select, update
+from sqlalchemy import Engine, create_engine, delete, event, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import (
@@ -584,12 +584,7 @@ class Store:
         first, the ``limit`` after the (end, id) ``after``; held ones and ones whose purge was
         begun included (the caller tells them apart)."""
         query = self._leg_query().where(_legs.c.state.in_(ENDED_STATES), _legs.c.ended_at < cutoff)
-        if after is not None:
-            query = query.where(or_(_legs.c.ended_at > after[0],
-                                    (_legs.c.ended_at == after[0]) & (_legs.c.id > after[1])))
-        query = query.order_by(_legs.c.ended_at, _legs.c.id).limit(limit)
-        with self._read() as conn:
-            return self._views(conn, conn.execute(query))
+        return self._page(query, _legs.c.ended_at, after, limit)
 
     def unfinished_purges(self) -> list[LegView]:
         """Legs whose purge was begun and not marked done: a purge that was interrupted."""
@@ -706,27 +701,48 @@ class Store:
         query = self._leg_query().where(_legs.c.state.in_(ENDED_STATES))
         if since is not None:
             query = query.where(_legs.c.started_at >= since)
+        return self._page(query, _legs.c.started_at, after, limit)
+
+    def _page(self, query, column, after: tuple[datetime, str] | None, limit: int) -> list[LegView]:
+        """The ``limit`` legs of ``query`` after ``after`` in (``column``, id) order: one page
+        of a walk that holds no transaction open between pages."""
         if after is not None:
-            query = query.where(or_(_legs.c.started_at > after[0],
-                                    (_legs.c.started_at == after[0]) & (_legs.c.id > after[1])))
-        query = query.order_by(_legs.c.started_at, _legs.c.id).limit(limit)
+            query = query.where(or_(column > after[0], (column == after[0]) & (_legs.c.id > after[1])))
+        query = query.order_by(column, _legs.c.id).limit(limit)
         with self._read() as conn:
             return self._views(conn, conn.execute(query))
 
-    def lease(self, name: str, owner: str, ttl: timedelta, now: datetime) -> bool:
+    def lease(self, name: str, owner: str, ttl: timedelta, now: datetime, *, take_from: str | None = None) -> bool:
         """True when ``owner`` holds the lease ``name`` now: it held it within ``ttl`` (and
-        renews it), or nobody did. One process at a time does what the lease stands for; when
-        it stops renewing, another takes over after ``ttl``."""
+        renews it), or nobody did, or ``take_from`` held it (a holder known to be dead). One
+        process at a time does what the lease stands for; when it stops renewing, another takes
+        over after ``ttl``."""
         value = f"{_stamp(now)} {owner}"
         stamp = func.substr(_variables.c.value, 1, STAMP_WIDTH)
         holder = func.substr(_variables.c.value, STAMP_WIDTH + 2)
+        takes = or_(holder == owner, stamp <= _stamp(now - ttl))
+        if take_from is not None:
+            takes = or_(takes, holder == take_from)
         stmt = self._insert(_variables).values(name=name, value=value, updated_at=now)
         stmt = stmt.on_conflict_do_update(
             index_elements=["name"], set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
-            where=or_(holder == owner, stamp <= _stamp(now - ttl)),
+            where=takes,
         ).returning(_variables.c.name)
         with self._write() as conn:
             return conn.scalar(stmt) is not None
+
+    def lease_holder(self, name: str) -> str | None:
+        """Who holds (or last held) the lease ``name``; None if nobody does."""
+        with self._read() as conn:
+            value = conn.scalar(select(_variables.c.value).where(_variables.c.name == name))
+        return value[STAMP_WIDTH + 1:] if value else None
+
+    def release_lease(self, name: str, owner: str) -> None:
+        """Gives up the lease ``name`` if ``owner`` holds it, so the next caller need not wait
+        out its time."""
+        holder = func.substr(_variables.c.value, STAMP_WIDTH + 2)
+        with self._write() as conn:
+            conn.execute(delete(_variables).where(_variables.c.name == name, holder == owner))
 
     def take_turn(self, name: str, every: timedelta, now: datetime) -> bool:
         """True for exactly one caller per ``every`` among all the processes that share this

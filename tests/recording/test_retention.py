@@ -349,3 +349,27 @@ def test_a_service_that_starts_before_the_files_are_visible_finishes_the_purge_o
         wait_until(lambda: store.leg(leg_id).state == "purged", 10, "the begun purge finished")
 
     assert not path.exists()
+
+
+def test_one_purge_at_a_time_and_a_dead_ones_lease_is_taken_over(pbx, store, people, cli):
+    import socket as sockets
+
+    from recording.storage.retention import LEASE, LEASE_TTL
+
+    old_file, old = old_call(pbx, store, tag="OLD")
+    now = datetime.now(timezone.utc)
+    here = sockets.gethostname()
+
+    # A purge under way in a live process (this one) holds the lease: the other waits its turn.
+    assert store.lease(LEASE, f"{here}/{os.getpid()}/busy", LEASE_TTL, now)
+    code, out, err = cli("recordings", "purge", "--older-than", "1d")
+    assert code == 1 and "another purge is under way" in err and old_file.exists()
+
+    # Its process gone (a purge killed half way), the next purge takes the lease at once.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    assert store.lease(LEASE, f"{here}/{int(dead.stdout)}/killed", LEASE_TTL, now, take_from=f"{here}/{os.getpid()}/busy")
+    code, out, err = cli("recordings", "purge", "--older-than", "1d")
+    assert code == 0, err
+    assert not old_file.exists() and store.leg(old).state == "purged"
+    # And it gave the lease up when done.
+    assert store.lease_holder(LEASE) is None
