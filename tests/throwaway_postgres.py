@@ -9,7 +9,9 @@ import signal
 import socket
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 BIN = Path(os.environ.get("RECORDING_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
@@ -77,3 +79,24 @@ class ThrowawayPostgres:
                 self.stop("immediate")
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@contextmanager
+def prepared_cluster(prepare: Callable | None = None, *, revision: str = "head") -> Iterator[ThrowawayPostgres]:
+    """A started throwaway cluster with the project's schema (up to ``revision``), after
+    ``prepare(store)`` has put in what the test needs; destroyed at the end, whatever happens."""
+    from recording.storage.store import Store
+
+    cluster = ThrowawayPostgres()
+    try:
+        cluster.start()
+        store = Store(cluster.url)
+        try:
+            store.upgrade(revision)
+            if prepare is not None:
+                prepare(store)
+        finally:
+            store.close()
+        yield cluster
+    finally:
+        cluster.destroy()

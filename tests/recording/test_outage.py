@@ -15,7 +15,7 @@ from tests.recording.conftest import API_KEY
 from tests.fake_asterisk import FakeAsterisk
 from tests.recording.test_cli import Serve
 from tests.service_runner import RunningService
-from tests.throwaway_postgres import ThrowawayPostgres
+from tests.throwaway_postgres import prepared_cluster
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -23,17 +23,12 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def postgres(key_hash):
-    cluster = ThrowawayPostgres()
-    try:
-        cluster.start()
-        store = Store(cluster.url)
-        store.upgrade()
+    def prepare(store):
         store.set_api_key_hash(key_hash)
         store.add_user("fred")
-        store.close()
+
+    with prepared_cluster(prepare) as cluster:
         yield cluster
-    finally:
-        cluster.destroy()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from recording.storage.batching import BatchThread
 from recording.storage.pgwriter import LoopWriter
 from recording.storage.store import Store
 from tests.recording.test_store import NOW, leg
-from tests.throwaway_postgres import ThrowawayPostgres
+from tests.throwaway_postgres import prepared_cluster
 
 
 @pytest.fixture
@@ -93,14 +93,8 @@ def test_a_refused_batch_is_written_one_by_one_and_only_the_bad_write_fails(pg_s
     assert any("writing them one by one" in r.getMessage() for r in caplog.records)
 
 
-def test_a_database_that_goes_away_fails_the_write_and_is_found_again(key_hash):
-    cluster = ThrowawayPostgres()
-    try:
-        cluster.start()
-        store = Store(cluster.url)
-        store.upgrade()
-        store.close()
-
+def test_a_database_that_goes_away_fails_the_write_and_is_found_again():
+    with prepared_cluster() as cluster:
         async def scenario(writer, thread):
             before = await writer.enqueue(leg(unique_id="6.1"))
             await asyncio.to_thread(cluster.stop, "immediate")
@@ -111,7 +105,5 @@ def test_a_database_that_goes_away_fails_the_write_and_is_found_again(key_hash):
 
         before, during, after = run_writer(cluster.url, scenario)
 
-        assert (before.status, after.status) == ("STARTED", "STARTED")
-        assert isinstance(during, StorageUnavailable) and "unavailable" in str(during)
-    finally:
-        cluster.destroy()
+    assert (before.status, after.status) == ("STARTED", "STARTED")
+    assert isinstance(during, StorageUnavailable) and "unavailable" in str(during)

@@ -21,7 +21,7 @@ from tests.recording.test_cli import Serve
 from tests.recording.test_outage import legs_by_unique_id
 from tests.recording.test_workers import Workers
 from tests.service_runner import RunningService
-from tests.throwaway_postgres import ThrowawayPostgres
+from tests.throwaway_postgres import prepared_cluster
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -31,19 +31,14 @@ pytestmark = pytest.mark.slow
 def cluster(key_hash):
     """A PostgreSQL of the test's own with the schema, the apiKey, fred attached to 410, and a
     Recording Manager."""
-    cluster = ThrowawayPostgres()
-    try:
-        cluster.start()
-        store = Store(cluster.url)
-        store.upgrade()
+    def prepare(store):
         store.set_api_key_hash(key_hash)
         store.add_user("fred")
         store.add_user("boss", ["Recording Manager"])
         store.attach_extension("410", "fred")
-        store.close()
+
+    with prepared_cluster(prepare) as cluster:
         yield cluster
-    finally:
-        cluster.destroy()
 
 
 def free_port() -> int:
@@ -165,18 +160,13 @@ def cluster_behind(key_hash, tmp_path):
     the code (0002), stopped, and the snapshot a run of the older version left. (That run
     cannot be this version's, which would refuse the schema: the snapshot is written here as
     a run writes it.)"""
-    cluster = ThrowawayPostgres()
-    try:
-        cluster.start()
-        store = Store(cluster.url)
-        store.upgrade("0002")
+    def prepare(store):
         store.set_api_key_hash(key_hash)
         snapshots.save(tmp_path / "journal", store.directory(), redact_url(store.url))
-        store.close()
+
+    with prepared_cluster(prepare, revision="0002") as cluster:
         cluster.stop("immediate")
         yield cluster
-    finally:
-        cluster.destroy()
 
 
 def test_a_schema_that_is_behind_when_the_database_answers_stops_the_service(cluster_behind, tmp_path):
