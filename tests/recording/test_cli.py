@@ -148,6 +148,8 @@ def test_serve_on_a_fresh_sqlite_file_makes_schema_and_key_once(tmp_path):
     assert code == 0, err
     key = re.search(r"shown only this once:\s+(\S+)", out).group(1)
     assert key not in err
+    # A first start's log is read by someone new to the service: no library warning in it.
+    assert "Warning" not in err and "creating the schema" in err
 
     second = Serve(url, tmp_path)
     call = FakeAsterisk(second.port).call(f"recording/start?tag=fresh&apiKey={key}")
