@@ -137,7 +137,8 @@ def _lenient_environment(raw: list[bytes]) -> Environment:
 
 
 class Server:
-    """Serves FastAGI on ``host:port`` (port 0 picks a free one; see :attr:`port`)."""
+    """Serves FastAGI on ``host:port`` (port 0 picks a free one; see :attr:`port`), or on a
+    listening socket it is given (``sock``: one that outlives the process, such as systemd's)."""
 
     def __init__(
         self,
@@ -148,8 +149,10 @@ class Server:
         limits: Limits = Limits(),
         reuse_port: bool = False,
         admit: Callable[[str | None], bool] | None = None,
+        sock: socket.socket | None = None,
     ):
         self.router = router
+        self.sock = sock
         # Asked with each peer's address before anything is read; False closes the connection.
         self.admit = admit
         self.host = host
@@ -174,18 +177,25 @@ class Server:
     async def start(self) -> None:
         self._watchdog.start()
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: Wire(self._connected),
-            self.host,
-            self.requested_port,
-            backlog=self.limits.backlog,
-            reuse_address=True,
-            reuse_port=self.reuse_port or None,
-        )
+        if self.sock is not None:
+            self._server = await loop.create_server(
+                lambda: Wire(self._connected), sock=self.sock, backlog=self.limits.backlog
+            )
+        else:
+            self._server = await loop.create_server(
+                lambda: Wire(self._connected),
+                self.host,
+                self.requested_port,
+                backlog=self.limits.backlog,
+                reuse_address=True,
+                reuse_port=self.reuse_port or None,
+            )
         for sock in self._server.sockets:
             # NOTE: replies are small and the caller's channel waits on each one.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        log.info("FastAGI listening on %s:%d", self.host, self.port)
+        host, port = self._server.sockets[0].getsockname()[:2]
+        handed = " (a socket handed over)" if self.sock is not None else ""
+        log.info("FastAGI listening on %s:%d%s", host, port, handed)
 
     async def serve_forever(self) -> None:
         if self._server is None:

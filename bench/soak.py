@@ -14,8 +14,13 @@ restart refused, the seconds from the restart to the first STARTED, and checks t
 in the database are exactly the sessions told STARTED (plus those of sessions the kill cut
 after their leg was journaled, counted apart).
 
+``--socket-unit`` holds the FastAGI port the way systemd's ``recording-agi.socket`` does and
+hands it to each server process as descriptor 3 (socket activation), so that a session begun
+while no process runs waits in the socket's backlog instead of being refused.
+
     .venv/bin/python bench/soak.py --rate 50 --duration 30 --outage 8:18
     .venv/bin/python bench/soak.py --rate 50 --duration 40 --outage 8:33 --restart-at 15
+    .venv/bin/python bench/soak.py --rate 50 --duration 40 --outage 8:33 --restart-at 15 --socket-unit
 
 Bounded: the run, the wait for replay (--settle) and every process are capped; everything it
 started is stopped and removed at the end, also on error or Ctrl-C.
@@ -73,23 +78,61 @@ def journal_entries(directory: Path) -> int:
     return total
 
 
+# What systemd does between fork and exec for a socket-activated service: the socket to
+# descriptor 3, LISTEN_PID naming this very process, then the service's command.
+LAUNCH = """\
+import os, sys
+fd = int(sys.argv[1])
+if fd != 3:
+    os.dup2(fd, 3)
+    os.close(fd)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1")
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def served(port: int, timeout: float) -> bool:
+    """True once a ``health`` session on ``port`` gets its answer within ``timeout`` seconds."""
+    import socket
+
+    env = environment("health", host="127.0.0.1", port=port, uniqueid="0.0", channel="PJSIP/0-00000000",
+                      extension="0", threadid=1)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(env)
+            if not sock.recv(4096):
+                return False
+            sock.sendall(b"200 result=0\n")
+            return True
+    except OSError:
+        return False
+
+
 class ServerProcess:
     """`recording-agi serve` on ``port``, in a process group of its own, its log appended to
-    ``log_path`` (across restarts)."""
+    ``log_path`` (across restarts); with ``sock``, each process gets that listening socket
+    as systemd would hand it over."""
 
-    def __init__(self, cli: str, port: int, env: dict, cwd: Path, log_path: Path):
+    def __init__(self, cli: str, port: int, env: dict, cwd: Path, log_path: Path, sock=None):
         self.command = [cli, "serve", "--listen", f"127.0.0.1:{port}"]
-        self.port, self.env, self.cwd, self.log_path = port, env, cwd, log_path
+        if sock is not None:
+            self.command = [sys.executable, "-c", LAUNCH, str(sock.fileno()), *self.command]
+        self.port, self.env, self.cwd, self.log_path, self.sock = port, env, cwd, log_path, sock
         self.process: subprocess.Popen | None = None
 
     def launch(self) -> None:
         with open(self.log_path, "a") as log:
-            self.process = subprocess.Popen(self.command, env=self.env, cwd=self.cwd, stdout=subprocess.DEVNULL,
-                                            stderr=log, start_new_session=True)
+            self.process = subprocess.Popen(
+                self.command, env=self.env, cwd=self.cwd, stdout=subprocess.DEVNULL, stderr=log,
+                start_new_session=True, pass_fds=[self.sock.fileno()] if self.sock is not None else (),
+            )
 
     def wait_listening(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
-        while not listening(self.port):
+        # NOTE: a held socket always accepts a connection; only an answered session says the
+        # server is there.
+        while not (served(self.port, 5) if self.sock is not None else listening(self.port)):
             if time.monotonic() > deadline or self.process.poll() is not None:
                 raise RuntimeError(f"the server did not start (exit {self.process.poll()}):\n" +
                                    self.log_path.read_text())
@@ -204,6 +247,9 @@ def main(argv=None) -> int:
     parser.add_argument("--settle", type=float, default=60.0, help="seconds to wait for the replay (default 60)")
     parser.add_argument("--restart-at", type=float, metavar="S",
                         help="SIGKILL the server S seconds into the run and start it again at once")
+    parser.add_argument("--socket-unit", action="store_true",
+                        help="hold the FastAGI port as systemd's recording-agi.socket does and hand it to "
+                        "each server process (socket activation)")
     args = parser.parse_args(argv)
     if args.duration > 600 or args.rate * args.duration > 100_000:
         parser.error("keep it bounded: at most 600 s and 100,000 sessions")
@@ -215,7 +261,14 @@ def main(argv=None) -> int:
     server = None
     cli = str(Path(sys.executable).parent / "recording-agi")
     key = "soak-" + secrets.token_urlsafe(12)
-    port = free_port()
+    unit = None
+    if args.socket_unit:
+        import socket
+
+        unit = socket.socket()
+        unit.bind(("127.0.0.1", 0))
+        unit.listen(4096)
+    port = unit.getsockname()[1] if unit is not None else free_port()
     journal = tmp / "journal"
     try:
         cluster.start()
@@ -224,7 +277,7 @@ def main(argv=None) -> int:
         for step in (["db", "upgrade"], ["apikey", "set", key]):
             subprocess.run([cli, *step], env=env, check=True, capture_output=True, timeout=60)
         log_path = tmp / "server.log"
-        server = ServerProcess(cli, port, env, tmp, log_path)
+        server = ServerProcess(cli, port, env, tmp, log_path, sock=unit)
         server.launch()
         server.wait_listening()
         started = time.monotonic()
@@ -253,7 +306,8 @@ def main(argv=None) -> int:
         unexplained = [tag for tag in untold if int(tag.split("-")[1]) not in killed]
         print(f"# soak {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: rate {args.rate:g}/s for "
               f"{args.duration:g}s, database stopped {args.outage}s"
-              f"{f', server SIGKILLed and restarted at {args.restart_at:g}s' if restart else ''}, "
+              f"{f', server SIGKILLed and restarted at {args.restart_at:g}s' if restart else ''}"
+              f"{' (the port held by a socket unit)' if unit is not None else ''}, "
               f"{os.cpu_count()} cpus")
         for event in events:
             print(f"  {event}")
@@ -285,6 +339,8 @@ def main(argv=None) -> int:
     finally:
         if server is not None:
             server.stop()
+        if unit is not None:
+            unit.close()
         cluster.destroy()
         subprocess.run(["rm", "-rf", str(tmp)], check=False)
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import timedelta
+from typing import Mapping
 
 from agi import Limits, Server
 
@@ -71,7 +73,7 @@ def check_schema(store: Store) -> None:
     revision, head = store.schema_revision(), store.head_revision()
     if revision is None:
         raise ConfigError(
-            f"the database answers but has no schema, so it is not the one the service served from: "
+            "the database answers but has no schema, so it is not the one the service served from: "
             "run 'recording-agi db upgrade' and set the apiKey ('recording-agi apikey set -')"
         )
     if revision != head:
@@ -102,8 +104,10 @@ class Application:
 
     def __init__(self, settings: Settings, store: Store | None = None, *, config: str | None = None,
                  overrides: dict | None = None, board: Board | None = None,
-                 unreachable: StorageUnavailable | None = None):
+                 unreachable: StorageUnavailable | None = None, sockets: Mapping[str, socket.socket] | None = None):
         self.settings = settings
+        # Listening sockets handed over by systemd (or by the supervisor), by role: see ops/sockets.py.
+        self.sockets = dict(sockets or {})
         # Under serve --workers: where this worker publishes its health and reads its siblings'.
         self.board = board
         # Where SIGHUP re-reads the settings from: the config file, the environment, and the
@@ -141,6 +145,7 @@ class Application:
             build_router(self.service, settings.api_key_variable, self.manager, hooks),
             host=host, port=port, limits=limits_of(settings), reuse_port=settings.reuse_port,
             admit=lambda address: self.gate.admits(self.gate.agi, address, "FastAGI"),
+            sock=self.sockets.get("agi"),
         )
         self._http = None
         self._probes = None
@@ -191,13 +196,14 @@ class Application:
             api = RecordingAPI(self.service, self.store, self.manager, gate=self.gate, metrics=self.metrics,
                                health=self.service_health)
             self._http, self.http_port = await start_site(
-                api.application(), *self.settings.http_address, reuse_port=self.settings.reuse_port
+                api.application(), *self.settings.http_address, reuse_port=self.settings.reuse_port,
+                sock=self.sockets.get("http"),
             )
             log.info("HTTP recording API listening on %s:%d", self.settings.http_address[0], self.http_port)
         if self.settings.metrics_address is not None:
             self._probes, self.metrics_port = await start_site(
                 probe_application(self.metrics, self.service_health), *self.settings.metrics_address,
-                reuse_port=self.settings.reuse_port,
+                reuse_port=self.settings.reuse_port, sock=self.sockets.get("metrics"),
             )
             log.info("metrics and health on %s:%d", self.settings.metrics_address[0], self.metrics_port)
 

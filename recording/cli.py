@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     check_cmd.add_argument("--http", metavar="HOST:PORT", help="HTTP listen address to check")
     check_cmd.add_argument("--dialplan", metavar="FILE", action="append", default=[],
                            help="also read this extensions.conf for its AGI() calls to the service (repeatable)")
+    check_cmd.add_argument("--systemd-sockets", action="store_true",
+                           help="the listen ports are held by systemd's socket unit (recording-agi.socket): "
+                           "do not try to bind them")
     check_cmd.set_defaults(command=check)
 
     rec = commands.add_parser("recordings", help="recording legs").add_subparsers(metavar="ACTION", required=True)
@@ -339,7 +342,7 @@ def check(args, settings: Settings) -> int:
     from .ops.dialplan import check_dialplan
     from .doors.fastagi import ROUTES
 
-    findings = asyncio.run(run_checks(settings))
+    findings = asyncio.run(run_checks(settings, systemd_sockets=args.systemd_sockets))
     for path in args.dialplan:
         findings += check_dialplan(path, ROUTES)
     print(format_findings(findings))
@@ -351,11 +354,15 @@ def serve(args, settings: Settings) -> int:
     from .ops.health import HEALTH_ENV, Board
     from .storage.snapshot import require
     from .ops.workers import WORKER_ENV, Supervisor, check_shareable
+    from .ops.sockets import handed_over
 
     if os.environ.get(WORKER_ENV):
         # NOTE: the supervisor passes SIGHUP on to its workers; until the service installs
         # its own handler, SIGHUP's default action must not end a worker.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # Taken first: systemd's variables must not reach a worker, and a socket the settings do
+    # not name is refused before anything starts.
+    sockets = handed_over(settings)
     if settings.workers > 1:
         check_shareable(settings)
     loop = eventloop.loop_factory(settings.event_loop)  # a loop that cannot run is said before anything starts
@@ -385,12 +392,12 @@ def serve(args, settings: Settings) -> int:
             logging.getLogger("recording.workers").warning(
                 "the database cannot be reached (%s): the workers start from the directory snapshot of %s",
                 unreachable, snapshot.when)
-        return Supervisor(settings, config=args.config, overrides=overrides).run()
+        return Supervisor(settings, config=args.config, overrides=overrides, sockets=sockets).run()
     board = None
     if os.environ.get(WORKER_ENV) and os.environ.get(HEALTH_ENV):
         board = Board(os.environ[HEALTH_ENV], int(os.environ[WORKER_ENV]))
     app = Application(settings, store, config=args.config, overrides=overrides, board=board,
-                      unreachable=unreachable)
+                      unreachable=unreachable, sockets=sockets)
     eventloop.run(app.run_until_signalled, loop)
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import socket
 import time
 from datetime import datetime, timezone
 from typing import Awaitable, Callable
@@ -475,11 +476,15 @@ def vendor_fields(leg, now: datetime) -> dict:
 
 
 async def start_site(
-    app: web.Application, host: str, port: int, reuse_port: bool = False
+    app: web.Application, host: str, port: int, reuse_port: bool = False, sock: socket.socket | None = None
 ) -> tuple[web.AppRunner, int]:
-    """Serves ``app`` on host:port (0 picks one); returns the runner and the bound port."""
+    """Serves ``app`` on host:port (0 picks one), or on the listening socket ``sock`` when
+    given; returns the runner and the bound port."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False, logger=ServerLog())
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)
+    if sock is not None:
+        site = web.SockSite(runner, sock)
+    else:
+        site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)
     await site.start()
     return runner, runner.addresses[0][1]

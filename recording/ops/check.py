@@ -47,17 +47,19 @@ class Finding:
     warning: bool = False
 
 
-async def check(settings: Settings, *, timeout: float = CHECK_TIMEOUT) -> list[Finding]:
+async def check(settings: Settings, *, timeout: float = CHECK_TIMEOUT, systemd_sockets: bool = False) -> list[Finding]:
     """Runs every check, each within ``timeout`` seconds, and returns their findings in a
     fixed order: settings, database, schema, apikey, monitor template, recordings' files,
-    journal, ami, then one per listen address. Never raises for what it finds."""
+    journal, ami, then one per listen address. Never raises for what it finds.
+    ``systemd_sockets``: the listen ports are held by systemd's socket unit (socket
+    activation), so binding them here would fail for the wrong reason."""
     groups = await asyncio.gather(
         _database(settings, timeout),
         _guarded("monitor template", _monitor_template(settings)),
         _guarded("recordings' files", _files(settings, timeout)),
         _guarded("journal", _journal(settings, timeout)),
         _guarded("ami", _ami(settings, timeout)),
-        *(_guarded(name, _listen(name, value, timeout)) for name, value in _listen_addresses(settings)),
+        *(_guarded(name, _listen(name, value, timeout, systemd_sockets)) for name, value in _listen_addresses(settings)),
     )
     findings = [_settings(settings)]
     for group in groups:
@@ -382,10 +384,14 @@ def _listen_addresses(settings: Settings) -> list[tuple[str, str]]:
     return found
 
 
-async def _listen(name: str, value: str, timeout: float) -> Finding:
+async def _listen(name: str, value: str, timeout: float, systemd_sockets: bool = False) -> Finding:
     host, port = parse_listen(value, name)
     if port == 0:
         return Finding(name, True, f"{value}: any free port (0)")
+    if systemd_sockets:
+        # NOTE: systemd passes the sockets to ExecStart= only, not to ExecStartPre=, and holds
+        # the port meanwhile: there is nothing here to look at but the setting.
+        return Finding(name, True, f"{value}: not bound here (--systemd-sockets: systemd's socket unit holds it and hands it to serve)")
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout):

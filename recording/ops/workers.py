@@ -1,7 +1,7 @@
 """``serve --workers N``: N server processes on one host, so that every core serves calls.
 
 The workers share the listen ports (SO_REUSEPORT: the kernel spreads new connections over
-them) and the database (whose partial unique index keeps one active leg per call across
+them; or the listening sockets systemd handed to the supervisor, passed on as they are) and the database (whose partial unique index keeps one active leg per call across
 processes); each has a journal of its own, ``worker-N`` in RECORDING_JOURNAL_DIR. The parent
 is only a supervisor: it starts the workers (``python -m recording serve`` with the same
 settings in the environment), passes SIGTERM, SIGINT and SIGHUP on to them, starts one again
@@ -29,6 +29,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,7 @@ from typing import Callable, Mapping, Sequence
 from .config import Settings
 from .health import HEALTH_ENV, report_path
 from .metrics import MULTIPROCESS_ENV, worker_gone
+from .sockets import passed_on
 from ..errors import ConfigError
 
 log = logging.getLogger("recording.workers")
@@ -167,8 +169,10 @@ class Supervisor:
 
     def __init__(self, settings: Settings, *, command: Sequence[str] | None = None,
                  environ: Mapping[str, str] | None = None, config: str | None = None,
-                 overrides: Mapping[str, object] | None = None):
+                 overrides: Mapping[str, object] | None = None, sockets: Mapping[str, socket.socket] | None = None):
         self.settings = settings
+        # Listening sockets systemd handed over: every worker serves on them (see ops/sockets.py).
+        self.sockets = dict(sockets or {})
         self.command = list(command or worker_command(config))
         self.overrides = dict(overrides or {})
         self.shared: Path | None = None
@@ -279,10 +283,12 @@ class Supervisor:
     def _start(self, worker: Worker) -> bool:
         """Starts ``worker``; False when it cannot be started and the supervisor gives up."""
         environment = worker_environment(self.settings, worker.index, self.environ, self.overrides, self.shared)
+        environment.update(passed_on(self.sockets))
         worker.started = time.monotonic()
         try:
             worker.process = subprocess.Popen(
                 self.command, env=environment, stdin=subprocess.DEVNULL, preexec_fn=self._preexec,
+                pass_fds=[sock.fileno() for sock in self.sockets.values()],
             )
         except OSError as exc:
             worker.process = None
