@@ -235,10 +235,12 @@ class Session:
         ``...``) so that the line fits res_agi's buffer; without it, or if that is not enough,
         a line that would not fit raises ValueError before anything is sent."""
         command = mset_command(values)
-        if shorten is not None and command_bytes(command) > MAX_COMMAND_BYTES:
+        size = command_bytes(command)
+        if shorten is not None and size > MAX_COMMAND_BYTES:
             command = mset_command(_fitted(values, shorten))
-        if command_bytes(command) > MAX_COMMAND_BYTES:
-            raise ValueError(f"the variables need {command_bytes(command)} bytes, more than one AGI line holds")
+            size = command_bytes(command)
+        if size > MAX_COMMAND_BYTES:
+            raise ValueError(f"the variables need {size} bytes, more than one AGI line holds")
         reply = await self.command(command)
         if reply.value != 0:
             raise CommandRejected(command, reply)
