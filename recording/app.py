@@ -53,11 +53,8 @@ def prepare_database(store: Store) -> str | None:
     if revision is None:
         log.info("empty database: creating the schema")
         store.upgrade()
-    elif revision != store.head_revision():
-        raise ConfigError(
-            f"the database schema is at {revision} but this version needs {store.head_revision()}: "
-            "run 'recording-agi db upgrade'"
-        )
+    else:
+        _require_head(revision, store.head_revision())
     if store.api_key_hash() is None:
         key = apikey.generate()
         store.set_api_key_hash(apikey.hash_key(key))
@@ -76,6 +73,10 @@ def check_schema(store: Store) -> None:
             "the database answers but has no schema, so it is not the one the service served from: "
             "run 'recording-agi db upgrade' and set the apiKey ('recording-agi apikey set -')"
         )
+    _require_head(revision, head)
+
+
+def _require_head(revision: str, head: str) -> None:
     if revision != head:
         raise ConfigError(
             f"the database schema is at {revision} but this version needs {head}: run 'recording-agi db upgrade'"
