@@ -105,6 +105,12 @@ def _sqlite_legs(rows: int) -> str:
     )
 
 
+def takes(write) -> bool:
+    """True for a write this path can do: a tag update, or a leg without an agent login still
+    to resolve."""
+    return type(write) is TagUpdate or (type(write) is NewLeg and write.agent_login is None)
+
+
 class HotPath:
     def __init__(self, engine: Engine, batch: Batch):
         self._batch = batch
@@ -128,9 +134,8 @@ class HotPath:
 
     @staticmethod
     def takes(writes: Sequence) -> bool:
-        """True when every write is one this path can do: a tag update, or a leg without an
-        agent login still to resolve."""
-        return all(type(w) is TagUpdate or (type(w) is NewLeg and w.agent_login is None) for w in writes)
+        """True when every write is one this path can do (see :func:`takes`)."""
+        return all(map(takes, writes))
 
     def commit(self, writes: Sequence[NewLeg | TagUpdate]) -> list:
         """Writes the batch, durably, and returns a CommitResult per write, in order, or None

@@ -19,7 +19,8 @@ from .batching import BatchThread
 from ..domain import CommitResult, LegChange, NewLeg, TagUpdate
 from ..errors import StorageRefused, StorageUnavailable
 from .journal import Journal
-from .pgwriter import LoopWriter, takes
+from .hotpath import takes
+from .pgwriter import LoopWriter
 from .store import Store
 
 log = logging.getLogger("recording.persist")

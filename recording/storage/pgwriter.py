@@ -31,7 +31,7 @@ from ..domain import NewLeg, TagUpdate
 from ..errors import StorageRefused, StorageUnavailable
 from .batching import settle
 from .hotpath import PG_START, postgres_parameters, results
-from .store import POSTGRES_CONNECT_ARGS, redact_url
+from .store import POSTGRES_CONNECT_ARGS, first_line, redact_url
 
 log = logging.getLogger("recording.persist")
 
@@ -41,11 +41,6 @@ _PREPARE = f"PREPARE recording_start (text, text) AS {PG_START.replace('%s', '$1
 # SQLSTATE classes that say the server, not the write, is the trouble: connection exception,
 # insufficient resources, operator intervention (shutting down), system error.
 _AWAY_CLASSES = ("08", "53", "57", "58")
-
-
-def takes(write) -> bool:
-    """True for a write this path can do (as hotpath.HotPath.takes, for one write)."""
-    return type(write) is TagUpdate or (type(write) is NewLeg and write.agent_login is None)
 
 
 class LoopWriter:
@@ -224,7 +219,7 @@ class LoopWriter:
                 raise
         except (psycopg.Error, OSError) as exc:
             self._connecting = None
-            self._fail_all(StorageUnavailable(f"database {self._shown} unavailable: {_first_line(str(exc))}"))
+            self._fail_all(StorageUnavailable(f"database {self._shown} unavailable: {first_line(exc)}"))
             self._idle.set()
             return
         self._connecting = None
@@ -237,8 +232,9 @@ class LoopWriter:
 
     def _lost(self, reason: Exception | str) -> None:
         """The connection failed: the batch in flight fails as unavailable (its sessions
-        journal it) and the next batch connects again."""
-        failure = StorageUnavailable(f"database {self._shown} unavailable: {_first_line(str(reason))}")
+        journal it) and the next batch connects again. ``reason``: the error, or the server's
+        message already cut to its first line."""
+        failure = StorageUnavailable(f"database {self._shown} unavailable: {first_line(reason)}")
         batch, self._flight = self._flight, None
         for _, future in batch or ():
             settle(future, failure)
@@ -280,11 +276,7 @@ class LoopWriter:
 
 
 def _message(result: pq.PGresult) -> str:
-    return _first_line((result.error_message or b"").decode("utf-8", "replace"))
-
-
-def _first_line(text: str) -> str:
-    text = text.strip()
+    text = (result.error_message or b"").decode("utf-8", "replace").strip()
     return text.splitlines()[0] if text else "no message"
 
 
