@@ -13,6 +13,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from .journal import fsync_directory
+
 HASH_CHUNK = 1 << 20
 # MixMonitor picks the format from the file's extension; what a browser should be told of each.
 CONTENT_TYPES = {
@@ -167,21 +169,12 @@ def digest(path: Path) -> Digest | None:
 def delete(path: Path, *, sync: bool = True) -> bool:
     """Deletes the file and (``sync``) makes the deletion durable by syncing its folder, so
     that a leg marked purged afterwards cannot find its file back after a power cut; a caller
-    deleting many files syncs their folders once with :func:`sync_folder`. False when there
-    was no file. Raises OSError when it cannot be deleted."""
+    deleting many files syncs their folders once with :func:`.journal.fsync_directory`. False
+    when there was no file. Raises OSError when it cannot be deleted."""
     try:
         os.unlink(path)
     except FileNotFoundError:
         return False
     if sync:
-        sync_folder(path.parent)
+        fsync_directory(path.parent)
     return True
-
-
-def sync_folder(folder: Path) -> None:
-    """Makes the folder's entries (a deletion) durable. Raises OSError."""
-    handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)

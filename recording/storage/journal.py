@@ -164,8 +164,8 @@ class Journal:
                     file.flush()
                     os.fsync(file.fileno())
                 rejected.unlink()
-            _fsync_directory(self.directory)
-            _fsync_directory(source)
+            fsync_directory(self.directory)
+            fsync_directory(source)
         finally:
             os.close(held)
         if segments:
@@ -195,7 +195,7 @@ class Journal:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._current = path
         # NOTE: the new file's directory entry must be on disk too, or a crash can lose it.
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
 
     def _close_current(self) -> None:
         if self._fd is not None:
@@ -302,8 +302,9 @@ def _lock(directory: Path, wait: float) -> int | None:
             raise
 
 
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_directory(directory: Path) -> None:
+    """Makes the folder's entries (a file created, renamed or deleted) durable. Raises OSError."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:

@@ -35,6 +35,7 @@ from typing import Callable
 from ..domain import LegView
 from . import audio
 from .audio import MonitorDirectory
+from .journal import fsync_directory
 from .store import Store
 
 audit = logging.getLogger("recording.audit")
@@ -224,7 +225,7 @@ class Purger:
                 done[leg.id] = f"its file was already gone ({look.why})"
         for folder, ids in folders.items():
             try:
-                audio.sync_folder(folder)
+                fsync_directory(folder)
             except OSError as exc:
                 for leg_id in ids:  # not durably deleted: left begun, for the next run
                     done.pop(leg_id)

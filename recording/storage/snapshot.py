@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..domain import DirectorySnapshot, UserRef
 from ..errors import StorageUnavailable
-from .journal import WORKER_DIR, _fsync_directory, worker_directories
+from .journal import WORKER_DIR, fsync_directory, worker_directories
 
 log = logging.getLogger("recording.snapshot")
 
@@ -96,7 +96,7 @@ def save(folder: str | os.PathLike, directory: DirectorySnapshot, database: str,
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    _fsync_directory(folder)
+    fsync_directory(folder)
     return target
 
 
