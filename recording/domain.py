@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import ContextManager, Mapping, Protocol
 
 
@@ -24,6 +24,11 @@ LEG_STATES = ("recording", "paused", "stopped", "ended", "lost", "failed", "purg
 ACTIVE_STATES = ("recording", "paused")
 # The states of a leg whose MixMonitor ran and has ended: its file is there to keep or delete.
 ENDED_STATES = ("stopped", "ended", "lost")
+
+
+def utcnow() -> datetime:
+    """Now, in UTC: the time every leg, pause, purge and lease is stamped with."""
+    return datetime.now(timezone.utc)
 
 
 def mixmonitor_variable(leg_id: str, run: str = "") -> str:

@@ -11,7 +11,7 @@ import logging
 from collections import OrderedDict
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Protocol
 
 from agi.protocol import is_clean_text
@@ -32,6 +32,7 @@ from .domain import (
     channel_extension,
     mixmonitor_variable,
     new_leg_id,
+    utcnow,
 )
 from .errors import AsteriskFailure, AsteriskUnavailable, Denied, Invalid, StorageRefused, StorageUnavailable
 from .storage.persist import Pending, Persister
@@ -129,10 +130,6 @@ class _CallTurn:
             del self._locks[self._unique_id]
         else:
             self._locks[self._unique_id] = (lock, users - 1)
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def check_text(name: str, value: str | None, limit: int) -> str | None:

@@ -20,10 +20,11 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+from ..domain import utcnow
 from ..errors import StorageUnavailable
 from ..storage.audio import MonitorDirectory
 from ..storage.integrity import Hasher
-from ..storage.retention import Purger, utcnow
+from ..storage.retention import Purger
 from ..storage.store import Store
 from .config import Settings
 

@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Callable, Iterator
 
-from ..domain import LegView
+from ..domain import LegView, utcnow
 from . import audio
 from .audio import MonitorDirectory
-from .retention import utcnow
 from .store import Store
 
 log = logging.getLogger("recording.integrity")

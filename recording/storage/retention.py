@@ -28,11 +28,11 @@ import socket
 import threading
 import uuid
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable
 
-from ..domain import LegView
+from ..domain import LegView, utcnow
 from . import audio
 from .audio import MonitorDirectory
 from .journal import fsync_directory
@@ -47,10 +47,6 @@ BATCH = 100
 # LEASE_TTL, and that one finishes what it left.
 LEASE = "retention.purger"
 LEASE_TTL = timedelta(minutes=10)
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 @dataclass

@@ -37,6 +37,7 @@ from ..domain import (
     Pause,
     TagUpdate,
     UserRef,
+    utcnow,
 )
 from ..errors import Conflict, ConfigError, Invalid, NotFound, StorageRefused, StorageUnavailable
 from .hotpath import HotPath
@@ -134,10 +135,6 @@ def _sqlite_connect(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 class Store:
     """The database of call records, recording legs, users and the apiKey hash."""
 
@@ -213,7 +210,7 @@ class Store:
             return conn.scalar(select(SystemVariable.value).where(SystemVariable.name == API_KEY_VARIABLE))
 
     def set_api_key_hash(self, value: str) -> None:
-        stmt = self._insert(SystemVariable.__table__).values(name=API_KEY_VARIABLE, value=value, updated_at=_now())
+        stmt = self._insert(SystemVariable.__table__).values(name=API_KEY_VARIABLE, value=value, updated_at=utcnow())
         stmt = stmt.on_conflict_do_update(
             index_elements=["name"], set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at}
         )
@@ -230,7 +227,7 @@ class Store:
             user_id = conn.scalar(select(User.id).where(func.lower(User.login) == login.lower()))
             if user_id is None:
                 user_id = conn.scalar(
-                    User.__table__.insert().values(login=login, created_at=_now()).returning(User.id)
+                    User.__table__.insert().values(login=login, created_at=utcnow()).returning(User.id)
                 )
             for name in groups:
                 group_id = conn.scalar(select(Group.id).where(Group.name == name))
@@ -247,7 +244,7 @@ class Store:
             if user is None:
                 raise Invalid(f"unknown user {login!r}")
             stmt = self._insert(ExtensionAttachment.__table__).values(
-                extension=extension, user_id=user.id, attached_at=_now()
+                extension=extension, user_id=user.id, attached_at=utcnow()
             )
             conn.execute(stmt.on_conflict_do_update(
                 index_elements=["extension"],
