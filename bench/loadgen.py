@@ -153,14 +153,13 @@ GET_VARIABLE_MAX = 1023
 MSET_MAX_PAIRS = 99
 
 
-def app_separate_args(data: str, delim: str = ",", remove_chars: bool = True,
-                      arraylen: int = MSET_MAX_PAIRS) -> list[str]:
+def app_separate_args(data: str, delim: str, arraylen: int) -> list[str]:
     """Splits an application's argument string as Asterisk's ``__ast_app_separate_args()`` does
-    (main/app.c): ``delim`` separates, except inside ``(...)`` or ``[...]`` (counted even within
-    quotes) or between ``"``s; with ``remove_chars`` a ``"`` is dropped (and toggles quoting) and
-    a ``\\`` is dropped and the character after it is taken as it is, unexamined. At most
-    ``arraylen - 1`` arguments are split off; the rest of the string, when any, is the last one,
-    as it is. A ``delim`` at the very end gives one more, empty, argument."""
+    with ``remove_chars`` set, as MSet calls it (main/app.c): ``delim`` separates, except inside
+    ``(...)`` or ``[...]`` (counted even within quotes) or between ``"``s; a ``"`` is dropped (and
+    toggles quoting) and a ``\\`` is dropped and the character after it is taken as it is,
+    unexamined. At most ``arraylen - 1`` arguments are split off; the rest of the string, when
+    any, is the last one, as it is. A ``delim`` at the very end gives one more, empty, argument."""
     args: list[str] = []
     paren = bracket = 0
     quote = False
@@ -183,23 +182,15 @@ def app_separate_args(data: str, delim: str = ",", remove_chars: bool = True,
                     bracket -= 1
             elif c == '"' and delim != '"':
                 quote = not quote
-                if remove_chars:
-                    i += 1
-                    continue
-            elif c == "\\":
-                if remove_chars:
-                    # NOTE: memmove() drops the backslash and the loop's scan++ steps over the
-                    # character that took its place. A backslash at the very end makes Asterisk
-                    # read past the string; here it just ends it.
-                    if i + 1 < n:
-                        cur.append(data[i + 1])
-                    i += 2
-                    continue
-                cur.append(c)
                 i += 1
-                if i < n:
-                    cur.append(data[i])
-                    i += 1
+                continue
+            elif c == "\\":
+                # NOTE: memmove() drops the backslash and the loop's scan++ steps over the
+                # character that took its place. A backslash at the very end makes Asterisk
+                # read past the string; here it just ends it.
+                if i + 1 < n:
+                    cur.append(data[i + 1])
+                i += 2
                 continue
             elif c == delim and not paren and not quote and not bracket:
                 i += 1
@@ -223,8 +214,8 @@ def mset_pairs(data: str) -> list[tuple[str, str]]:
     pairs = []
     if not data:
         return pairs
-    for piece in app_separate_args(data, ",", True, MSET_MAX_PAIRS):
-        parts = app_separate_args(piece, "=", True, 2)
+    for piece in app_separate_args(data, ",", MSET_MAX_PAIRS):
+        parts = app_separate_args(piece, "=", 2)
         if len(parts) == 2:
             pairs.append((parts[0], parts[1]))
     return pairs

@@ -356,7 +356,13 @@ def commit_floor(pg_url: str | None, sqlite_path: Path | None, count: int = 300)
     synchronous=FULL). Returns report lines."""
     import sqlite3
 
-    def stats(label: str, times: list[float]) -> str:
+    def commits(label: str, conn, insert: str) -> str:
+        """``count`` INSERTs of one row each (``insert``, one parameter), in turn, timed."""
+        times = []
+        for i in range(count):
+            t0 = time.perf_counter()
+            conn.execute(insert, (f"probe-{i}",))
+            times.append(time.perf_counter() - t0)
         times.sort()
         return (f"{label}: median {1000 * times[len(times) // 2]:.2f} ms, "
                 f"p99 {1000 * times[min(len(times) - 1, int(len(times) * 0.99))]:.2f} ms ({len(times)} commits)")
@@ -369,12 +375,8 @@ def commit_floor(pg_url: str | None, sqlite_path: Path | None, count: int = 300)
             with psycopg.connect(pg_url.replace("postgresql+psycopg://", "postgresql://", 1), autocommit=True,
                                  connect_timeout=5) as conn:
                 conn.execute("CREATE TABLE IF NOT EXISTS bench_commit_probe (id bigserial PRIMARY KEY, v text)")
-                times = []
-                for i in range(count):
-                    t0 = time.perf_counter()
-                    conn.execute("INSERT INTO bench_commit_probe (v) VALUES (%s)", (f"probe-{i}",))
-                    times.append(time.perf_counter() - t0)
-            lines.append(stats("PostgreSQL, one INSERT in autocommit (psycopg)", times))
+                lines.append(commits("PostgreSQL, one INSERT in autocommit (psycopg)", conn,
+                                     "INSERT INTO bench_commit_probe (v) VALUES (%s)"))
         except Exception as exc:
             lines.append(f"PostgreSQL commit probe failed: {exc}")
     if sqlite_path:
@@ -383,12 +385,8 @@ def commit_floor(pg_url: str | None, sqlite_path: Path | None, count: int = 300)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("CREATE TABLE IF NOT EXISTS bench_commit_probe (id INTEGER PRIMARY KEY, v TEXT)")
-            times = []
-            for i in range(count):
-                t0 = time.perf_counter()
-                conn.execute("INSERT INTO bench_commit_probe (v) VALUES (?)", (f"probe-{i}",))
-                times.append(time.perf_counter() - t0)
-            lines.append(stats("SQLite (WAL, synchronous=FULL), one INSERT in autocommit (sqlite3)", times))
+            lines.append(commits("SQLite (WAL, synchronous=FULL), one INSERT in autocommit (sqlite3)", conn,
+                                 "INSERT INTO bench_commit_probe (v) VALUES (?)"))
         finally:
             conn.close()
     return lines

@@ -295,7 +295,7 @@ def main(argv=None) -> int:
         found = set(rows)
         twice = sorted(tag for tag, n in rows.items() if n > 1)
         missing = sorted(expected - found, key=lambda t: int(t.split("-")[1]))
-        wrong_id = sorted(leg for leg in told if leg not in {leg_id for leg_id, _ in legs})
+        wrong_id = sorted(told.keys() - {leg_id for leg_id, _ in legs})
         # Sessions in flight when the server was killed: no status, though their leg may have
         # been journaled (then fsynced, and so replayed) before the kill.
         killed = set()
