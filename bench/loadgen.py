@@ -36,7 +36,7 @@ limits the figures; each reports its CPU time (getrusage), summed in the report.
 
 With ``--breakdown`` each session also notes when each of its bytes came and went, and the
 report gives the median of each step (see ``session_steps``). ``--self-test`` checks the MSet parser
-against the captures in ``shared/asterisk/`` and exits.
+against the captures in ``tests/captures/`` (a copy of ``shared/asterisk/``) and exits.
 
     python bench/loadgen.py --target 127.0.0.1:4573 --api-key KEY -n 10000 -c 100 --procs 2
     python bench/loadgen.py --self-test
@@ -57,8 +57,9 @@ from collections import Counter
 from pathlib import Path
 
 MAX_ERROR_SAMPLES = 5
-# shared/asterisk/ beside the checkout (as in /work: main/, shared/), where CI puts it too.
-CAPTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "asterisk"
+# The checkout's copy of the captures of shared/asterisk/ (tests/captures, which the tests read
+# too), so that the self-test runs from any checkout.
+CAPTURES = Path(__file__).resolve().parent.parent / "tests" / "captures"
 
 
 def raise_nofile() -> tuple[int, int]:
