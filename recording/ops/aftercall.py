@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -24,7 +21,7 @@ from ..domain import utcnow
 from ..errors import StorageUnavailable
 from ..storage.audio import MonitorDirectory
 from ..storage.integrity import Hasher
-from ..storage.retention import Purger
+from ..storage.retention import Purger, lease_owner
 from ..storage.store import Store
 from .config import Settings
 
@@ -40,7 +37,7 @@ class AfterCall:
     def __init__(self, store: Store, settings: Settings):
         self.store = store
         self.settings = settings
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner = lease_owner()
         self._stopping = threading.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recording-aftercall")
         self._hasher = Hasher(store, quiet=settings.file_quiet, stop=self._stopping)

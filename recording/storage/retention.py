@@ -96,7 +96,7 @@ class Purger:
         self.now = now
         self.batch = batch
         # Who holds the purge's lease while this purge runs: unique to this Purger.
-        self.owner = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+        self.owner = lease_owner()
 
     def run(self, older_than: timedelta, reason: str, *, dry_run: bool = False) -> PurgeReport:
         """Purges every ended leg whose end is more than ``older_than`` ago and that is not held;
@@ -154,6 +154,8 @@ class Purger:
         return report
 
     def _finish_begun(self, report: PurgeReport) -> None:
+        # NOTE: read again under the lease, not taken from before it: a leg another purge
+        # abandoned meanwhile (its file could not be deleted) must not have its file deleted here.
         begun = self.store.unfinished_purges()
         for start in range(0, len(begun), self.batch):
             if self.stop.is_set() or not self._hold_lease(report):
@@ -174,7 +176,6 @@ class Purger:
             return True
         report.problem = report.problem or f"another purge is under way ({holder}); try again later"
         return False
-
 
     def _preview(self, leg: LegView, report: PurgeReport) -> None:
         look = self.monitor.look(leg.file)
@@ -238,6 +239,11 @@ class Purger:
                 )
         return len(finished)
 
+
+def lease_owner() -> str:
+    """A lease holder's name, unique to its caller: ``host/pid/random``, so that a holder on
+    this host whose process is gone can be told (:func:`_dead_here`)."""
+    return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
 
 
 def _dead_here(owner: str) -> bool:
