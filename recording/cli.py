@@ -242,7 +242,7 @@ def recordings_find(args, settings: Settings) -> int:
 def _monitor(settings: Settings):
     from .storage.audio import MonitorDirectory
 
-    return MonitorDirectory(settings.monitor_template, settings.monitor_mount)
+    return MonitorDirectory.of(settings)
 
 
 def _leg_line(leg, text: str, word: str) -> str:

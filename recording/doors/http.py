@@ -339,7 +339,7 @@ class RecordingAPI:
         if leg.purge_started_at is not None:
             raise NotFound(f"the audio of leg {leg.id} is being purged (since "
                            f"{leg.purge_started_at.isoformat(timespec='seconds')}: {leg.purge_reason})")
-        monitor = MonitorDirectory(self.service.settings.monitor_template, self.service.settings.monitor_mount)
+        monitor = MonitorDirectory.of(self.service.settings)
         problem = await self.service.read(monitor.problem)
         if problem is not None:
             raise MonitorUnavailable(f"the file of leg {leg.id} cannot be read here: {problem}")

@@ -108,9 +108,13 @@ def _call_arguments(tag: bool) -> tuple[Argument, ...]:
     )
 
 
+# Who asks, in retrieval and after the call: the access rule is the same for both.
+_ASKER = Argument("loginName", "who asks: owners see their own legs, Recording Manager members every leg",
+                  MAX_LOGIN, required=True, example="boss")
+
+
 def _retrieval_arguments(key: Argument) -> tuple[Argument, ...]:
-    return (key, Argument("loginName", "who asks: owners see their own legs, Recording Manager members every "
-                          "leg", MAX_LOGIN, required=True, example="boss"))
+    return (key, _ASKER)
 
 
 _OUTCOME = {"$ref": "#/components/schemas/Outcome"}
@@ -119,8 +123,6 @@ _HOLD = {"$ref": "#/components/schemas/HoldOutcome"}
 # After the call: a leg by its id, for the user who asks.
 _LEG_ID = Argument("recordingId", "a leg's RecordingId, as retrieveMetaData gives it", MAX_LEG_ID, required=True,
                    example="5f0c2a9e7d3b4c1a8e6f0b2d4c6a8e0f")
-_ASKER = Argument("loginName", "who asks: owners reach their own legs, Recording Manager members every leg",
-                  MAX_LOGIN, required=True, example="boss")
 _AUDIO = tuple(sorted({*CONTENT_TYPES.values(), FALLBACK_TYPE}))
 _BINARY = {"type": "string", "format": "binary"}
 _RANGE_HEADERS = {"Content-Range": {"required": True, "schema": {"type": "string"},

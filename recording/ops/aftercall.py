@@ -50,7 +50,7 @@ class AfterCall:
         self.recovered = False  # whether the purges found half done at start-up were finished
 
     def monitor(self) -> MonitorDirectory:
-        return MonitorDirectory(self.settings.monitor_template, self.settings.monitor_mount)
+        return MonitorDirectory.of(self.settings)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="after-call")

@@ -263,7 +263,7 @@ async def _monitor_template(settings: Settings) -> Finding:
 async def _files(settings: Settings, timeout: float) -> Finding:
     """Whether this host sees the monitor directory: needed to play, purge and hash recordings,
     so a failure only when RECORDING_RETENTION asks for purges."""
-    monitor = MonitorDirectory(settings.monitor_template, settings.monitor_mount)
+    monitor = MonitorDirectory.of(settings)
     try:
         problem = await _in_thread(monitor.problem, timeout)
     except TimeoutError:

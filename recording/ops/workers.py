@@ -1,8 +1,9 @@
 """``serve --workers N``: N server processes on one host, so that every core serves calls.
 
 The workers share the listen ports (SO_REUSEPORT: the kernel spreads new connections over
-them; or the listening sockets systemd handed to the supervisor, passed on as they are) and the database (whose partial unique index keeps one active leg per call across
-processes); each has a journal of its own, ``worker-N`` in RECORDING_JOURNAL_DIR. The parent
+them; or the listening sockets systemd handed to the supervisor, passed on as they are) and
+the database (whose partial unique index keeps one active leg per call across processes);
+each has a journal of its own, ``worker-N`` in RECORDING_JOURNAL_DIR. The parent
 is only a supervisor: it starts the workers (``python -m recording serve`` with the same
 settings in the environment), passes SIGTERM, SIGINT and SIGHUP on to them, starts one again
 when it dies unexpectedly (with a backoff, a few times a minute at most), and leaves none

@@ -74,6 +74,12 @@ class MonitorDirectory:
     """Asterisk's monitor directory (the fixed start of the template) and where this host sees
     it: ``mount`` when given, else the same path."""
 
+    @classmethod
+    def of(cls, settings) -> "MonitorDirectory":
+        """The monitor directory the service's settings name (RECORDING_MONITOR_TEMPLATE and
+        RECORDING_MONITOR_MOUNT)."""
+        return cls(settings.monitor_template, settings.monitor_mount)
+
     def __init__(self, template: str, mount: str = ""):
         self.template = template
         self.root = template_root(template)
