@@ -488,9 +488,10 @@ class RecordingService:
 
     async def _sound(self, leg: ActiveLeg, channel: Channel) -> str | None:
         if leg.pause_method == "mute":
+            # The id first, as pause does: unmuting needs it as much as stopping does.
+            leg = await self._with_id(leg, channel)
             if await self._mute(leg, False):
                 return None
-            leg = await self._with_id(leg, channel)
             if leg.mixmonitor_id:
                 await channel.stop_mixmonitor(leg.mixmonitor_id)
         options = APPEND + self.settings.mixmonitor_options.replace(APPEND, "")

@@ -172,3 +172,27 @@ def test_the_channel_goes_back_to_the_dialplan_before_the_bookkeeping(asterisk):
 
     assert call.status == "STARTED" and call.server_closed
     assert returned - told["mset"] < 0.4
+
+
+def test_a_muted_leg_another_process_paused_is_unmuted_not_restarted(store, settings, fake_ami):
+    configured = settings.with_(ami_url=fake_ami.url, ami_timeout=1.0)
+    with RunningService(configured) as first:
+        first.run(first.app.manager.client.wait_connected(5))
+        asterisk = FakeAsterisk(first.port)
+        start = asterisk.call(route("start"), channel=CHANNEL)
+        managed = mirror(fake_ami, start)
+        assert asterisk.call(route("pause"), channel=CHANNEL, uniqueid=start.uniqueid).status == "PAUSED"
+    (monitor,) = managed.mixmonitors
+    assert monitor.muted_read and monitor.muted_write
+
+    # A restart knows the muted leg only from the database: its MixMonitor id is on the channel.
+    with RunningService(configured) as second:
+        second.run(second.app.manager.client.wait_connected(5))
+        asterisk.port = second.port
+        resumed = asterisk.call(route("resume"), channel=CHANNEL, uniqueid=start.uniqueid)
+
+    assert resumed.status == "RESUMED"
+    assert verbs(resumed) == ["GET VARIABLE", MSET]
+    assert not monitor.muted_read and not monitor.muted_write and monitor.running
+    assert resumed.stopped == [] and resumed.mixmonitors == []
+    assert only_leg(store, start.uniqueid).state == "recording"
