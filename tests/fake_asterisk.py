@@ -203,10 +203,11 @@ def separate_args(buf: str, delim: str, max_args: int) -> list[str]:
 
 def mset_pairs(data: str) -> list[tuple[str, str]]:
     """What ``MSet(data)`` sets (pbx_builtin_setvar_multiple in main/pbx_variables.c): up to
-    99 pairs split on ``,``, each split once at its first ``=`` (the name parsed again, the
-    value taken as it is); a pair without ``=`` is ignored."""
+    99 pairs split on ``,`` (``AST_APP_ARG(pair)[99]``: the 99th takes the rest whole), each
+    split once at its first ``=`` (the name parsed again, the value taken as it is); a pair
+    without ``=`` is ignored."""
     pairs = []
-    for pair in separate_args(data, ",", 100):
+    for pair in separate_args(data, ",", 99):
         name_value = separate_args(pair, "=", 2)
         if len(name_value) == 2:
             pairs.append((name_value[0], name_value[1]))

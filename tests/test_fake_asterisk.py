@@ -157,6 +157,13 @@ def test_the_argument_parser_of_the_fake_follows_asterisks(data, pairs):
     assert mset_pairs(data) == pairs
 
 
+def test_mset_sets_99_pairs_and_the_99th_takes_the_rest():
+    data = ",".join(f"V{i}={i}" for i in range(1, 101))
+    pairs = mset_pairs(data)
+    assert len(pairs) == 99 and pairs[:98] == [(f"V{i}", str(i)) for i in range(1, 99)]
+    assert pairs[98] == ("V99", "99,V100=100")
+
+
 def test_separate_args_keeps_the_rest_whole_past_the_last_slot():
     assert separate_args("a,b,c", ",", 2) == ["a", "b,c"]
     assert separate_args("a,", ",", 5) == ["a", ""]
