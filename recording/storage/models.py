@@ -226,3 +226,89 @@ class RecordingPause(Base):
     method: Mapped[str] = mapped_column(String(8))
     paused_by: Mapped[str | None] = mapped_column(String(128))
     resumed_by: Mapped[str | None] = mapped_column(String(128))
+
+
+# -- webhooks (migration 0007): subscriptions, the outbox of leg events, one delivery per
+# (event, subscription). The events are written by database triggers on recording_legs, in the
+# transaction of the change they report (see recording/storage/outbox.py).
+
+# The kinds of event, in the words of a subscription's --events and of the payload's type.
+WEBHOOK_EVENTS = ("started", "failed", "paused", "resumed", "ended", "ready", "held", "released", "purged")
+DELIVERY_STATES = ("pending", "delivered", "failed")
+
+
+class WebhookSubscription(Base):
+    """A receiver: its URL, its signing secret (``whsec_`` and base64; kept, since signing needs
+    it), the kinds of event it wants (``,ended,ready,``; NULL: all) and the prefix its legs'
+    tags must have (NULL: any leg). ``failing_since``: the first failure of the current run of
+    failed attempts (NULL once one succeeds)."""
+
+    __tablename__ = "webhook_subscriptions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    secret: Mapped[str] = mapped_column(String(128))
+    events: Mapped[str | None] = mapped_column(String(255))
+    tag_prefix: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_success_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class WebhookEvent(Base):
+    """What happened to a leg, as it was at that moment: who owned it, its tag, and the fields
+    of its kind. ``message_id`` is the ``webhook-id`` of every delivery of it. ``at`` is when it
+    happened (the leg's own column); ``created_at`` when it was written."""
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (CheckConstraint(_one_of("kind", WEBHOOK_EVENTS), name="kind"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(40), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    leg_id: Mapped[str] = mapped_column(String(32))
+    unique_id: Mapped[str] = mapped_column(String(150))
+    leg: Mapped[int] = mapped_column(Integer)
+    tag: Mapped[str | None] = mapped_column(String(255))
+    owner: Mapped[str | None] = mapped_column(String(128))
+    ownership: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    state: Mapped[str | None] = mapped_column(String(16))
+    actor: Mapped[str | None] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(String(255))
+    method: Mapped[str | None] = mapped_column(String(8))
+    file_size: Mapped[int | None] = mapped_column(BigInteger)
+    file_sha256: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class WebhookDelivery(Base):
+    """One event for one subscription: ``pending`` until ``delivered``, or ``failed`` once its
+    retries are given up. A deliverer claims it until ``claimed_until``; ``next_at`` is when it
+    may be tried (again). ``leg_id`` is the event's, for the rule that a leg's events reach a
+    subscriber in order."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("event_id", "subscription_id"),
+        CheckConstraint(_one_of("state", DELIVERY_STATES), name="state"),
+        Index("ix_webhook_deliveries_order", "subscription_id", "leg_id", "event_id"),
+        Index("ix_webhook_deliveries_due", "next_at", postgresql_where="state = 'pending'",
+              sqlite_where="state = 'pending'"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("webhook_events.id", ondelete="CASCADE"))
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("webhook_subscriptions.id", ondelete="CASCADE"))
+    leg_id: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(10))
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(255))
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When it was queued: made, or sent again by `webhooks redeliver`; retries end 3 days after.
+    queued_at: Mapped[datetime] = mapped_column(UTCDateTime)
