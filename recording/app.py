@@ -23,6 +23,7 @@ from agi import Limits, Server
 from . import apikey
 from .asterisk.ami import AMIClient
 from .ops.aftercall import AfterCall
+from .ops.delivery import Deliverer
 from .ops.config import Settings
 from .storage import snapshot as snapshots
 from .storage.directory import Directory
@@ -140,6 +141,8 @@ class Application:
             self.service, self.manager, interval=settings.sweep_interval, max_age=settings.max_leg_age
         )
         self.aftercall = AfterCall(self.store, settings)
+        self.webhooks = Deliverer(self.store, settings, on_outcome=self.metrics.record_webhook)
+        self.metrics.webhook_source = self.webhooks.backlog_age
         host, port = settings.agi_address
         hooks = Hooks(observe=self.metrics.record_session, gate=self.gate, health=self.health_sentence)
         self.agi = Server(
@@ -192,6 +195,7 @@ class Application:
         if self.board is not None or self.metrics.shared is not None:
             self._publisher = asyncio.create_task(self._publish())
         self.aftercall.start()
+        self.webhooks.start()
         await self.agi.start()
         if self.settings.http_address is not None:
             api = RecordingAPI(self.service, self.store, self.manager, gate=self.gate, metrics=self.metrics,
@@ -354,6 +358,7 @@ class Application:
             self._connector.cancel()
             await asyncio.gather(self._connector, return_exceptions=True)
         await self.aftercall.stop()
+        await self.webhooks.stop()
         if self._background:
             await asyncio.wait(self._background, timeout=grace)
         if self.manager is not None:
@@ -391,6 +396,7 @@ class Application:
         self.sweeper.interval = settings.sweep_interval
         self.sweeper.max_age = timedelta(seconds=settings.max_leg_age)
         self.aftercall.settings = settings
+        self.webhooks.settings = settings
         self.agi.limits = replace(
             self.agi.limits, reply_timeout=settings.reply_timeout, session_timeout=settings.session_timeout,
             environment_timeout=settings.environment_timeout,

@@ -157,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--since", metavar="DATE", help="only legs started on or after DATE (2026-11-01, or a "
                         "time; UTC unless it says otherwise)")
     verify.set_defaults(command=recordings_verify)
+    # Webhooks (README, "Webhooks"): their commands live in ops/webhookcli.py.
+    from .ops.webhookcli import add_commands
+
+    add_commands(commands)
     return parser
 
 

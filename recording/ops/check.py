@@ -18,7 +18,7 @@ import socket
 import tempfile
 import threading
 from dataclasses import dataclass, fields
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any, Awaitable, Callable
 
@@ -155,6 +155,9 @@ async def _database(settings: Settings, timeout: float) -> list[Finding]:
             found.append(Finding("apikey", False, "not checked: the schema is not current"))
             return found
         found.append(await _guarded("apikey", _apikey(store, timeout)))
+        webhooks = await _guarded("webhooks", _webhooks(store, timeout))
+        if webhooks is not None:
+            found.append(webhooks)
         return found
     finally:
         store.close()
@@ -246,6 +249,30 @@ async def _apikey(store: Store, timeout: float) -> Finding:
             "none configured: run 'recording-agi apikey generate' (or 'apikey set -' to choose one)"
         ))
     return Finding("apikey", True, "configured (stored as a hash)")
+
+
+async def _webhooks(store: Store, timeout: float) -> Finding | None:
+    """Webhooks, when there is a subscription: a warning for one whose every try has failed for
+    an hour or more, or for deliveries given up (README, "Webhooks")."""
+    from ..storage.outbox import Outbox
+
+    subscriptions = await _in_thread(Outbox(store).subscriptions, timeout)
+    if not subscriptions:
+        return None
+    hour_ago = datetime.now(timezone.utc) - timedelta(hours=1)
+    failing = [s for s in subscriptions if s.failing_since is not None and s.failing_since <= hour_ago]
+    given_up = sum(s.failed for s in subscriptions)
+    pending = sum(s.pending for s in subscriptions)
+    if failing:
+        names = "; ".join(f"{s.id} {s.url} since {s.failing_since.isoformat(timespec='seconds')}" for s in failing)
+        return Finding("webhooks", True, (
+            f"failing for an hour or more: {names} ({pending} deliveries pending; see 'recording-agi webhooks "
+            "deliveries')"), warning=True)
+    if given_up:
+        return Finding("webhooks", True, (
+            f"{given_up} deliveries given up after 3 days of tries: 'recording-agi webhooks deliveries --failed', "
+            "then 'webhooks redeliver --failed'"), warning=True)
+    return Finding("webhooks", True, f"{len(subscriptions)} subscriptions, none failing; {pending} deliveries pending")
 
 
 async def _monitor_template(settings: Settings) -> Finding:

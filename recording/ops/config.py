@@ -201,6 +201,24 @@ class Settings:
         "seconds between looks for ended legs whose file is complete, to store its size and SHA-256",
         30.0,
     )
+    # -- webhooks (README, "Webhooks") --
+    webhook_timeout: float = _setting(
+        "RECORDING_WEBHOOK_TIMEOUT",
+        "seconds a webhook receiver has to accept the connection and answer; a delivery not answered "
+        "2xx in time is tried again later",
+        10.0,
+    )
+    webhook_deny: str = _setting(
+        "RECORDING_WEBHOOK_DENY",
+        "networks webhooks are never sent to, CIDRs comma-separated, or 'internal' (loopback, private, "
+        "link-local...); each address a receiver's name resolves to is checked before connecting; empty: none",
+        "",
+    )
+    webhook_allow: str = _setting(
+        "RECORDING_WEBHOOK_ALLOW",
+        "networks exempted from RECORDING_WEBHOOK_DENY (your CRM's own address inside a denied range)",
+        "",
+    )
     log_format: str = _setting("RECORDING_LOG_FORMAT", "text (one line per event) or json (for log shippers)", "text")
     log_level: str = _setting("RECORDING_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", "INFO")
 
@@ -239,6 +257,9 @@ class Settings:
             raise ConfigError(f"RECORDING_LOG_LEVEL {self.log_level!r} is not a log level")
         if self.retention:
             parse_period(self.retention, "RECORDING_RETENTION")
+        from .destinations import Destinations
+
+        Destinations(self.webhook_deny, self.webhook_allow)
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":

@@ -55,6 +55,10 @@ RELOADABLE = frozenset({
     "apikey_failure_window",
     "apikey_failure_threshold",
     "apikey_failure_max_delay",
+    # webhooks: read on each try
+    "webhook_timeout",
+    "webhook_deny",
+    "webhook_allow",
 })
 
 

@@ -124,6 +124,19 @@ class ServiceMetrics:
         self.apikey_failures = Counter(
             "recording_apikey_failures_total", "Requests refused for a missing or wrong apiKey", registry=into,
         )
+        # Webhooks (README, "Webhooks"): every try by its outcome, and how long the oldest event
+        # still undelivered has waited (the same database-wide figure in every worker: the most).
+        self.webhook_deliveries = Counter(
+            "recording_webhook_deliveries_total",
+            "Webhook delivery tries, by outcome: delivered, retried (failed, tried again later) or given_up",
+            ("outcome",), registry=into,
+        )
+        self.webhook_backlog_age = Gauge(
+            "recording_webhook_oldest_pending_seconds",
+            "Seconds since the oldest event still waiting for a webhook delivery was written; 0 if none",
+            multiprocess_mode="livemax", registry=into,
+        )
+        self.webhook_source: Callable[[], float] | None = None
         self.journal_source = journal_backlog
         self.ami_source = ami_connected
         self.known_routes = frozenset(known_routes)
@@ -146,12 +159,16 @@ class ServiceMetrics:
     def record_apikey_failure(self) -> None:
         self.apikey_failures.inc()
 
+    def record_webhook(self, outcome: str) -> None:
+        self.webhook_deliveries.labels(outcome).inc()
+
     def refresh(self) -> None:
         """Sets the gauges from their sources; a source that raises leaves its gauge as it was
         (and is logged)."""
         for name, gauge, source, convert in (
             ("recording_journal_backlog", self.journal_backlog, self.journal_source, float),
             ("recording_ami_connected", self.ami_connected, self.ami_source, lambda up: 1.0 if up else 0.0),
+            ("recording_webhook_oldest_pending_seconds", self.webhook_backlog_age, self.webhook_source, float),
         ):
             if source is None:
                 continue

@@ -26,6 +26,8 @@ FAMILIES = {
     "recording_ami_connected": ("gauge", set()),
     "recording_http_requests": ("counter", {"path", "status"}),
     "recording_apikey_failures": ("counter", set()),
+    "recording_webhook_deliveries": ("counter", {"outcome"}),
+    "recording_webhook_oldest_pending_seconds": ("gauge", set()),
 }
 
 
@@ -70,6 +72,8 @@ def test_service_metrics_names_labels_and_values():
     metrics.record_http("/metrics", 200)
     metrics.record_http("/x/../etc/passwd", 404)
     metrics.record_apikey_failure()
+    metrics.record_webhook("retried")
+    metrics.webhook_source = lambda: 7.5
     backlog[0], connected[0] = 12, True
     text = scrape(metrics)
     found = samples(text)
@@ -85,6 +89,8 @@ def test_service_metrics_names_labels_and_values():
     assert found[("recording_http_requests_total", labels(path="/metrics", status=200))] == 1
     assert found[("recording_http_requests_total", labels(path="other", status=404))] == 1
     assert found[("recording_apikey_failures_total", labels())] == 1
+    assert found[("recording_webhook_deliveries_total", labels(outcome="retried"))] == 1
+    assert found[("recording_webhook_oldest_pending_seconds", labels())] == 7.5
     # The same series in one process as under --workers: no `_created` samples.
     assert not [name for name, _ in found if name.endswith("_created")]
     # The process itself, from the client's collectors (one process only).
