@@ -60,6 +60,7 @@ class Deliverer:
         self._task: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
         self._resolver: GuardedResolver | None = None
+        self._client = None
         self._rules: tuple[str, str] | None = None
         self._oldest = None
         self._age_read = 0.0
@@ -93,6 +94,8 @@ class Deliverer:
                 await self._call(self.outbox.release, unfinished, self.owner)
             except StorageUnavailable:
                 pass
+        if self._client is not None:
+            await self._client.close()
         await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
 
     def wake(self) -> None:
@@ -118,29 +121,25 @@ class Deliverer:
         return self._resolver
 
     async def _run(self) -> None:
-        resolver = self._destinations()
-        client = session(resolver, limit=IN_FLIGHT)
-        try:
-            while True:
-                more = False
+        client = self._client = session(self._destinations(), limit=IN_FLIGHT)
+        while True:
+            more = False
+            try:
+                await self._housekeeping()
+                more = await self._round(client)
+            except StorageUnavailable as exc:
+                log.debug("webhooks wait for the database: %s", exc)
+                await asyncio.sleep(1.0)
+            except Exception:
+                log.exception("the webhooks' round failed; trying again")
+                await asyncio.sleep(1.0)
+            if not more:
                 try:
-                    await self._housekeeping()
-                    more = await self._round(client)
-                except StorageUnavailable as exc:
-                    log.debug("webhooks wait for the database: %s", exc)
-                    await asyncio.sleep(1.0)
-                except Exception:
-                    log.exception("the webhooks' round failed; trying again")
-                    await asyncio.sleep(1.0)
-                if not more:
-                    try:
-                        async with asyncio.timeout(POLL):
-                            await self._wake.wait()
-                    except TimeoutError:
-                        pass
-                    self._wake.clear()
-        finally:
-            await client.close()
+                    async with asyncio.timeout(POLL):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+                self._wake.clear()
 
     async def _housekeeping(self) -> None:
         now = time.monotonic()

@@ -134,7 +134,9 @@ class Answer:
 def session(resolver: GuardedResolver, *, limit: int = 64) -> aiohttp.ClientSession:
     """An HTTP client for deliveries: the guarded resolver, no proxy from the environment, no
     cookies kept between receivers."""
-    connector = aiohttp.TCPConnector(resolver=resolver, limit=limit, limit_per_host=8)
+    # NOTE: no limit per host: the deliverer caps the tries in flight per subscription itself,
+    # and two subscriptions on one host must not wait for each other's connections.
+    connector = aiohttp.TCPConnector(resolver=resolver, limit=limit, limit_per_host=0)
     return aiohttp.ClientSession(connector=connector, trust_env=False, cookie_jar=aiohttp.DummyCookieJar())
 
 

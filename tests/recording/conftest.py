@@ -24,7 +24,7 @@ from tests.service_runner import RunningService
 BACKENDS = [b.strip() for b in os.environ.get("RECORDING_TEST_BACKENDS", "sqlite,postgresql").split(",") if b.strip()]
 POSTGRES = os.environ.get("RECORDING_TEST_POSTGRES", "postgresql://root@127.0.0.1:5432/postgres")
 API_KEY = "k1-test-key"
-TABLES = ("recording_pauses", "recording_legs", "call_records", "extension_attachments", "user_groups", "groups", "users",
+TABLES = ("webhook_deliveries", "webhook_events", "webhook_subscriptions", "recording_pauses", "recording_legs", "call_records", "extension_attachments", "user_groups", "groups", "users",
           "system_variables")
 
 
