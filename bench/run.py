@@ -48,12 +48,16 @@ ROOT = HERE.parent
 TICK = os.sysconf("SC_CLK_TCK")
 # ref: the reference's 2 commands; ref3: the 3 commands of a correct start (ratios are to it);
 # the peers: recorders as users write them with other libraries; sqlite, pg: our server.
-SERVER_NAMES = ("ref", "ref3", "pyst2", "panoramisk", "sqlite", "pg")
+SERVER_NAMES = ("ref", "ref3", "pyst2", "panoramisk", "sqlite", "pg", "sqlite+hook", "pg+hook")
+# What --servers runs by default; the +hook servers (ours with a webhook subscription to a
+# receiver in this process: what webhooks cost the FastAGI path) are run when named.
+DEFAULT_SERVERS = SERVER_NAMES[:6]
 REFERENCES = {"ref": [], "ref3": ["--start3"]}
 # each peer: its script in bench/peers/ and the modules it needs (the bench extra)
 PEERS = {"pyst2": ("pyst2_server.py", ("asterisk.agi", "sqlalchemy")),
          "panoramisk": ("panoramisk_server.py", ("panoramisk", "psycopg_pool"))}
-OURS = ("sqlite", "pg")
+OURS = ("sqlite", "pg", "sqlite+hook", "pg+hook")
+HOOKED = ("sqlite+hook", "pg+hook")
 
 
 def log(message: str) -> None:
@@ -311,6 +315,33 @@ def tail(path: Path, lines: int) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+def start_receiver():
+    """A webhook receiver on 127.0.0.1 for the +hook servers, answering 200 to every POST:
+    (server, its URL, counts)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    counts = {"count": 0}
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            counts["count"] += 1
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/hook", counts
 
 
 def serve_supports_workers(cli: str, env: dict, cwd: Path) -> bool:
@@ -751,8 +782,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sessions per level and server, at most (default 20000; at least the concurrency)")
     p.add_argument("--duration-cap", type=float, default=8.0,
                    help="seconds after which a level starts no new session (default 8; 0: none)")
-    p.add_argument("--servers", default=",".join(SERVER_NAMES),
-                   help=f"which of {','.join(SERVER_NAMES)} (default all)")
+    p.add_argument("--servers", default=",".join(DEFAULT_SERVERS),
+                   help=f"which of {','.join(SERVER_NAMES)} (default {','.join(DEFAULT_SERVERS)})")
     p.add_argument("--rounds", type=int, default=None,
                    help="runs of each server at each level; each cell is the median of its rounds (default 3; "
                         "1 with --quick)")
@@ -873,6 +904,8 @@ def main(argv=None) -> int:
     pg: Postgres | None = None
     pg_url: str | None = None
     servers: list[Server] = []
+    extra_dbs: list[Postgres] = []
+    receiver = None
     rounds: list[Row] = []
     cells: list[Row] = []
     profiles: list[tuple[str, int, Path]] = []
@@ -888,13 +921,13 @@ def main(argv=None) -> int:
     # NOTE: a shell starting this in the background may have set SIGINT to be ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        if any(name == "pg" or name in PEERS for name in wanted):
+        if any(name.startswith("pg") or name in PEERS for name in wanted):
             pg = Postgres(args.pg_host, args.pg_port, args.pg_user)
             try:
                 pg_url = pg.create()
             except Exception as exc:
                 log(f"pg and the peers: skipped, the temp database could not be created: {exc}")
-                wanted = [n for n in wanted if n != "pg" and n not in PEERS]
+                wanted = [n for n in wanted if not n.startswith("pg") and n not in PEERS]
                 pg, status = None, 1
         for name in wanted:
             port = free_port()
@@ -909,15 +942,25 @@ def main(argv=None) -> int:
                        "--dsn", dsn]
                 servers.append(Server(name, port, log_path, cmd, db_comm="postgres"))
                 continue
-            url = f"sqlite:///{tmp / 'recording.sqlite3'}" if name == "sqlite" else pg_url
+            if name.startswith("sqlite"):
+                url = f"sqlite:///{tmp / (name.replace('+', '-') + '.sqlite3')}"
+            elif name == "pg":
+                url = pg_url
+            else:
+                hooked_pg = Postgres(args.pg_host, args.pg_port, args.pg_user)
+                extra_dbs.append(hooked_pg)
+                url = hooked_pg.create()
             for step in (["db", "upgrade"], ["apikey", "set", api_key]):
                 run_checked([cli, "--database-url", url, *step], env=env, cwd=source, timeout=120)
+            if name in HOOKED:
+                receiver = receiver or start_receiver()
+                run_checked([cli, "--database-url", url, "webhooks", "add", receiver[1]], env=env, cwd=source)
             cmd = [cli, "--database-url", url, "serve", "--listen", f"127.0.0.1:{port}", *serve_extra]
             # NOTE: each server its own journal: a shared one would replay one server's
             # deferred writes into the other's database.
             server_env = dict(env, RECORDING_JOURNAL_DIR=str(tmp / f"journal-{name}"))
             server = Server(name, port, log_path, cmd, env=server_env, cwd=source)
-            server.db_comm = "postgres" if name == "pg" else None
+            server.db_comm = "postgres" if name.startswith("pg") else None
             servers.append(server)
         for server in servers:
             start_server(server, 60)
@@ -966,12 +1009,15 @@ def main(argv=None) -> int:
         log(f"failed: {exc}")
     finally:
         stop_all()
-        if pg is not None:
+        for db in ([pg] if pg is not None else []) + extra_dbs:
             try:
-                pg.drop()
+                db.drop()
             except Exception as exc:
-                log(f"could not drop the temp database {pg.name}: {exc}")
+                log(f"could not drop the temp database {db.name}: {exc}")
                 status = 1
+        if receiver is not None:
+            receiver[0].shutdown()
+            log(f"webhook receiver: {receiver[2]['count']} requests received")
 
     if rounds and not cells:  # interrupted inside a level: show what was measured
         by_cell: dict[tuple[str, int], list[Row]] = {}

@@ -227,3 +227,20 @@ def test_payload_of_an_event_names_its_kind_and_time():
     event = Event(1, "msg_x", "ready", "leg1", "1.1", 1, "T", None, "DEFAULT", at, file_size=10, file_sha256="a" * 64)
     body = payload(event)
     assert body.startswith(b'{"type":"recording.ready","timestamp":"' + at.isoformat().encode())
+
+
+def test_the_readmes_receiver_check_accepts_our_requests_and_nothing_else():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme[readme.index("**Checking a request.**"):]
+    code = section[section.index("```python\n") + 10:section.index("```\n", section.index("```python"))]
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    secret, body = new_secret(), b'{"type":"recording.started"}'
+    sent = headers(secret, "msg_2", body)
+
+    assert scope["verified"](secret, sent, body) is True
+    assert scope["verified"](secret, sent, body + b"x") is False
+    assert scope["verified"](new_secret(), sent, body) is False
+    assert scope["verified"](secret, headers(secret, "msg_2", body, now=time.time() - 600), body) is False
