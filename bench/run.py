@@ -48,16 +48,18 @@ ROOT = HERE.parent
 TICK = os.sysconf("SC_CLK_TCK")
 # ref: the reference's 2 commands; ref3: the 3 commands of a correct start (ratios are to it);
 # the peers: recorders as users write them with other libraries; sqlite, pg: our server.
-SERVER_NAMES = ("ref", "ref3", "pyst2", "panoramisk", "sqlite", "pg", "sqlite+hook", "pg+hook")
-# What --servers runs by default; the +hook servers (ours with a webhook subscription to a
-# receiver in this process: what webhooks cost the FastAGI path) are run when named.
+SERVER_NAMES = ("ref", "ref3", "pyst2", "panoramisk", "sqlite", "pg", "sqlite+hook", "pg+hook", "sqlite+trig",
+                "pg+trig")
+# What --servers runs by default. The others, run when named, are ours with a webhook
+# subscription: +hook to a receiver in this process (every start's event written and delivered),
+# +trig with a tag prefix no leg has (the triggers write each event; nothing is delivered).
 DEFAULT_SERVERS = SERVER_NAMES[:6]
 REFERENCES = {"ref": [], "ref3": ["--start3"]}
 # each peer: its script in bench/peers/ and the modules it needs (the bench extra)
 PEERS = {"pyst2": ("pyst2_server.py", ("asterisk.agi", "sqlalchemy")),
          "panoramisk": ("panoramisk_server.py", ("panoramisk", "psycopg_pool"))}
-OURS = ("sqlite", "pg", "sqlite+hook", "pg+hook")
-HOOKED = ("sqlite+hook", "pg+hook")
+OURS = ("sqlite", "pg", "sqlite+hook", "pg+hook", "sqlite+trig", "pg+trig")
+HOOKED = ("sqlite+hook", "pg+hook", "sqlite+trig", "pg+trig")
 
 
 def log(message: str) -> None:
@@ -954,7 +956,8 @@ def main(argv=None) -> int:
                 run_checked([cli, "--database-url", url, *step], env=env, cwd=source, timeout=120)
             if name in HOOKED:
                 receiver = receiver or start_receiver()
-                run_checked([cli, "--database-url", url, "webhooks", "add", receiver[1]], env=env, cwd=source)
+                prefix = ["--tag-prefix", "no-leg-has-this"] if name.endswith("+trig") else []
+                run_checked([cli, "--database-url", url, "webhooks", "add", receiver[1], *prefix], env=env, cwd=source)
             cmd = [cli, "--database-url", url, "serve", "--listen", f"127.0.0.1:{port}", *serve_extra]
             # NOTE: each server its own journal: a shared one would replay one server's
             # deferred writes into the other's database.

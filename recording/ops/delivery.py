@@ -61,6 +61,8 @@ class Deliverer:
         self._wake: asyncio.Event | None = None
         self._resolver: GuardedResolver | None = None
         self._client = None
+        self._done: list = []
+        self._marker: asyncio.Task | None = None
         self._rules: tuple[str, str] | None = None
         self._oldest = None
         self._age_read = 0.0
@@ -172,13 +174,38 @@ class Deliverer:
         self._flights.pop(task, None)
         self.wake()
 
+    async def _mark_delivered(self, claimed: Claimed, status: int) -> None:
+        """Marks a delivery done together with the others that finished meanwhile: one
+        transaction (one fsync on SQLite) for all of them, not one each."""
+        done = asyncio.get_running_loop().create_future()
+        self._done.append((claimed, status, done))
+        if self._marker is None or self._marker.done():
+            self._marker = asyncio.create_task(self._mark())
+        await done
+
+    async def _mark(self) -> None:
+        while self._done:
+            batch, self._done = self._done, []
+            try:
+                await self._call(self.outbox.delivered, [(claimed, status) for claimed, status, _ in batch])
+            except BaseException as exc:
+                for _, _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc if isinstance(exc, Exception) else StorageUnavailable(str(exc)))
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for _, _, done in batch:
+                if not done.done():
+                    done.set_result(None)
+
     async def _deliver(self, client, claimed: Claimed) -> None:
         event = claimed.event
         answer = await post(client, self._resolver.destinations, claimed.url, claimed.secret, event.message_id,
                             payload(event), self.settings.webhook_timeout)
         try:
             if answer.ok:
-                await self._call(self.outbox.delivered, claimed, answer.status)
+                await self._mark_delivered(claimed, answer.status)
                 outcome = "delivered"
             else:
                 state = await self._call(self.outbox.attempt_failed, claimed, self.owner, answer.status, answer.error)
@@ -188,9 +215,10 @@ class Deliverer:
                         event.kind, event.leg_id, claimed.subscription_id, shown(claimed.url), answer.error,
                         "; given up after 3 days of tries (webhooks redeliver sends it again)"
                         if outcome == "given_up" else "")
-        except StorageUnavailable as exc:
+        except Exception as exc:
             # The claim runs out and the delivery is tried again, with the same webhook-id.
-            log.info("webhook %s: its outcome could not be stored (%s); it will be sent again", event.message_id, exc)
+            log.warning("webhook %s: its outcome could not be stored (%s); it will be sent again",
+                        event.message_id, exc)
             return
         self.outcomes[outcome] += 1
         self.on_outcome(outcome)

@@ -216,15 +216,23 @@ class Outbox:
         return [Claimed(row["delivery_id"], row["attempts"], row["queued_at"], row["subscription_id"], row["url"],
                         row["secret"], _event(row)) for row in rows]
 
-    def delivered(self, claimed: Claimed, status: int, now: datetime | None = None) -> None:
-        """Marks a delivery done (whoever holds its claim now: it has been received)."""
+    def delivered(self, done: Sequence[tuple[Claimed, int]], now: datetime | None = None) -> None:
+        """Marks deliveries done, with the status each was answered (whoever holds their claims
+        now: they have been received), in one transaction."""
+        if not done:
+            return
         now = now or utcnow()
+        by_status: dict[int, list[int]] = {}
+        for claimed, status in done:
+            by_status.setdefault(status, []).append(claimed.id)
         with self.store._write() as conn:
-            conn.execute(update(_deliveries).where(_deliveries.c.id == claimed.id, _deliveries.c.state == "pending")
-                         .values(state="delivered", delivered_at=now, attempts=_deliveries.c.attempts + 1,
-                                 last_attempt_at=now, last_status=status, last_error=None, claimed_until=None,
-                                 claimed_by=None))
-            conn.execute(update(_subs).where(_subs.c.id == claimed.subscription_id)
+            for status, ids in by_status.items():
+                conn.execute(update(_deliveries)
+                             .where(_deliveries.c.id.in_(ids), _deliveries.c.state == "pending")
+                             .values(state="delivered", delivered_at=now, attempts=_deliveries.c.attempts + 1,
+                                     last_attempt_at=now, last_status=status, last_error=None, claimed_until=None,
+                                     claimed_by=None))
+            conn.execute(update(_subs).where(_subs.c.id.in_({claimed.subscription_id for claimed, _ in done}))
                          .values(failing_since=None, last_success_at=now))
 
     def attempt_failed(self, claimed: Claimed, owner: str, status: int | None, error: str,
