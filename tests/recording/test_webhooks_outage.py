@@ -5,6 +5,7 @@ two service processes on one database (each event delivered once)."""
 from __future__ import annotations
 
 import signal
+import sqlite3
 import time
 from collections import defaultdict
 
@@ -26,13 +27,17 @@ pytestmark = pytest.mark.slow
 KEY = f"apiKey={API_KEY}"
 
 
-def calls(asterisk: FakeAsterisk, count: int, *, pause_every: int = 3) -> dict[str, list[str]]:
+def calls(asterisk: FakeAsterisk, count: int, *, pause_every: int = 3, deferred: list | None = None
+          ) -> dict[str, list[str]]:
     """``count`` calls, each started and stopped (every ``pause_every``th paused and resumed
-    between): the kinds each leg must give, by leg id."""
+    between): the kinds each leg must give, by leg id. ``deferred`` gets each start's
+    RECORDING_DEFERRED."""
     expected = {}
     for number in range(count):
         call = asterisk.call(f"recording/start?{KEY}&tag=W{number}")
         assert call.status == "STARTED", call.error
+        if deferred is not None:
+            deferred.append(call.variables["RECORDING_DEFERRED"])
         kinds = ["started"]
         if number % pause_every == 0:
             assert asterisk.call(f"recording/pause?{KEY}", uniqueid=call.uniqueid).status == "PAUSED"
@@ -119,6 +124,33 @@ def test_two_processes_on_one_database_deliver_each_event_once(store, settings, 
     events = sum(len(kinds) for kinds in expected.values())
     assert len(receiver.events()) == len({r.id for r in receiver.events()}) == events
     assert delivered == events
+
+
+def test_a_locked_sqlite_database_during_calls_emits_each_event_once_at_replay(
+        store, settings, cli, receiver, database_url):
+    if not database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's database goes away in the next test (a cluster of the test's own)")
+    subscribe(cli, receiver)
+    path = database_url.removeprefix("sqlite:///")
+    with RunningService(settings.with_(database_budget=0.25, webhook_timeout=1.0)) as running:
+        asterisk = FakeAsterisk(running.port, timeout=15)
+        expected = calls(asterisk, 2)
+        # Another process holds the write lock: the service cannot write, so it journals.
+        blocker = sqlite3.connect(path, timeout=0, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        deferred: list = []
+        try:
+            expected |= calls(asterisk, 4, deferred=deferred)
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert "1" in deferred
+        wait_until(lambda: not running.app.persister.journaling, 30, "journal replayed")
+        wait_until(lambda: arrived_in_order(receiver, expected), 60, "every leg's events")
+    with store.engine.connect() as conn:
+        written = conn.execute(text("SELECT leg_id, kind FROM webhook_events ORDER BY id")).all()
+    assert sorted(written) == sorted((leg, kind) for leg, kinds in expected.items() for kind in kinds)
+    assert_once_or_again_with_the_same_id(receiver)
 
 
 def test_the_database_away_during_calls_emits_each_event_once_at_replay(outage_settings, postgres, receiver):  # noqa: F811
