@@ -255,6 +255,7 @@ async def _webhooks(store: Store, timeout: float) -> Finding | None:
     """Webhooks, when there is a subscription: a warning for one whose every try has failed for
     an hour or more, or for deliveries given up (README, "Webhooks")."""
     from ..storage.outbox import Outbox
+    from .delivery import shown
 
     subscriptions = await _in_thread(Outbox(store).subscriptions, timeout)
     if not subscriptions:
@@ -264,7 +265,7 @@ async def _webhooks(store: Store, timeout: float) -> Finding | None:
     given_up = sum(s.failed for s in subscriptions)
     pending = sum(s.pending for s in subscriptions)
     if failing:
-        names = "; ".join(f"{s.id} {s.url} since {s.failing_since.isoformat(timespec='seconds')}" for s in failing)
+        names = "; ".join(f"{s.id} {shown(s.url)} since {s.failing_since.isoformat(timespec='seconds')}" for s in failing)
         return Finding("webhooks", True, (
             f"failing for an hour or more: {names} ({pending} deliveries pending; see 'recording-agi webhooks "
             "deliveries')"), warning=True)
