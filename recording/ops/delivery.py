@@ -11,6 +11,7 @@ time, so a slow or dead one delays only its own deliveries.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -34,9 +35,10 @@ IN_FLIGHT = 32
 PER_RECEIVER = 4
 CLAIM_BATCH = 16
 # Seconds between looks for due deliveries while there is nothing to send, and at least
-# between two claims while there is (so that a busy stream is claimed in batches).
+# between two rounds while there is (so that a busy stream is claimed and marked in batches: on
+# SQLite each round takes the one write lock the calls' writer needs too).
 POLL = 0.2
-CLAIM_GAP = 0.025
+CLAIM_GAP = {"sqlite": 0.1, "postgresql": 0.025}
 # Seconds between two readings of the oldest undelivered event (for /metrics).
 AGE_EVERY = 5.0
 PRUNE_EVERY = timedelta(hours=1)
@@ -86,7 +88,6 @@ class Deliverer:
         self._resolver: GuardedResolver | None = None
         self._client = None
         self._done: list = []
-        self._marker: asyncio.Task | None = None
         self._rules: tuple[str, str] | None = None
         self._oldest = None
         self._age_read = 0.0
@@ -108,8 +109,13 @@ class Deliverer:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self._flights:
-            await asyncio.wait(list(self._flights), timeout=grace)
+        # The loop no longer marks what finishes: this does, until the grace is over.
+        ends = time.monotonic() + grace
+        with contextlib.suppress(StorageUnavailable):
+            while self._flights and time.monotonic() < ends:
+                await asyncio.wait(list(self._flights), timeout=0.05)
+                await self._settle(0, [])
+            await self._settle(0, [])
         unfinished = list(self._flights.values())
         for task in list(self._flights):
             task.cancel()
@@ -168,7 +174,7 @@ class Deliverer:
                 except TimeoutError:
                     pass
                 self._wake.clear()
-            await asyncio.sleep(CLAIM_GAP)
+            await asyncio.sleep(CLAIM_GAP.get(self.store.dialect, 0.05))
 
     async def _housekeeping(self) -> None:
         now = time.monotonic()
@@ -183,48 +189,49 @@ class Deliverer:
     async def _round(self, client) -> bool:
         """Claims what this process can take now and starts sending it. True when there may
         be more due right away."""
+        # NOTE: a delivery waiting for its mark is still in flight, so free counts it.
         free = IN_FLIGHT - len(self._flights)
-        if free <= 0:
-            return False
         counts = Counter(claimed.subscription_id for claimed in self._flights.values())
         busy = [subscription for subscription, n in counts.items() if n >= PER_RECEIVER]
-        wanted = min(free, CLAIM_BATCH)
-        claims = await self._call(self.outbox.claim, self.owner, self.lease, wanted, busy)
+        wanted = max(0, min(free, CLAIM_BATCH))
+        claims = await self._settle(wanted, busy)
         self._destinations()
         for claimed in claims:
             task = asyncio.create_task(self._deliver(client, claimed))
             self._flights[task] = claimed
             task.add_done_callback(self._landed)
-        return len(claims) == wanted
+        return wanted > 0 and len(claims) == wanted
+
+    async def _settle(self, wanted: int, busy: list[int]) -> list[Claimed]:
+        """Marks the deliveries done since the last time and claims up to ``wanted`` more, in
+        one transaction; tells each delivery waiting for its mark how that went."""
+        done, self._done = self._done, []
+        if not done and not wanted:
+            return []
+        try:
+            claims = await self._call(self.outbox.claim, self.owner, self.lease, wanted, busy, None,
+                                      [(claimed, status) for claimed, status, _ in done])
+        except BaseException as exc:
+            for _, _, future in done:
+                if not future.done():
+                    future.set_exception(exc if isinstance(exc, Exception) else StorageUnavailable("stopping"))
+            raise
+        for _, _, future in done:
+            if not future.done():
+                future.set_result(None)
+        return claims
 
     def _landed(self, task: asyncio.Task) -> None:
         self._flights.pop(task, None)
         self.wake()
 
     async def _mark_delivered(self, claimed: Claimed, status: int) -> None:
-        """Marks a delivery done together with the others that finished meanwhile: one
-        transaction (one fsync on SQLite) for all of them, not one each."""
+        """Has the delivery marked done by the loop's next round, in the transaction of its
+        claim: one transaction for every delivery that finished meanwhile, not one each."""
         done = asyncio.get_running_loop().create_future()
         self._done.append((claimed, status, done))
-        if self._marker is None or self._marker.done():
-            self._marker = asyncio.create_task(self._mark())
+        self.wake()
         await done
-
-    async def _mark(self) -> None:
-        while self._done:
-            batch, self._done = self._done, []
-            try:
-                await self._call(self.outbox.delivered, [(claimed, status) for claimed, status, _ in batch])
-            except BaseException as exc:
-                for _, _, done in batch:
-                    if not done.done():
-                        done.set_exception(exc if isinstance(exc, Exception) else StorageUnavailable(str(exc)))
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            for _, _, done in batch:
-                if not done.done():
-                    done.set_result(None)
 
     async def _deliver(self, client, claimed: Claimed) -> None:
         event = claimed.event

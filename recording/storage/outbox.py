@@ -180,11 +180,12 @@ class Outbox:
 
     # -- claims ---------------------------------------------------------------------------------
 
-    def claim(self, owner: str, lease: timedelta, limit: int, busy: Iterable[int] = (), now: datetime | None = None
-              ) -> list[Claimed]:
+    def claim(self, owner: str, lease: timedelta, limit: int, busy: Iterable[int] = (), now: datetime | None = None,
+              done: Sequence[tuple[Claimed, int]] = ()) -> list[Claimed]:
         """Takes up to ``limit`` due deliveries for ``owner`` until ``now + lease``: pending, due,
         not claimed by a live claim, of no subscription in ``busy``, and with no earlier event of
-        the same leg pending for the same subscription. Oldest due first."""
+        the same leg pending for the same subscription. Oldest due first. ``done``: deliveries
+        to mark delivered first, in the same transaction (see :meth:`delivered`)."""
         now = now or utcnow()
         d, e = _deliveries.alias("d"), _deliveries.alias("e")
         earlier = select(e.c.id).where(e.c.subscription_id == d.c.subscription_id, e.c.leg_id == d.c.leg_id,
@@ -200,6 +201,10 @@ class Outbox:
             # NOTE: a row another claimer is taking right now is skipped, not waited for.
             due = due.with_for_update(skip_locked=True, of=d)
         with self.store._write() as conn:
+            if done:
+                self._delivered(conn, done, now)
+            if limit <= 0:
+                return []
             ids = list(conn.scalars(
                 update(_deliveries).where(_deliveries.c.id.in_(due))
                 .values(claimed_until=now + lease, claimed_by=owner).returning(_deliveries.c.id)
@@ -219,21 +224,23 @@ class Outbox:
     def delivered(self, done: Sequence[tuple[Claimed, int]], now: datetime | None = None) -> None:
         """Marks deliveries done, with the status each was answered (whoever holds their claims
         now: they have been received), in one transaction."""
-        if not done:
-            return
-        now = now or utcnow()
+        if done:
+            with self.store._write() as conn:
+                self._delivered(conn, done, now or utcnow())
+
+    @staticmethod
+    def _delivered(conn, done: Sequence[tuple[Claimed, int]], now: datetime) -> None:
         by_status: dict[int, list[int]] = {}
         for claimed, status in done:
             by_status.setdefault(status, []).append(claimed.id)
-        with self.store._write() as conn:
-            for status, ids in by_status.items():
-                conn.execute(update(_deliveries)
-                             .where(_deliveries.c.id.in_(ids), _deliveries.c.state == "pending")
-                             .values(state="delivered", delivered_at=now, attempts=_deliveries.c.attempts + 1,
-                                     last_attempt_at=now, last_status=status, last_error=None, claimed_until=None,
-                                     claimed_by=None))
-            conn.execute(update(_subs).where(_subs.c.id.in_({claimed.subscription_id for claimed, _ in done}))
-                         .values(failing_since=None, last_success_at=now))
+        for status, ids in by_status.items():
+            conn.execute(update(_deliveries)
+                         .where(_deliveries.c.id.in_(ids), _deliveries.c.state == "pending")
+                         .values(state="delivered", delivered_at=now, attempts=_deliveries.c.attempts + 1,
+                                 last_attempt_at=now, last_status=status, last_error=None, claimed_until=None,
+                                 claimed_by=None))
+        conn.execute(update(_subs).where(_subs.c.id.in_({claimed.subscription_id for claimed, _ in done}))
+                     .values(failing_since=None, last_success_at=now))
 
     def attempt_failed(self, claimed: Claimed, owner: str, status: int | None, error: str,
                        now: datetime | None = None) -> str:

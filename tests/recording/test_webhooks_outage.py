@@ -177,3 +177,21 @@ def test_the_database_away_during_calls_emits_each_event_once_at_replay(outage_s
         owner.close()
     assert sorted(written) == sorted((leg, kind) for leg, kinds in expected.items() for kind in kinds)
     assert_once_or_again_with_the_same_id(receiver)
+
+
+def test_serve_with_two_workers_delivers_each_event_once(store, database_url, tmp_path, cli, receiver):
+    from tests.recording.test_workers import Workers, place_calls
+
+    subscribe(cli, receiver)
+    service = Workers(database_url, tmp_path, extra_env={"RECORDING_WEBHOOK_TIMEOUT": "2"})
+    try:
+        placed = place_calls(service.port, 40, 4)
+        assert [c.status for c in placed] == ["STARTED"] * 40
+        legs = {c.variables["RECORDING_ID"] for c in placed}
+        wait_until(lambda: {r.leg for r in receiver.events()} >= legs, 30, "every leg's start at the receiver")
+        time.sleep(1.0)  # time for a second copy to arrive, if one were sent
+    finally:
+        code, log = service.stop()
+    assert code == 0, log
+    assert len(receiver.events()) == len({r.id for r in receiver.events()}) == 40
+    assert {d.state for d in Outbox(store).deliveries(limit=100)} == {"delivered"}
