@@ -4,8 +4,9 @@ concurrently, and marks each delivered, or failed for now (to be tried again lat
 up. The FastAGI path never waits for it: the events are queued by the database's triggers and
 this loop only reads and marks them, in threads of its own.
 
-A receiver cannot take more than :data:`PER_RECEIVER` of the :data:`IN_FLIGHT` requests at a
-time, so a slow or dead one delays only its own deliveries.
+A receiver is sent at most :data:`PER_RECEIVER` requests at a time and holds at most
+:data:`BACKLOG_PER_RECEIVER` of the :data:`IN_FLIGHT` claims of a process, so a slow or dead one
+delays only its own deliveries.
 """
 
 from __future__ import annotations
@@ -31,14 +32,15 @@ from .webhooks import Destinations, GuardedResolver, payload, post, session
 
 log = logging.getLogger("recording.webhooks")
 
-IN_FLIGHT = 32
-PER_RECEIVER = 4
-CLAIM_BATCH = 16
+IN_FLIGHT = 128
+PER_RECEIVER = 8
+BACKLOG_PER_RECEIVER = 32
+CLAIM_BATCH = 64
 # Seconds between looks for due deliveries while there is nothing to send, and at least
 # between two rounds while there is (so that a busy stream is claimed and marked in batches: on
 # SQLite each round takes the one write lock the calls' writer needs too).
-POLL = 0.2
-CLAIM_GAP = {"sqlite": 0.1, "postgresql": 0.025}
+POLL = 0.1
+CLAIM_GAP = {"sqlite": 0.05, "postgresql": 0.02}
 # Seconds between two readings of the oldest undelivered event (for /metrics).
 AGE_EVERY = 5.0
 PRUNE_EVERY = timedelta(hours=1)
@@ -87,7 +89,8 @@ class Deliverer:
         self._wake: asyncio.Event | None = None
         self._resolver: GuardedResolver | None = None
         self._client = None
-        self._done: list = []
+        self._done: list[tuple[Claimed, int]] = []
+        self._receivers: dict[int, asyncio.Semaphore] = {}
         self._rules: tuple[str, str] | None = None
         self._oldest = None
         self._age_read = 0.0
@@ -111,10 +114,9 @@ class Deliverer:
             await asyncio.gather(self._task, return_exceptions=True)
         # The loop no longer marks what finishes: this does, until the grace is over.
         ends = time.monotonic() + grace
+        while self._flights and time.monotonic() < ends:
+            await asyncio.wait(list(self._flights), timeout=ends - time.monotonic())
         with contextlib.suppress(StorageUnavailable):
-            while self._flights and time.monotonic() < ends:
-                await asyncio.wait(list(self._flights), timeout=0.05)
-                await self._settle(0, [])
             await self._settle(0, [])
         unfinished = list(self._flights.values())
         for task in list(self._flights):
@@ -189,11 +191,12 @@ class Deliverer:
     async def _round(self, client) -> bool:
         """Claims what this process can take now and starts sending it. True when there may
         be more due right away."""
-        # NOTE: a delivery waiting for its mark is still in flight, so free counts it.
         free = IN_FLIGHT - len(self._flights)
         counts = Counter(claimed.subscription_id for claimed in self._flights.values())
-        busy = [subscription for subscription, n in counts.items() if n >= PER_RECEIVER]
+        busy = [subscription for subscription, n in counts.items() if n >= BACKLOG_PER_RECEIVER]
         wanted = max(0, min(free, CLAIM_BATCH))
+        if wanted and not self._done and not await self._call(self.outbox.due):
+            return False
         claims = await self._settle(wanted, busy)
         self._destinations()
         for claimed in claims:
@@ -204,42 +207,37 @@ class Deliverer:
 
     async def _settle(self, wanted: int, busy: list[int]) -> list[Claimed]:
         """Marks the deliveries done since the last time and claims up to ``wanted`` more, in
-        one transaction; tells each delivery waiting for its mark how that went."""
+        one transaction. Marks that cannot be stored leave those deliveries to be sent again
+        (with the same webhook-id) once their claims run out."""
         done, self._done = self._done, []
         if not done and not wanted:
             return []
         try:
-            claims = await self._call(self.outbox.claim, self.owner, self.lease, wanted, busy, None,
-                                      [(claimed, status) for claimed, status, _ in done])
-        except BaseException as exc:
-            for _, _, future in done:
-                if not future.done():
-                    future.set_exception(exc if isinstance(exc, Exception) else StorageUnavailable("stopping"))
+            return await self._call(self.outbox.claim, self.owner, self.lease, wanted, busy, None, done)
+        except Exception as exc:
+            if done:
+                log.warning("%d webhook deliveries could not be marked done (%s); they will be sent again",
+                            len(done), exc)
             raise
-        for _, _, future in done:
-            if not future.done():
-                future.set_result(None)
-        return claims
 
     def _landed(self, task: asyncio.Task) -> None:
         self._flights.pop(task, None)
         self.wake()
 
-    async def _mark_delivered(self, claimed: Claimed, status: int) -> None:
-        """Has the delivery marked done by the loop's next round, in the transaction of its
-        claim: one transaction for every delivery that finished meanwhile, not one each."""
-        done = asyncio.get_running_loop().create_future()
-        self._done.append((claimed, status, done))
-        self.wake()
-        await done
-
     async def _deliver(self, client, claimed: Claimed) -> None:
         event = claimed.event
-        answer = await post(client, self._resolver.destinations, claimed.url, claimed.secret, event.message_id,
-                            payload(event), self.settings.webhook_timeout)
+        receiver = self._receivers.get(claimed.subscription_id)
+        if receiver is None:
+            receiver = self._receivers[claimed.subscription_id] = asyncio.Semaphore(PER_RECEIVER)
+        async with receiver:
+            answer = await post(client, self._resolver.destinations, claimed.url, claimed.secret, event.message_id,
+                                payload(event), self.settings.webhook_timeout)
         try:
             if answer.ok:
-                await self._mark_delivered(claimed, answer.status)
+                # Marked done by the loop's next round, in the transaction of its claim: one
+                # transaction for every delivery that finished meanwhile, not one each.
+                self._done.append((claimed, answer.status))
+                self.wake()
                 outcome = "delivered"
             else:
                 state = await self._call(self.outbox.attempt_failed, claimed, self.owner, answer.status, answer.error)
