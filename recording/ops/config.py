@@ -201,6 +201,51 @@ class Settings:
         "seconds between looks for ended legs whose file is complete, to store its size and SHA-256",
         30.0,
     )
+    # -- the recordings pages, and who the HTTP API takes the word of (README, "Recordings in a browser") --
+    pages_listen: str = _setting(
+        "RECORDING_PAGES_LISTEN",
+        "where the recordings pages are served: HOST:PORT for a listener of their own, http for the HTTP API's "
+        "listener (under /recordings/); empty: off",
+        "",
+    )
+    pages_allow: str = _setting(
+        "RECORDING_PAGES_ALLOW",
+        "addresses or CIDR networks of the browsers (or the proxy) that may use the recordings pages; empty: any "
+        "host that can reach the listener (on the HTTP API's listener RECORDING_HTTP_ALLOW applies too)",
+        "",
+    )
+    pages_idle_timeout: float = _setting(
+        "RECORDING_PAGES_IDLE_TIMEOUT", "seconds without a request after which a pages session ends", 1800.0
+    )
+    pages_session_max_age: float = _setting(
+        "RECORDING_PAGES_SESSION_MAX_AGE", "seconds after signing in at which a pages session ends, used or not",
+        43200.0,
+    )
+    pages_trusted_proxies: str = _setting(
+        "RECORDING_PAGES_TRUSTED_PROXIES",
+        "addresses or CIDR networks of the reverse proxies in front of the pages, whose X-Forwarded-For, "
+        "X-Forwarded-Proto and single-sign-on header are believed; empty: none",
+        "",
+    )
+    pages_sso_header: str = _setting(
+        "RECORDING_PAGES_SSO_HEADER",
+        "a header by which a trusted proxy names the signed-in user (single sign-on), e.g. X-Remote-User; empty: "
+        "off (passwords only)",
+        "",
+    )
+    pages_https: bool = _setting(
+        "RECORDING_PAGES_HTTPS",
+        "the pages are reached over HTTPS (a TLS proxy in front): session cookies are Secure; a trusted proxy's "
+        "X-Forwarded-Proto: https says so per request",
+        False,
+    )
+    trust_crm_login_name: str = _setting(
+        "RECORDING_TRUST_CRM_LOGIN_NAME",
+        "true: the HTTP API takes apiKey and loginName as proof of who asks (the CRM is trusted with every user's "
+        "rights); false: retrieval, play and holds need the user's own token; empty: as the database says (true "
+        "on a database in use before this version, false on a new one)",
+        "",
+    )
     log_format: str = _setting("RECORDING_LOG_FORMAT", "text (one line per event) or json (for log shippers)", "text")
     log_level: str = _setting("RECORDING_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", "INFO")
 
@@ -239,6 +284,24 @@ class Settings:
             raise ConfigError(f"RECORDING_LOG_LEVEL {self.log_level!r} is not a log level")
         if self.retention:
             parse_period(self.retention, "RECORDING_RETENTION")
+        self._check_pages()
+
+    def _check_pages(self) -> None:
+        if self.pages_listen and self.pages_listen != "http":
+            parse_listen(self.pages_listen, "RECORDING_PAGES_LISTEN")
+        if self.pages_listen == "http" and not self.http_listen:
+            raise ConfigError("RECORDING_PAGES_LISTEN=http serves the pages on the HTTP API's listener: set "
+                              "RECORDING_HTTP_LISTEN too (or give the pages a HOST:PORT of their own)")
+        from .access import AddressAllowList
+
+        AddressAllowList(self.pages_allow, "RECORDING_PAGES_ALLOW")
+        AddressAllowList(self.pages_trusted_proxies, "RECORDING_PAGES_TRUSTED_PROXIES")
+        if self.pages_sso_header and not _VARIABLE.match(self.pages_sso_header.replace("-", "_")):
+            raise ConfigError(f"RECORDING_PAGES_SSO_HEADER {self.pages_sso_header!r} is not a header name")
+        if self.pages_sso_header and not self.pages_trusted_proxies:
+            raise ConfigError("RECORDING_PAGES_SSO_HEADER is honoured only from the proxies that "
+                              "RECORDING_PAGES_TRUSTED_PROXIES lists: list them")
+        self.crm_trust  # noqa: B018 (checks the value)
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -267,6 +330,26 @@ class Settings:
     @property
     def http_address(self) -> tuple[str, int] | None:
         return parse_listen(self.http_listen, "RECORDING_HTTP_LISTEN") if self.http_listen else None
+
+    @property
+    def pages_address(self) -> tuple[str, int] | None:
+        """The pages' own listener; None when they are off or on the HTTP API's listener."""
+        if not self.pages_listen or self.pages_listen == "http":
+            return None
+        return parse_listen(self.pages_listen, "RECORDING_PAGES_LISTEN")
+
+    @property
+    def crm_trust(self) -> bool | None:
+        """RECORDING_TRUST_CRM_LOGIN_NAME as True or False; None: the database decides."""
+        value = self.trust_crm_login_name.strip().lower()
+        if not value:
+            return None
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"RECORDING_TRUST_CRM_LOGIN_NAME {self.trust_crm_login_name!r}: true, false, or empty "
+                          "(as the database says)")
 
     @property
     def retention_period(self) -> timedelta | None:

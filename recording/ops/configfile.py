@@ -55,6 +55,14 @@ RELOADABLE = frozenset({
     "apikey_failure_window",
     "apikey_failure_threshold",
     "apikey_failure_max_delay",
+    # the recordings pages: read on each request (their listener needs a restart)
+    "pages_allow",
+    "pages_idle_timeout",
+    "pages_session_max_age",
+    "pages_trusted_proxies",
+    "pages_sso_header",
+    "pages_https",
+    "trust_crm_login_name",
 })
 
 

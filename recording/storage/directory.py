@@ -21,6 +21,8 @@ from . import snapshot as snapshots
 from .store import Store, redact_url
 
 log = logging.getLogger("recording.directory")
+# scrypt checks of presented apiKeys running at once, at most.
+HASHING = 2
 
 
 class Directory:
@@ -39,6 +41,9 @@ class Directory:
         self._keys = apikey.KeyCache()
         self._checking: dict[tuple[bytes, str], asyncio.Future] = {}
         self.key_checks = 0  # scrypt runs, for tests and metrics
+        # NOTE: at most HASHING scrypt runs at a time: a flood of wrong keys waits here rather
+        # than taking every worker thread (and the memory scrypt needs) from the database reads.
+        self._hashing = asyncio.Semaphore(HASHING)
         self._task: asyncio.Task | None = None
 
     @property
@@ -135,12 +140,16 @@ class Directory:
         pending = self._checking.get(ask)
         if pending is None:
             self.key_checks += 1
-            pending = asyncio.ensure_future(self._call(apikey.verify, presented, stored))
+            pending = asyncio.ensure_future(self._hash(presented, stored))
             self._checking[ask] = pending
             pending.add_done_callback(lambda _: self._checking.pop(ask, None))
         verdict = await asyncio.shield(pending)
         self._keys.remember(presented, stored, verdict)
         return verdict
+
+    async def _hash(self, presented: str, stored: str) -> bool:
+        async with self._hashing:
+            return await self._call(apikey.verify, presented, stored)
 
     async def user(self, login: str) -> UserRef | None:
         """The user with that login (any case), or None if there is none. Raises

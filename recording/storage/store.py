@@ -617,29 +617,33 @@ class Store:
             )
             return changed.rowcount == 1
 
-    def finish_purges(self, leg_ids: Sequence[str], at: datetime) -> set[str]:
+    def finish_purges(self, leg_ids: Sequence[str], at: datetime, then=None) -> set[str]:
         """The last step, once the files are gone: the legs become ``purged``, keeping the state
         they had ended in. Returns the ids finished now (not those never begun, or finished
-        already)."""
+        already). ``then(conn, finished)`` runs in the same transaction (the audit's rows)."""
         if not leg_ids:
             return set()
         with self._write() as conn:
-            return set(conn.scalars(
+            finished = set(conn.scalars(
                 update(_legs)
                 .where(_legs.c.id.in_(leg_ids), _legs.c.purge_started_at.is_not(None),
                        _legs.c.state.in_(ENDED_STATES))
                 .values(state="purged", purged_at=at, state_before_purge=_legs.c.state)
                 .returning(_legs.c.id)
             ))
+            if then is not None:
+                then(conn, finished)
+            return finished
 
     def finish_purge(self, leg_id: str, at: datetime) -> bool:
         return leg_id in self.finish_purges([leg_id], at)
 
-    def set_hold(self, leg_id: str, *, held: bool, by: str, at: datetime, reason: str | None = None
+    def set_hold(self, leg_id: str, *, held: bool, by: str, at: datetime, reason: str | None = None, then=None
                  ) -> tuple[LegView, bool]:
         """Places (``held``) or releases a legal hold. Returns the leg and whether anything
         changed (holding a held leg, or releasing one that is not, changes nothing). Raises
-        NotFound for an unknown leg and Conflict for a leg with no audio left to hold."""
+        NotFound for an unknown leg and Conflict for a leg with no audio left to hold.
+        ``then(conn, leg, changed)`` runs in the same transaction (the audit's row)."""
         with self._write() as conn:
             row = conn.execute(select(_legs).where(_legs.c.id == leg_id)).first()
             if row is None:
@@ -667,6 +671,8 @@ class Store:
                              .values(held_at=None, held_by=None, hold_reason=None))
                 changed = True
             view = self._views(conn, conn.execute(self._leg_query().where(_legs.c.id == leg_id)))[0]
+            if then is not None:
+                then(conn, view, changed)
         return view, changed
 
     def unhashed_legs(self, since: datetime, limit: int) -> list[LegView]:

@@ -213,7 +213,7 @@ def test_migration_0004_adds_digest_hold_and_purge_and_takes_them_back(empty_dat
         store.upgrade("0003")
         kept = replace(leg(unique_id="1.1"), state="ended", ended_at=NOW)
         store.commit([kept])
-        store.upgrade()
+        store.upgrade("0004")
         assert store.schema_revision() == "0004"
         (view,) = store.find_legs(unique_id="1.1")
         assert (view.state, view.file_sha256, view.held, view.purged_at) == ("ended", None, False, None)
@@ -247,7 +247,7 @@ def test_migration_0004_adds_digest_hold_and_purge_and_takes_them_back(empty_dat
         with pytest.raises(IntegrityError):
             with store.engine.begin() as conn:
                 conn.execute(text("UPDATE recording_legs SET state = 'purged' WHERE unique_id = '1.1'"))
-        store.upgrade()
+        store.upgrade("0004")
         assert store.schema_revision() == "0004"
     finally:
         store.close()
