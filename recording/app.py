@@ -150,6 +150,8 @@ class Application:
         )
         self._http = None
         self._probes = None
+        self._pages_site = None
+        self.pages_port: int | None = None
         self.http_port: int | None = None
         self.metrics_port: int | None = None
         self._background: set[asyncio.Task] = set()
@@ -193,20 +195,39 @@ class Application:
             self._publisher = asyncio.create_task(self._publish())
         self.aftercall.start()
         await self.agi.start()
+        pages = self._pages()
         if self.settings.http_address is not None:
             api = RecordingAPI(self.service, self.store, self.manager, gate=self.gate, metrics=self.metrics,
                                health=self.service_health)
+            application = api.application()
+            if pages is not None and self.settings.pages_listen == "http":
+                pages.mount(application)
             self._http, self.http_port = await start_site(
-                api.application(), *self.settings.http_address, reuse_port=self.settings.reuse_port,
+                application, *self.settings.http_address, reuse_port=self.settings.reuse_port,
                 sock=self.sockets.get("http"),
             )
-            log.info("HTTP recording API listening on %s:%d", self.settings.http_address[0], self.http_port)
+            log.info("HTTP recording API listening on %s:%d%s", self.settings.http_address[0], self.http_port,
+                     ", with the recordings pages" if pages is not None and self.settings.pages_listen == "http" else "")
+        if pages is not None and self.settings.pages_address is not None:
+            self._pages_site, self.pages_port = await start_site(
+                pages.application(), *self.settings.pages_address, reuse_port=self.settings.reuse_port,
+                sock=self.sockets.get("pages"),
+            )
+            log.info("recordings pages on %s:%d", self.settings.pages_address[0], self.pages_port)
         if self.settings.metrics_address is not None:
             self._probes, self.metrics_port = await start_site(
                 probe_application(self.metrics, self.service_health), *self.settings.metrics_address,
                 reuse_port=self.settings.reuse_port, sock=self.sockets.get("metrics"),
             )
             log.info("metrics and health on %s:%d", self.settings.metrics_address[0], self.metrics_port)
+
+    def _pages(self):
+        """The recordings pages when RECORDING_PAGES_LISTEN asks for them (README)."""
+        if not self.settings.pages_listen:
+            return None
+        from .doors.pages import Pages
+
+        return Pages(self.service, self.store, self.gate, self.metrics)
 
     async def _connect(self) -> None:
         """What serving needs from the database: a current schema, the directory, the legs
@@ -343,7 +364,7 @@ class Application:
             await asyncio.gather(self._publisher, return_exceptions=True)
         if self.board is not None:
             self.board.withdraw()
-        for runner in (self._http, self._probes):
+        for runner in (self._http, self._probes, self._pages_site):
             if runner is not None:
                 await runner.cleanup()
         cancelled = await self.agi.stop(grace)
