@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from typing import Sequence
 
 from . import apikey, cli_people
+from .cli_people import parse_time as _parse_time
 from .errors import ConfigError, RecordingFailure, StorageUnavailable
 from .ops import eventloop
 from .ops.config import Settings
@@ -311,14 +312,6 @@ def recordings_verify(args, settings: Settings) -> int:
         print(_leg_line(finding.leg, finding.detail, finding.kind))
     print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
     return 0 if report.ok else 1
-
-
-def _parse_time(text: str, name: str) -> datetime:
-    try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ConfigError(f"{name} {text!r} is not a date (2026-11-01) or a time (2026-11-01T09:30)") from None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
 def journal_status(args, settings: Settings) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import getpass
 import json
 import sys
+from datetime import datetime, timezone
 
 from . import credentials
 from .domain import utcnow
@@ -39,6 +40,15 @@ def add_audit_command(commands) -> None:
                        "says otherwise)")
     audit.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     audit.set_defaults(command=audit_list)
+
+
+def parse_time(text: str, name: str) -> datetime:
+    """A date (2026-11-01) or a time (2026-11-01T09:30), UTC unless it says otherwise."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ConfigError(f"{name} {text!r} is not a date (2026-11-01) or a time (2026-11-01T09:30)") from None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
 def _people(settings: Settings):
@@ -99,10 +109,9 @@ def _token_id(text: str) -> int:
 
 
 def audit_list(args, settings: Settings) -> int:
-    from .cli import _parse_time
     from .storage.audit import Audit
 
-    since = _parse_time(args.since, "--since") if args.since else None
+    since = parse_time(args.since, "--since") if args.since else None
     count = 0
     for event in Audit(Store(settings.database_url)).all_events(leg_id=args.leg, login=args.user, since=since):
         count += 1

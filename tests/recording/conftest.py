@@ -25,7 +25,9 @@ BACKENDS = [b.strip() for b in os.environ.get("RECORDING_TEST_BACKENDS", "sqlite
 POSTGRES = os.environ.get("RECORDING_TEST_POSTGRES", "postgresql://root@127.0.0.1:5432/postgres")
 API_KEY = "k1-test-key"
 TABLES = ("recording_pauses", "recording_legs", "call_records", "extension_attachments", "user_groups", "groups", "users",
-          "system_variables")
+          "system_variables",
+          # issue 22: the pages, tokens and the audit
+          "leg_checks", "audit_events", "api_tokens", "page_sessions", "passwords")
 
 
 @pytest.fixture(scope="session")
@@ -136,7 +138,9 @@ def fake_ami():
 @pytest.fixture
 def ami_service(store, settings, fake_ami):
     """The service with the HTTP API on and AMI pointed at the fake manager."""
-    configured = settings.with_(http_listen="127.0.0.1:0", ami_url=fake_ami.url, ami_timeout=1.0)
+    # The vendor's form (apiKey and loginName) is what these tests use: the CRM is trusted here.
+    configured = settings.with_(http_listen="127.0.0.1:0", ami_url=fake_ami.url, ami_timeout=1.0,
+                                trust_crm_login_name="true")
     with RunningService(configured) as running:
         running.run(running.app.manager.client.wait_connected(5))
         yield running
@@ -162,6 +166,8 @@ def files_settings(settings, monitor_dir) -> Settings:
     return settings.with_(
         monitor_template=f"{monitor_dir}/{{date:%Y/%m/%d}}/{{uniqueid}}-{{leg}}.wav", file_quiet=0.3,
         hash_interval=0.1,
+        # The vendor's form (apiKey and loginName) is what these tests use: the CRM is trusted here.
+        trust_crm_login_name="true",
     )
 
 
