@@ -55,8 +55,15 @@ STATUS = [
     (MonitorUnavailable, 503),
 ]
 RECORDING_PATH = next(op.path for op in OPERATIONS if op.handler == "recording")
+
+
+def request_key(name: str, kind: type):
+    """A key of a request's own storage (aiohttp's typed RequestKey where it has one)."""
+    return web.RequestKey(name, kind) if hasattr(web, "RequestKey") else name
+
+
 # Set on a request by a part mounted on the API's listener that logs its requests itself.
-OWN_LOG = "recording.own_log"
+OWN_LOG = request_key("recording.own_log", bool)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 

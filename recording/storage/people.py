@@ -14,7 +14,7 @@ from sqlalchemy import delete, func, select, update
 
 from ..domain import UserRef
 from ..errors import Invalid
-from .models import TRUST_CRM_VARIABLE, ApiToken, PageSession, Password, SystemVariable, User
+from .models import TRUST_CRM_VARIABLE, ApiToken, PageSession, Password, SystemVariable
 from .store import Store
 
 _sessions = PageSession.__table__
@@ -98,7 +98,8 @@ class People:
             if row.expires_at <= now or row.last_seen_at + idle <= now:
                 conn.execute(delete(_sessions).where(_sessions.c.token_hash == token_hash))
                 return None
-            if row.last_seen_at + TOUCH_EVERY <= now:
+            # NOTE: often enough that a short idle time does not end a session in use.
+            if row.last_seen_at + min(TOUCH_EVERY, idle / 4) <= now:
                 conn.execute(update(_sessions).where(_sessions.c.token_hash == token_hash).values(last_seen_at=now))
             return self.store._user_by_id(conn, row.user_id), row.via
 
@@ -160,6 +161,3 @@ class People:
             value = conn.scalar(select(SystemVariable.value).where(SystemVariable.name == TRUST_CRM_VARIABLE))
         return (value or "").strip().lower() == "true"
 
-    def user_exists(self, login: str) -> bool:
-        with self.store._read() as conn:
-            return conn.scalar(select(User.id).where(func.lower(User.login) == login.strip().lower())) is not None

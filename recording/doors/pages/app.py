@@ -27,7 +27,7 @@ from ...storage.waveform import PeaksCache
 from ..arguments import HTTPFailure
 from ..asker import Asker
 from ..files import AudioFile
-from ..http import OWN_LOG, status_of
+from ..http import OWN_LOG, request_key, status_of
 from .auth import NEW_SESSION, Auth
 from .svg import clock
 
@@ -46,8 +46,8 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
 }
 STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml", ".png": "image/png"}
-_STARTED = "recording.pages.started"
-_USER = "recording.pages.user"
+_STARTED = request_key("recording.pages.started", float)
+_USER = request_key("recording.pages.user", str)
 
 
 @lru_cache(maxsize=8)

@@ -24,6 +24,7 @@ from ...domain import UserRef, utcnow
 from ...errors import Denied
 from ...ops.access import AddressAllowList
 from ..asker import bearer
+from ..http import request_key
 
 log = logging.getLogger("recording.pages")
 COOKIE = "recording_session"
@@ -31,7 +32,7 @@ COOKIE = "recording_session"
 # would sign the victim in as the attacker).
 SIGNIN_COOKIE = "recording_signin"
 # Set on a request whose answer must carry a new session cookie (a session opened for SSO).
-NEW_SESSION = "recording.pages.new_session"
+NEW_SESSION = request_key("recording.pages.new_session", str)
 # Password checks (argon2: 64 MiB and tens of milliseconds each) running at once, at most.
 HASHING = 2
 
