@@ -61,20 +61,26 @@ class Browse:
         """The ``limit`` newest legs ``user`` may see that match ``filters``, started before the
         (start, id) ``after``; and the key of the next page (None: this is the last)."""
         with self.store._read() as conn:
-            query = self._query(conn, user, filters)
+            query = self.statement(conn, user, filters, after, limit + 1)
             if query is None:
                 return [], None
-            if after is not None:
-                # NOTE: a row comparison, which PostgreSQL reads as one range of the (start, id)
-                # indexes; the values are typed as the columns, so SQLite compares them as stored.
-                query = query.where(tuple_(_legs.c.started_at, _legs.c.id)
-                                    < tuple_(literal(after[0], UTCDateTime()), literal(after[1])))
-            query = query.order_by(_legs.c.started_at.desc(), _legs.c.id.desc()).limit(limit + 1)
             legs = self.store._views(conn, conn.execute(query))
         if len(legs) > limit:
             legs = legs[:limit]
             return legs, (legs[-1].start, legs[-1].id)
         return legs, None
+
+    def statement(self, conn, user: UserRef, filters: Filters, after: tuple[datetime, str] | None, limit: int):
+        """The SELECT of a page (None when nothing can match); bench/pages_1m.py EXPLAINs it."""
+        query = self._query(conn, user, filters)
+        if query is None:
+            return None
+        if after is not None:
+            # NOTE: a row comparison, which PostgreSQL reads as one range of the (start, id)
+            # indexes; the values are typed as the columns, so SQLite compares them as stored.
+            query = query.where(tuple_(_legs.c.started_at, _legs.c.id)
+                                < tuple_(literal(after[0], UTCDateTime()), literal(after[1])))
+        return query.order_by(_legs.c.started_at.desc(), _legs.c.id.desc()).limit(limit)
 
     def _query(self, conn, user: UserRef, filters: Filters):
         """The list's query without its order and page; None when nothing can match."""
