@@ -188,7 +188,7 @@ def explain(store: Store, browse: Browse, login: str, filters: Filters, name: st
         statement = browse.statement(conn, user, filters, None, 51)
         if statement is None:
             return
-        compiled = statement.compile(dialect=conn.dialect)
+        compiled = statement.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
         plan = conn.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + str(compiled),
                                     compiled.params).scalars().all()
     print(f"-- {name}:")

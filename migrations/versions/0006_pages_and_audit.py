@@ -113,7 +113,7 @@ def upgrade() -> None:
     )
     for name, columns in LEG_INDEXES:
         op.create_index(name, "recording_legs", columns)
-    op.create_index("ix_recording_legs_held", "recording_legs", ["started_at"],
+    op.create_index("ix_recording_legs_held", "recording_legs", ["started_at", "id"],
                     postgresql_where=sa.text("held_at IS NOT NULL"), sqlite_where=sa.text("held_at IS NOT NULL"))
     if in_use:
         op.execute(sa.text(

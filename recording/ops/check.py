@@ -381,6 +381,8 @@ def _listen_addresses(settings: Settings) -> list[tuple[str, str]]:
     found = [("agi listen", settings.agi_listen)]
     if settings.http_listen:
         found.append(("http listen", settings.http_listen))
+    if settings.pages_address is not None:
+        found.append(("pages listen", settings.pages_listen))
     return found
 
 

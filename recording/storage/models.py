@@ -323,5 +323,5 @@ Index("ix_recording_legs_owner_id_started_at_id", RecordingLeg.owner_id, Recordi
 Index("ix_recording_legs_extension_started_at_id", RecordingLeg.extension, RecordingLeg.started_at,
       RecordingLeg.id)
 # Held legs are few: a partial index finds them without scanning the list's index.
-Index("ix_recording_legs_held", RecordingLeg.started_at, postgresql_where=RecordingLeg.held_at.is_not(None),
-      sqlite_where=RecordingLeg.held_at.is_not(None))
+Index("ix_recording_legs_held", RecordingLeg.started_at, RecordingLeg.id,
+      postgresql_where=RecordingLeg.held_at.is_not(None), sqlite_where=RecordingLeg.held_at.is_not(None))
