@@ -151,6 +151,7 @@ class Application:
         self._http = None
         self._probes = None
         self._pages_site = None
+        self.pages = None
         self.pages_port: int | None = None
         self.http_port: int | None = None
         self.metrics_port: int | None = None
@@ -227,7 +228,8 @@ class Application:
             return None
         from .doors.pages import Pages
 
-        return Pages(self.service, self.store, self.gate, self.metrics)
+        self.pages = Pages(self.service, self.store, self.gate, self.metrics)
+        return self.pages
 
     async def _connect(self) -> None:
         """What serving needs from the database: a current schema, the directory, the legs
@@ -367,6 +369,8 @@ class Application:
         for runner in (self._http, self._probes, self._pages_site):
             if runner is not None:
                 await runner.cleanup()
+        if self.pages is not None:
+            self.pages.close()
         cancelled = await self.agi.stop(grace)
         if cancelled:
             log.warning("%d sessions did not finish within %gs and were cancelled", cancelled, grace)

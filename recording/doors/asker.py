@@ -42,13 +42,15 @@ def bearer(request: web.Request) -> str | None:
 
 
 class Asker:
-    """Tells who asks. ``settings()`` gives the service's settings now (SIGHUP may change the
-    trust); ``read(function, *args)`` runs a blocking store call in a worker thread."""
+    """Tells who asks, by the service's settings now (SIGHUP may change the trust);
+    ``read(function, *args)`` runs a blocking store call in a worker thread."""
 
-    def __init__(self, service, people: People, gate: Gate | None):
+    def __init__(self, service, people: People, gate: Gate | None, read=None):
         self.service = service
         self.people = people
         self.gate = gate
+        # Where blocking reads run: the service's worker threads unless told otherwise.
+        self.read = read or service.read
         self._trusted: tuple[float, bool] | None = None
         self._warned = False
 
@@ -89,7 +91,7 @@ class Asker:
             await self.gate.hold_back(address)
         user = None
         if token.startswith(TOKEN_PREFIX) and len(token) <= 128:
-            user = await self.service.read(self.people.token_user, digest(token), utcnow())
+            user = await self.read(self.people.token_user, digest(token), utcnow())
         if user is None:
             raise WrongKey("the token is not valid (unknown or revoked; recording-agi users token LOGIN makes one)")
         if self.gate is not None:
@@ -105,7 +107,7 @@ class Asker:
             now = time.monotonic()
             if self._trusted is None or now - self._trusted[0] > settings.directory_refresh:
                 try:
-                    self._trusted = (now, await self.service.read(self.people.crm_trusted))
+                    self._trusted = (now, await self.read(self.people.crm_trusted))
                 except StorageUnavailable:
                     if self._trusted is None:
                         raise

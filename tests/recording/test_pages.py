@@ -388,3 +388,19 @@ def test_the_pages_on_the_http_api_listener_and_their_own_allow_list(store, peop
     lines = [r.getMessage() for r in caplog.records if "/recordings/legs.json" in r.getMessage()]
     assert len(lines) == 1 and lines[0].startswith("pages GET /recordings/legs.json from 127.0.0.1 user=fred status=200")
     assert refused.status == 403 and "not on the list of addresses that may use the recordings pages" in refused.body
+
+
+@pytest.mark.parametrize("changes, sentence", [
+    ({"pages_listen": "http"}, "RECORDING_PAGES_LISTEN=http serves the pages on the HTTP API's listener"),
+    ({"pages_listen": "localhost"}, "RECORDING_PAGES_LISTEN 'localhost' is not HOST:PORT"),
+    ({"pages_sso_header": "X-Remote-User"}, "honoured only from the proxies that RECORDING_PAGES_TRUSTED_PROXIES"),
+    ({"pages_sso_header": "X Remote", "pages_trusted_proxies": "10.0.0.1"}, "is not a header name"),
+    ({"pages_trusted_proxies": "10.0.0.300"}, "RECORDING_PAGES_TRUSTED_PROXIES: '10.0.0.300' is not an IP"),
+    ({"trust_crm_login_name": "maybe"}, "RECORDING_TRUST_CRM_LOGIN_NAME 'maybe': true, false, or empty"),
+])
+def test_settings_the_pages_cannot_work_with_are_refused(changes, sentence):
+    from recording.errors import ConfigError
+    from recording.ops.config import Settings
+
+    with pytest.raises(ConfigError, match=sentence.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        Settings(**changes)

@@ -161,3 +161,28 @@ def test_migration_0006_trusts_an_install_in_use_not_a_new_one_and_takes_itself_
         assert store.schema_revision() == store.head_revision() and People(store).crm_trusted() is True
     finally:
         store.close()
+
+
+def test_an_address_past_the_threshold_waits_before_its_key_is_looked_at(settings):
+    """The limiter acts before a key, token or password is hashed: hold_back waits first."""
+    import asyncio
+    import time
+
+    from recording.ops.gate import Gate
+
+    gate = Gate(settings.with_(apikey_failure_threshold=2, apikey_failure_max_delay=0.3))
+
+    async def attempts():
+        waits = []
+        for _ in range(4):
+            started = time.monotonic()
+            await gate.hold_back("10.0.0.9")
+            waits.append(time.monotonic() - started)
+            await gate.wrong_key("10.0.0.9", "HTTP")
+        return waits
+
+    waits = asyncio.run(attempts())
+
+    assert waits[0] < 0.1 and waits[1] < 0.1  # below the threshold: no wait
+    assert waits[2] >= 0.25 and waits[3] >= 0.3  # then a wait before each check, doubling to the cap
+    assert gate.limiter.delay("10.0.0.10") == 0.0

@@ -12,7 +12,8 @@ import asyncio
 import hashlib
 import logging
 import time
-from functools import lru_cache
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache, partial
 from importlib import resources
 
 from aiohttp import web
@@ -46,6 +47,8 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
 }
 STATIC_TYPES = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml", ".png": "image/png"}
+# The pages' worker threads: database reads, waveforms, password checks (at most two of those).
+THREADS = 3
 _STARTED = request_key("recording.pages.started", float)
 _USER = request_key("recording.pages.user", str)
 
@@ -85,10 +88,13 @@ class Pages:
         self.store = store
         self.gate = gate
         self.metrics = metrics
+        # NOTE: threads of their own: a waveform (a second for an hour of audio) or a password
+        # check (64 MiB, a tenth of a second) must never keep the calls' database work waiting.
+        self.executor = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="recording-pages")
         self.people = People(store)
         self.audit = Audit(store)
         self.browse = Browse(store)
-        self.asker = Asker(service, self.people, gate)
+        self.asker = Asker(service, self.people, gate, read=self.read)
         self.auth = Auth(self)
         self.peaks = PeaksCache()
         self.templates = _templates()
@@ -98,10 +104,12 @@ class Pages:
         self.views = Views(self)
 
     async def read(self, function, *args, **kwargs):
-        """Runs a blocking call (the database, a file) in the service's worker threads."""
-        if kwargs:
-            return await self.service.read(lambda: function(*args, **kwargs))
-        return await self.service.read(function, *args)
+        """Runs a blocking call (the database, a file, a hash) in the pages' worker threads."""
+        call = (lambda: function(*args, **kwargs)) if kwargs else partial(function, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, call)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
 
     # -- the application --------------------------------------------------------------------
 
@@ -202,7 +210,9 @@ class Pages:
             self.metrics.record_http(request.path, status)
         started = request.get(_STARTED) or time.monotonic()
         ranged = request.headers.get("Range")
-        log.info("pages %s %s from %s%s status=%d%s %.1fms%s", request.method, request.path,
+        ranged = "".join(c if " " <= c <= "~" else "?" for c in ranged[:40]) if ranged else None
+        # NOTE: the path as it came, percent-escapes and all: a decoded %0a would start a new log line.
+        log.info("pages %s %s from %s%s status=%d%s %.1fms%s", request.method, request.rel_url.raw_path,
                  self.auth.client(request), f" user={request[_USER]}" if request.get(_USER) else "", status,
-                 f" range={ranged[:40]}" if ranged else "", (time.monotonic() - started) * 1000,
+                 f" range={ranged}" if ranged else "", (time.monotonic() - started) * 1000,
                  f": {sentence}" if sentence else "")
