@@ -60,9 +60,13 @@ def site(store, people, files_settings):
 
 
 def wait(driver, condition, what: str):
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, WAIT, poll_frequency=0.1).until(condition, message=f"waited {WAIT}s for {what}")
+    # NOTE: while a form's answer loads, an element found on the old page goes stale: look again.
+    return WebDriverWait(driver, WAIT, poll_frequency=0.1,
+                         ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
+                         ).until(condition, message=f"waited {WAIT}s for {what}")
 
 
 def sign_in(driver, base: str, login: str) -> None:
