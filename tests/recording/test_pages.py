@@ -270,6 +270,7 @@ def test_a_leg_page_plays_seeks_and_downloads_and_each_is_audited_once(pages_ser
     assert 'id="hold-form"' not in page.body and 'id="audit"' not in page.body  # an agent's page
     assert (start.status, start.content) == (206, content)
     assert (seek.status, seek.content) == (206, content[16000:])
+    assert (replay.status, replay.content) == (206, content)
     assert seek.headers["Content-Range"] == f"bytes 16000-{len(content) - 1}/{len(content)}"
     assert saved.status == 200 and saved.headers["Content-Disposition"].startswith("attachment;")
     assert picture.status == 200 and picture.headers["Content-Type"].startswith("image/svg+xml")
