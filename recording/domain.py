@@ -144,7 +144,12 @@ class LegChange:
     """A change to a leg that exists: ``pause``, ``resume``, or ``end`` (with ``state``
     stopped, ended or lost). ``by`` says who or what: a login, ``dialplan``, ``hangup``,
     ``sweeper``. A pause has its ``method`` (mute or restart); a resume by restart carries the
-    new MixMonitor's id. Applying a change twice is harmless (replays do)."""
+    new MixMonitor's id.
+
+    ``key`` names this change once and for all (made where it was decided): the store applies
+    a key once, so a journal replayed twice (a crash in the middle of a replay) changes
+    nothing the second time. A change older than the leg's last change is not applied over it
+    (see Store._change). Changes journaled by an older version have no key."""
 
     leg_id: str
     unique_id: str
@@ -154,6 +159,7 @@ class LegChange:
     by: str | None = None
     method: str | None = None
     mixmonitor_id: str | None = None
+    key: str | None = None
 
 
 @dataclass(frozen=True)

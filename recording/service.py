@@ -36,13 +36,15 @@ from .domain import (
 )
 from .errors import AsteriskFailure, AsteriskUnavailable, Denied, Invalid, StorageRefused, StorageUnavailable
 from .storage.persist import Pending, Persister
+from .storage.reads import Reads
 from .storage.store import Store
 
 log = logging.getLogger("recording.service")
 
 MAX_TAG = 255
 MAX_LOGIN = 128
-# How many calls the service remembers legs of; past it the database constraint still holds.
+# How many calls the service remembers legs of. Memory is a cache: what a route answers is read
+# from the database (see _find_active), and memory stands in only while the database is away.
 REMEMBERED_CALLS = 100_000
 APPEND = "a"  # MixMonitor's option to append to the file instead of overwriting it
 
@@ -154,6 +156,7 @@ class RecordingService:
         *,
         executor: Executor | None = None,
         muter: Muter | None = None,
+        reads: Reads | None = None,
     ):
         self.settings = settings
         self.directory = directory
@@ -161,6 +164,8 @@ class RecordingService:
         self.store = store
         self.muter = muter
         self._executor = executor
+        # The call path's reads: their own threads, each within the database budget.
+        self.reads = reads or Reads(settings.database_budget)
         self._active: OrderedDict[str, ActiveLeg] = OrderedDict()
         self._last_leg: OrderedDict[str, int] = OrderedDict()
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
@@ -228,21 +233,43 @@ class RecordingService:
         return _CallTurn(self._locks, unique_id)
 
     async def read(self, function, *args):
-        """Runs a blocking store read in a worker thread."""
+        """Runs a blocking store read in a worker thread (for what is not on a call's path:
+        retrieval, downloads, holds)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
-    async def _find_active(self, unique_id: str) -> ActiveLeg | None:
-        """The active leg of the call: from memory, else from the database (a leg started
-        before a restart, or by another process)."""
-        found = self._active.get(unique_id)
-        if found is not None:
-            return found
-        views = await self.read(self.store.active_legs, unique_id)
-        if not views:
+    async def _find_active(self, unique_id: str, *, ask: bool = True) -> ActiveLeg | None:
+        """The active leg of the call, as the database has it: a leg another process (or this
+        one before a restart) started, stopped, paused or resumed is seen as it is now.
+
+        Memory answers instead while writes are being journaled (this process's own latest
+        changes may not have reached the database yet) and when the database does not answer
+        within the budget; with nothing in memory the database's silence is raised
+        (StorageUnavailable). ``ask=False``: when memory knows no active leg, the database is
+        not asked (a start, whose write itself finds out).
+        """
+        remembered = self._active.get(unique_id)
+        if remembered is None and not ask:
             return None
-        active = ActiveLeg.of(views[0])
-        self.remember(unique_id, views[0].leg, active)
-        return active
+        if remembered is not None and self.persister.journaling:
+            return remembered
+        try:
+            views = await self.reads(self.store.active_legs, unique_id)
+        except StorageUnavailable:
+            if remembered is None:
+                raise
+            log.info("the database did not say whether %s records; answering from memory", unique_id)
+            return remembered
+        if not views:
+            if remembered is not None:
+                self.remember(unique_id, remembered.leg, None)
+            return None
+        found = ActiveLeg.of(views[0])
+        if not found.mixmonitor_id and remembered is not None and remembered.leg_id == found.leg_id:
+            # NOTE: a start's MixMonitor id is not written to the database (the channel keeps
+            # it); the one this process started is still the running one.
+            found = replace(found, mixmonitor_id=remembered.mixmonitor_id)
+        self.remember(unique_id, found.leg, found)
+        return found
 
     # -- checks ---------------------------------------------------------------------------
 
@@ -289,7 +316,7 @@ class RecordingService:
         tag = check_text("tag", request.tag, MAX_TAG) or None
         agent = await self.agent(request.agent_login)
         async with self._call(request.unique_id):
-            active = self._active.get(request.unique_id)
+            active = await self._find_active(request.unique_id, ask=False)
             if active is not None:
                 return await self._already(request.unique_id, active, tag)
             return await self._start_new(request, channel, agent, tag)
@@ -304,14 +331,19 @@ class RecordingService:
     async def _start_new(
         self, request: StartRequest, channel: Channel, agent: tuple[UserRef | None, str | None], tag: str | None
     ) -> StartOutcome:
+        # NOTE: the number is proposed here and decided by the database, which gives the next
+        # free one if another process (or this one before a restart) numbered a leg of the call;
+        # the file name holds the leg's id, so it is the leg's own whatever its number.
         number = self._last_leg.get(request.unique_id, 0) + 1
         started = utcnow()
         extension = channel_extension(request.channel)
+        leg_id = new_leg_id()
         file = render_file(
-            self.settings.monitor_template, uniqueid=request.unique_id, leg=number, extension=extension, when=started
+            self.settings.file_template, uniqueid=request.unique_id, leg=number, extension=extension, when=started,
+            leg_id=leg_id,
         )
         leg = NewLeg(
-            id=new_leg_id(), unique_id=request.unique_id, leg=number, channel=request.channel, extension=extension,
+            id=leg_id, unique_id=request.unique_id, leg=number, channel=request.channel, extension=extension,
             file=file, mixmonitor_id=None, tag=tag, agent=agent[0], agent_login=agent[1], source=request.source,
             state="recording", started_at=started,
         )
@@ -372,7 +404,7 @@ class RecordingService:
                 return False
             if persisted.result is not None and persisted.result.status == "ALREADY_RECORDING":
                 return False
-        change = LegChange(leg.id, leg.unique_id, "end", utcnow(), state=state, by=by)
+        change = LegChange(leg.id, leg.unique_id, "end", utcnow(), state=state, by=by, key=new_leg_id())
         try:
             return (await self.persister.write(change)).deferred
         except (StorageRefused, StorageUnavailable) as exc:
@@ -412,8 +444,9 @@ class RecordingService:
                 leg = await self._with_id(leg, channel)
                 if leg.mixmonitor_id:
                     await channel.stop_mixmonitor(leg.mixmonitor_id)
-            change = LegChange(leg.leg_id, request.unique_id, "end", utcnow(), state="stopped", by=request.by)
-            deferred = (await self.persister.write(change)).deferred
+            change = LegChange(leg.leg_id, request.unique_id, "end", utcnow(), state="stopped", by=request.by,
+                               key=new_leg_id())
+            deferred = await self._apply(change)
             self.remember(request.unique_id, leg.leg, None)
             return LegOutcome("STOPPED", leg.leg_id, leg.file, leg.leg, deferred)
 
@@ -430,8 +463,9 @@ class RecordingService:
                 return LegOutcome("PAUSED", leg.leg_id, leg.file, leg.leg)
             leg = await self._with_id(leg, channel)
             method = await self._silence(leg, channel)
-            change = LegChange(leg.leg_id, request.unique_id, "pause", utcnow(), by=request.by, method=method)
-            deferred = (await self.persister.write(change)).deferred
+            change = LegChange(leg.leg_id, request.unique_id, "pause", utcnow(), by=request.by, method=method,
+                               key=new_leg_id())
+            deferred = await self._apply(change)
             self.remember(request.unique_id, leg.leg, replace(leg, state="paused", pause_method=method))
             return LegOutcome("PAUSED", leg.leg_id, leg.file, leg.leg, deferred)
 
@@ -448,11 +482,24 @@ class RecordingService:
             if leg.state != "paused":
                 return LegOutcome("RESUMED", leg.leg_id, leg.file, leg.leg)
             new_id = await self._sound(leg, channel)
-            change = LegChange(leg.leg_id, request.unique_id, "resume", utcnow(), by=request.by, mixmonitor_id=new_id)
-            deferred = (await self.persister.write(change)).deferred
+            change = LegChange(leg.leg_id, request.unique_id, "resume", utcnow(), by=request.by,
+                               mixmonitor_id=new_id, key=new_leg_id())
+            deferred = await self._apply(change)
             resumed = replace(leg, state="recording", pause_method=None, mixmonitor_id=new_id or leg.mixmonitor_id)
             self.remember(request.unique_id, leg.leg, resumed)
             return LegOutcome("RESUMED", leg.leg_id, leg.file, leg.leg, deferred)
+
+    async def _apply(self, change: LegChange) -> bool:
+        """Writes a change decided on what the database said a moment ago; True when it went to
+        the journal. The database applies it only if the leg is still in the state it was read
+        in: one that another process changed in between is left as that process made it, and
+        said in the log."""
+        persisted = await self.persister.write(change)
+        result = persisted.result
+        if result is not None and result.status != "CHANGED":
+            log.warning("%s of leg %s of %s not applied (%s): another process changed the leg meanwhile",
+                        change.action, change.leg_id, change.unique_id, result.status)
+        return persisted.deferred
 
     async def _with_id(self, leg: ActiveLeg, channel: Channel) -> ActiveLeg:
         """``leg`` with the id of its running MixMonitor: a leg this process did not start (or
@@ -510,7 +557,7 @@ class RecordingService:
             leg = self._active.get(unique_id) if known_only else await self._find_active(unique_id)
             if leg is None:
                 return LegOutcome("NOT_RECORDING")
-            change = LegChange(leg.leg_id, unique_id, "end", utcnow(), state="ended", by=by)
+            change = LegChange(leg.leg_id, unique_id, "end", utcnow(), state="ended", by=by, key=new_leg_id())
             deferred = (await self.persister.write(change)).deferred
             self.remember(unique_id, leg.leg, None)
             return LegOutcome("ENDED", leg.leg_id, leg.file, leg.leg, deferred)
@@ -519,7 +566,7 @@ class RecordingService:
         """Closes a leg whose channel no longer exists as ``lost``, at the last time it was
         known alive. False if it had been closed meanwhile (by a hangup, another process)."""
         async with self._call(leg.unique_id):
-            change = LegChange(leg.id, leg.unique_id, "end", last_seen, state="lost", by="sweeper")
+            change = LegChange(leg.id, leg.unique_id, "end", last_seen, state="lost", by="sweeper", key=new_leg_id())
             persisted = await self.persister.write(change)
             remembered = self._active.get(leg.unique_id)
             if remembered is not None and remembered.leg_id == leg.id:

@@ -25,7 +25,7 @@ from typing import Any, Awaitable, Callable
 from sqlalchemy.engine import make_url
 
 from ..asterisk.ami import AMIClient, AMILoginRefused, AMIUnavailable, parse_ami_url
-from .config import Settings, parse_listen, render_file
+from .config import Settings, has_id, parse_listen, render_file
 from ..errors import StorageUnavailable
 from ..storage import snapshot as snapshots
 from ..storage.audio import MonitorDirectory
@@ -249,15 +249,18 @@ async def _apikey(store: Store, timeout: float) -> Finding:
 
 
 async def _monitor_template(settings: Settings) -> Finding:
-    example = render_file(settings.monitor_template, uniqueid="1795825765.3", leg=1, extension="410",
-                          when=datetime.now(timezone.utc))
+    example = render_file(settings.file_template, uniqueid="1795825765.3", leg=1, extension="410",
+                          when=datetime.now(timezone.utc), leg_id="5f0c2a9b1d2e4f6a8b9c0d1e2f3a4b5c")
     if not PurePosixPath(example).parent.is_absolute():
         return Finding("monitor template", False, (
             f"{settings.monitor_template!r} gives {example!r}, not an absolute path: MixMonitor would put it "
             "under its own monitor directory, and the stored file name would not say where it is "
             "(set RECORDING_MONITOR_TEMPLATE to an absolute path)"
         ))
-    return Finding("monitor template", True, f"renders, e.g. {example} (a path on the Asterisk host)")
+    added = "" if has_id(settings.monitor_template) else (
+        "; it has no {id}, so the leg's id is added before the suffix (no two legs may share a file)"
+    )
+    return Finding("monitor template", True, f"renders, e.g. {example} (a path on the Asterisk host){added}")
 
 
 async def _files(settings: Settings, timeout: float) -> Finding:

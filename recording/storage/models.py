@@ -184,6 +184,9 @@ class RecordingLeg(Base):
     ended_by: Mapped[str | None] = mapped_column(String(128))
     # When the channel was last known to be alive; a lost leg ends there.
     seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When its state last changed (a pause, resume or end; None: never since its start). A
+    # change older than this is not applied over it (a journal replayed late).
+    changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # The file once complete (the leg ended and the file stopped changing).
     file_size: Mapped[int | None] = mapped_column(BigInteger)
     file_sha256: Mapped[str | None] = mapped_column(String(64))
@@ -226,3 +229,7 @@ class RecordingPause(Base):
     method: Mapped[str] = mapped_column(String(8))
     paused_by: Mapped[str | None] = mapped_column(String(128))
     resumed_by: Mapped[str | None] = mapped_column(String(128))
+    # The keys of the pause and of the resume that made this row (LegChange.key): each is
+    # applied once, however often a journal is replayed. None for rows older than 0005.
+    pause_key: Mapped[str | None] = mapped_column(String(32), unique=True)
+    resume_key: Mapped[str | None] = mapped_column(String(32), unique=True)

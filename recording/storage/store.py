@@ -106,10 +106,7 @@ def make_engine(url: str) -> Engine:
             raise ConfigError("RECORDING_DATABASE_URL: an in-memory SQLite database cannot be shared; name a file")
         engine = create_engine(parsed, connect_args={"timeout": 10}, isolation_level=None)
         event.listen(engine, "connect", _sqlite_connect)
-        # NOTE: pysqlite's own BEGIN is deferred, so a transaction that reads before it writes
-        # can fail with SQLITE_BUSY when another process wrote meanwhile; take the write lock
-        # up front instead (readers are not blocked in WAL mode).
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     if backend == "postgresql":
         if parsed.get_driver_name() != "psycopg":
@@ -123,6 +120,18 @@ def make_engine(url: str) -> Engine:
             connect_args=POSTGRES_CONNECT_ARGS,
         )
     raise ConfigError(f"RECORDING_DATABASE_URL: {backend} is not supported (SQLite or PostgreSQL)")
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    """Begins a SQLite transaction. A write takes the write lock up front: pysqlite's own BEGIN
+    is deferred, so a transaction that reads before it writes could fail with SQLITE_BUSY when
+    another process wrote meanwhile. A read (Store._read) does not: in WAL mode it sees a
+    snapshot and neither waits for writers nor makes them wait."""
+    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
+
+
+# The execution option that marks a connection as reading only (see _sqlite_begin).
+READ_ONLY = "recording_read_only"
 
 
 def _sqlite_connect(dbapi_connection, _record) -> None:
@@ -197,9 +206,42 @@ class Store:
         """Applies the migrations up to ``revision``: the only way the schema is made."""
         from alembic import command
 
+        with self.migrating() as conn:
+            command.upgrade(self._alembic(conn), revision)
+
+    def downgrade(self, revision: str) -> None:
+        """Takes the migrations back down to ``revision``."""
+        from alembic import command
+
+        with self.migrating() as conn:
+            command.downgrade(self._alembic(conn), revision)
+
+    @contextmanager
+    def migrating(self) -> Iterator[Connection]:
+        """A transaction to migrate in. On SQLite, with foreign keys not enforced meanwhile:
+        batch mode rebuilds a table by copying it and dropping the old one, and with
+        enforcement on, dropping recording_legs deletes every row that refers to it by an ON
+        DELETE CASCADE (each leg's pauses). The keys are checked before the commit instead.
+
+        NOTE: SQLite ignores PRAGMA foreign_keys inside a transaction, so it is set on the
+        driver's connection before SQLAlchemy begins one."""
+        sqlite = self.dialect == "sqlite"
         try:
-            with self.engine.begin() as conn:
-                command.upgrade(self._alembic(conn), revision)
+            with self.engine.connect() as conn:
+                driver = conn.connection.dbapi_connection
+                if sqlite:
+                    driver.execute("PRAGMA foreign_keys=OFF")
+                try:
+                    with conn.begin():
+                        yield conn
+                        if sqlite:
+                            broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                            if broken:
+                                raise StorageRefused(f"the migration would break {len(broken)} foreign keys, "
+                                                     f"e.g. {tuple(broken[0])}: nothing was changed")
+                finally:
+                    if sqlite:
+                        driver.execute("PRAGMA foreign_keys=ON")
         except SQLAlchemyError as exc:
             raise self._failure(exc) from exc
 
@@ -468,34 +510,62 @@ class Store:
         raise StorageUnavailable(f"could not find a free leg number for {leg.unique_id}")
 
     def _change(self, conn: Connection, change: LegChange) -> CommitResult:
-        """Applies a pause, resume or end to a leg. Changes that no longer apply (a pause of an
-        ended leg, a second end) change nothing and say UNCHANGED, so replays are harmless."""
-        leg = conn.execute(select(_legs.c.state, _legs.c.ended_at).where(_legs.c.id == change.leg_id)).first()
+        """Applies a pause, resume or end to a leg, as the database decides it: each step is an
+        UPDATE whose condition is the state it changes from, so of two processes changing one
+        leg at once exactly one does, and a change that no longer applies (a pause of an ended
+        leg, a second end) says UNCHANGED.
+
+        A change whose key was applied before (a journal replayed twice) says UNCHANGED too. A
+        pause or resume older than the leg's last change is not applied over it (STALE: a
+        journaled change replayed after a newer direct one); an end older than that is applied
+        at the time of the last change, never before it (the channel did end).
+        """
+        leg = conn.execute(
+            select(_legs.c.state, func.coalesce(_legs.c.changed_at, _legs.c.started_at).label("last"))
+            .where(_legs.c.id == change.leg_id)
+        ).first()
         if leg is None:
             return CommitResult("UNKNOWN_LEG", change.unique_id, leg_id=change.leg_id)
+        unchanged = CommitResult("UNCHANGED", change.unique_id, leg_id=change.leg_id)
+        if change.key and change.action in ("pause", "resume"):
+            column = _pauses.c.pause_key if change.action == "pause" else _pauses.c.resume_key
+            if conn.scalar(select(_pauses.c.id).where(column == change.key)) is not None:
+                return unchanged
         if leg.state not in ACTIVE_STATES:
-            return CommitResult("UNCHANGED", change.unique_id, leg_id=change.leg_id)
-        open_pause = (_pauses.c.leg_id == change.leg_id) & _pauses.c.resumed_at.is_(None)
+            return unchanged
+        at = change.at
+        if at < leg.last:
+            if change.action != "end":
+                log.warning("%s of leg %s at %s not applied: the leg changed later, at %s", change.action,
+                            change.leg_id, at.isoformat(), leg.last.isoformat())
+                return CommitResult("STALE", change.unique_id, leg_id=change.leg_id)
+            at = leg.last
         if change.action == "pause":
-            if leg.state == "paused":
-                return CommitResult("UNCHANGED", change.unique_id, leg_id=change.leg_id)
-            conn.execute(_pauses.insert().values(
-                leg_id=change.leg_id, paused_at=change.at, method=change.method, paused_by=change.by
-            ))
-            values = {"state": "paused"}
+            values, before = {"state": "paused"}, ("recording",)
         elif change.action == "resume":
-            if leg.state != "paused":
-                return CommitResult("UNCHANGED", change.unique_id, leg_id=change.leg_id)
-            conn.execute(update(_pauses).where(open_pause).values(resumed_at=change.at, resumed_by=change.by))
-            values = {"state": "recording"}
+            values, before = {"state": "recording"}, ("paused",)
         elif change.action == "end":
-            conn.execute(update(_pauses).where(open_pause).values(resumed_at=change.at, resumed_by=change.by))
-            values = {"state": change.state, "ended_at": change.at, "ended_by": change.by}
+            values, before = {"state": change.state, "ended_at": at, "ended_by": change.by}, ACTIVE_STATES
         else:
             raise ValueError(f"unknown leg change {change.action!r}")
         if change.mixmonitor_id:
             values["mixmonitor_id"] = change.mixmonitor_id
-        conn.execute(update(_legs).where(_legs.c.id == change.leg_id).values(seen_at=change.at, **values))
+        changed = conn.execute(
+            update(_legs).where(_legs.c.id == change.leg_id, _legs.c.state.in_(before))
+            .values(seen_at=at, changed_at=at, **values)
+        ).rowcount
+        if changed != 1:
+            return unchanged
+        open_pause = (_pauses.c.leg_id == change.leg_id) & _pauses.c.resumed_at.is_(None)
+        if change.action == "pause":
+            conn.execute(_pauses.insert().values(
+                leg_id=change.leg_id, paused_at=at, method=change.method, paused_by=change.by, pause_key=change.key,
+            ))
+        else:
+            resumed = {"resumed_at": at, "resumed_by": change.by}
+            if change.action == "resume":
+                resumed["resume_key"] = change.key
+            conn.execute(update(_pauses).where(open_pause).values(**resumed))
         return CommitResult("CHANGED", change.unique_id, leg_id=change.leg_id)
 
     def touch(self, leg_ids: Sequence[str], at: datetime) -> None:
@@ -768,7 +838,16 @@ class Store:
         except SQLAlchemyError as exc:
             raise self._failure(exc) from exc
 
-    _read = _write
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A transaction that only reads: on SQLite it does not take the write lock."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(**{READ_ONLY: True})
+                with conn.begin():
+                    yield conn
+        except SQLAlchemyError as exc:
+            raise self._failure(exc) from exc
 
     @contextmanager
     def _batch(self, autocommit: bool = False) -> Iterator[Connection]:

@@ -29,7 +29,7 @@ def test_start_records_the_channel_and_tells_the_dialplan(asterisk, store):
     assert call.error == ""
     (monitor,) = call.mixmonitors
     assert call.variables["RECORDING_FILE"] == monitor.file
-    assert re.fullmatch(rf"/var/spool/asterisk/monitor/\d{{4}}/\d\d/\d\d/{re.escape(call.uniqueid)}-1\.wav", monitor.file)
+    assert re.fullmatch(rf"/var/spool/asterisk/monitor/\d{{4}}/\d\d/\d\d/{re.escape(call.uniqueid)}-1-[0-9a-f]{{8}}\.wav", monitor.file)
     (leg,) = store.find_legs(tag="CRM-22")
     assert leg.id == call.variables["RECORDING_ID"]
     # The MixMonitor id is kept by the channel, in a variable of the leg's own.

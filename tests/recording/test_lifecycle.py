@@ -121,7 +121,10 @@ def test_a_new_start_after_a_stop_is_leg_two(asterisk, store):
 
     assert again.status == "STARTED"
     assert [(v.leg, v.state) for v in store.find_legs(unique_id=start.uniqueid)] == [(1, "stopped"), (2, "recording")]
-    assert again.variables["RECORDING_FILE"].endswith("-2.wav")
+    # Each leg has a file of its own: the second start does not overwrite the first's audio.
+    first, second = start.variables["RECORDING_FILE"], again.variables["RECORDING_FILE"]
+    assert first.endswith(f"-1-{start.variables['RECORDING_ID'][:8]}.wav")
+    assert second.endswith(f"-2-{again.variables['RECORDING_ID'][:8]}.wav")
 
 
 @pytest.mark.parametrize("name", ["stop", "pause", "resume"])

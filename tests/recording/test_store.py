@@ -179,8 +179,6 @@ def test_user_refs_know_managers():
 
 
 def test_migration_0003_adds_the_failed_state_and_takes_it_back(empty_database_url):
-    from alembic import command
-
     store = Store(empty_database_url)
     try:
         store.upgrade("0002")
@@ -192,8 +190,7 @@ def test_migration_0003_adds_the_failed_state_and_takes_it_back(empty_database_u
         with pytest.raises(IntegrityError):
             with store.engine.begin() as conn:
                 conn.execute(text("UPDATE recording_legs SET state = 'bogus' WHERE unique_id = '1.1'"))
-        with store.engine.begin() as conn:
-            command.downgrade(store._alembic(conn), "0002")
+        store.downgrade("0002")
         # Read by hand: the models describe the newest schema, which has columns 0002 lacks.
         with store.engine.connect() as conn:
             states = dict(conn.execute(text("SELECT unique_id, state FROM recording_legs")).all())
@@ -206,15 +203,13 @@ def test_migration_0003_adds_the_failed_state_and_takes_it_back(empty_database_u
 
 
 def test_migration_0004_adds_digest_hold_and_purge_and_takes_them_back(empty_database_url):
-    from alembic import command
-
     store = Store(empty_database_url)
     try:
         store.upgrade("0003")
         kept = replace(leg(unique_id="1.1"), state="ended", ended_at=NOW)
         store.commit([kept])
         store.upgrade()
-        assert store.schema_revision() == "0004"
+        assert store.schema_revision() == store.head_revision()
         (view,) = store.find_legs(unique_id="1.1")
         assert (view.state, view.file_sha256, view.held, view.purged_at) == ("ended", None, False, None)
         purged = replace(leg(unique_id="1.2"), state="stopped", ended_at=NOW)
@@ -235,19 +230,85 @@ def test_migration_0004_adds_digest_hold_and_purge_and_takes_them_back(empty_dat
             with pytest.raises(IntegrityError):
                 with store.engine.begin() as conn:
                     conn.execute(text(statement))
-        with store.engine.begin() as conn:
-            command.downgrade(store._alembic(conn), "0003")
+        store.downgrade("0003")
         assert store.schema_revision() == "0003"
         with store.engine.connect() as conn:
             rows = dict(conn.execute(text("SELECT unique_id, state FROM recording_legs")).all())
             columns = {c["name"] for c in inspect(conn).get_columns("recording_legs")}
-        # A purged leg goes back to the state it had ended in; the new columns are gone.
-        assert rows == {"1.1": "ended", "1.2": "stopped"}
+        # A purged leg has no audio: 0003's one state for that is "failed" (back in the state it had
+        # ended in, it would look playable); the new columns are gone.
+        assert rows == {"1.1": "ended", "1.2": "failed"}
         assert not columns & {"file_sha256", "held_at", "purge_started_at", "purged_at", "state_before_purge"}
         with pytest.raises(IntegrityError):
             with store.engine.begin() as conn:
                 conn.execute(text("UPDATE recording_legs SET state = 'purged' WHERE unique_id = '1.1'"))
         store.upgrade()
-        assert store.schema_revision() == "0004"
+        assert store.schema_revision() == store.head_revision()
+    finally:
+        store.close()
+
+
+def test_migration_0005_keys_pauses_and_dates_changes_and_takes_them_back(empty_database_url):
+    store = Store(empty_database_url)
+    try:
+        store.upgrade("0004")
+        with store.engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO call_records (unique_id, created_at, updated_at) VALUES ('1.1', :t, :t)"), {"t": NOW})
+            conn.execute(text(
+                "INSERT INTO recording_legs (id, call_record_id, leg, unique_id, channel, extension, file, ownership,"
+                " source, state, started_at) SELECT 'a', id, 1, '1.1', 'PJSIP/410-1', '410', '/m/a.wav', 'DEFAULT',"
+                " 'agi', 'paused', :t FROM call_records"), {"t": NOW})
+            conn.execute(text(
+                "INSERT INTO recording_pauses (leg_id, paused_at, method) VALUES ('a', :t, 'mute')"), {"t": NOW})
+        store.upgrade("0005")
+        with store.engine.connect() as conn:
+            legs = {c["name"] for c in inspect(conn).get_columns("recording_legs")}
+            pauses = {c["name"] for c in inspect(conn).get_columns("recording_pauses")}
+        assert "changed_at" in legs and {"pause_key", "resume_key"} <= pauses
+        with store.engine.begin() as conn:
+            conn.execute(text("UPDATE recording_pauses SET pause_key = 'k1'"))
+            conn.execute(text(
+                "INSERT INTO recording_pauses (leg_id, paused_at, resumed_at, method, pause_key)"
+                " VALUES ('a', :t, :t, 'mute', 'k2')"), {"t": NOW})
+        # A key is applied once: the database refuses a second row with it.
+        with pytest.raises(IntegrityError):
+            with store.engine.begin() as conn:
+                conn.execute(text(
+                    "INSERT INTO recording_pauses (leg_id, paused_at, method, pause_key) VALUES ('a', :t, 'mute', 'k1')"
+                ), {"t": NOW})
+        store.downgrade("0004")
+        with store.engine.connect() as conn:
+            legs = {c["name"] for c in inspect(conn).get_columns("recording_legs")}
+            pauses = {c["name"] for c in inspect(conn).get_columns("recording_pauses")}
+            count = conn.scalar(text("SELECT count(*) FROM recording_pauses"))
+        assert "changed_at" not in legs and not {"pause_key", "resume_key"} & pauses and count == 2
+        store.upgrade()
+        assert store.schema_revision() == store.head_revision()
+    finally:
+        store.close()
+
+
+def test_migrations_keep_every_pause(empty_database_url):
+    """SQLite rebuilds recording_legs in 0004 (batch mode): with foreign keys enforced, dropping
+    the old table deleted every pause by their ON DELETE CASCADE."""
+    store = Store(empty_database_url)
+    try:
+        store.upgrade("0003")
+        with store.engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO call_records (unique_id, created_at, updated_at) VALUES ('1.1', :t, :t)"), {"t": NOW})
+            conn.execute(text(
+                "INSERT INTO recording_legs (id, call_record_id, leg, unique_id, channel, extension, file, ownership,"
+                " source, state, started_at) SELECT 'a', id, 1, '1.1', 'PJSIP/410-1', '410', '/m/a.wav', 'DEFAULT',"
+                " 'agi', 'paused', :t FROM call_records"), {"t": NOW})
+            conn.execute(text(
+                "INSERT INTO recording_pauses (leg_id, paused_at, method) VALUES ('a', :t, 'mute')"), {"t": NOW})
+        store.upgrade()
+        (view,) = store.find_legs(unique_id="1.1")
+        assert [p.method for p in view.pauses] == ["mute"]
+        store.downgrade("0003")
+        with store.engine.connect() as conn:
+            assert conn.scalar(text("SELECT count(*) FROM recording_pauses")) == 1
     finally:
         store.close()
