@@ -36,6 +36,7 @@ from .ops.metrics import ServiceMetrics
 from .storage.journal import Journal
 from .asterisk.manager import Manager
 from .storage.persist import Persister
+from .storage.reads import Reads
 from .service import ActiveLeg, RecordingService
 from .storage.store import Store, redact_url
 from .doors.sweeper import Sweeper
@@ -117,8 +118,10 @@ class Application:
         self.overrides = dict(overrides or {})
         self.store = store or Store(settings.database_url)
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="recording-db")
+        # The reads a call waits for: threads of their own, each within the database budget.
+        self.reads = Reads(settings.database_budget)
         self.directory = Directory(self.store, refresh=settings.directory_refresh, executor=self.executor,
-                                   keep_in=settings.journal_dir)
+                                   keep_in=settings.journal_dir, reads=self.reads)
         self.journal = Journal(settings.journal_dir)
         self.metrics = ServiceMetrics(
             journal_backlog=lambda: self.persister.backlog,
@@ -134,7 +137,8 @@ class Application:
         if settings.ami_url:
             self.manager = Manager(AMIClient.from_url(settings.ami_url, action_timeout=settings.ami_timeout))
         self.service = RecordingService(
-            settings, self.directory, self.persister, self.store, executor=self.executor, muter=self.manager
+            settings, self.directory, self.persister, self.store, executor=self.executor, muter=self.manager,
+            reads=self.reads,
         )
         self.sweeper = Sweeper(
             self.service, self.manager, interval=settings.sweep_interval, max_age=settings.max_leg_age
@@ -281,12 +285,15 @@ class Application:
         problems = []
         if self.directory.snapshot.api_key_hash is None:
             problems.append("no apiKey is known (recording-agi apikey generate)")
-        if self.persister.database_away and self.persister.journal_broken:
+        if (self.persister.database_away or self.persister.journaling) and self.persister.journal_broken:
             problems.append("the database is away and the journal cannot be written")
+        away, journaling = self.persister.database_away, self.persister.journaling
         report = {
             "ok": not problems,
-            "status": "unavailable" if problems else ("degraded" if self.persister.database_away else "ok"),
-            "database": "away" if self.persister.database_away else "up",
+            "status": "unavailable" if problems else ("degraded" if away or journaling else "ok"),
+            # NOTE: slow: it answers, but writes went past RECORDING_DATABASE_BUDGET, so they are
+            # journaled until the replay has caught up.
+            "database": "away" if away else ("slow" if journaling else "up"),
             "journalBacklog": self.persister.backlog,
             "ami": "off" if self.manager is None else ("connected" if self.manager.connected else "down"),
             "problems": problems,
@@ -294,6 +301,11 @@ class Application:
         snapshot = self.directory.served_from
         if snapshot is not None:
             report["directory"] = f"snapshot of {snapshot.when}"
+        if journaling and not away and not problems:
+            report["problems"] = [
+                f"the database is slower than RECORDING_DATABASE_BUDGET ({self.settings.database_budget:g}s): "
+                "recordings start and their legs are journaled until the journal is replayed"
+            ]
         if self.persister.database_away and not problems:
             report["problems"] = ["the database is away: recordings start and their legs are journaled"]
             if snapshot is not None:
@@ -361,6 +373,7 @@ class Application:
         await self.directory.stop()
         await self.persister.stop()
         self.executor.shutdown(wait=True)
+        self.reads.close()
         self.store.close()
 
     def reload(self) -> None:

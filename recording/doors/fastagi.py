@@ -282,6 +282,8 @@ async def run(session: Session, name: str, route: Route, api_key, hooks: Hooks) 
     env = session.env
     try:
         args = parse_arguments(env)
+        if hooks.gate is not None:
+            await hooks.gate.before_key(session.peer_address)
         await api_key(session, args)
         if hooks.gate is not None:
             hooks.gate.right_key(session.peer_address)

@@ -241,6 +241,8 @@ class RecordingAPI:
     # -- calls ----------------------------------------------------------------------------
 
     async def _authorize(self, request: web.Request, key: str | None) -> None:
+        if self.gate is not None:
+            await self.gate.before_key(request.remote)
         await self.service.authorize(key)
         if self.gate is not None:
             self.gate.right_key(request.remote)

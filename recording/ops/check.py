@@ -271,6 +271,16 @@ async def _files(settings: Settings, timeout: float) -> Finding:
         problem = await _in_thread(monitor.problem, timeout)
     except TimeoutError:
         problem = f"{monitor.local_root} gave no answer within {timeout:g} s (a share that hangs?)"
+    if problem is None and settings.retention:
+        try:
+            await _in_thread(lambda: _probe_writable(monitor.local_root), timeout)
+        except (OSError, TimeoutError) as exc:
+            reason = exc.strerror or str(exc) if isinstance(exc, OSError) else f"no answer within {timeout:g} s"
+            return Finding("recordings' files", False, (
+                f"RECORDING_RETENTION is {settings.retention} but {monitor.local_root} is not writable by this "
+                f"service ({reason}), so no file can be purged: under systemd list it in ReadWritePaths= and give "
+                "the service Asterisk's group (SupplementaryGroups=; see contrib/recording-agi.service)"
+            ))
     if problem is None:
         return Finding("recordings' files", True, f"{monitor.local_root} is visible: recordings can be played, "
                                                   "hashed and purged")
@@ -289,6 +299,13 @@ async def _journal(settings: Settings, timeout: float) -> Finding:
     except OSError as exc:
         return Finding("journal", False, f"{directory} cannot be used: {exc.strerror or exc} ({exc.filename or directory})")
     return Finding("journal", True, f"{directory} {state}")
+
+
+def _probe_writable(directory: Path) -> None:
+    """Makes and removes a file in ``directory``, as a purge deletes one; raises OSError."""
+    fd, name = tempfile.mkstemp(prefix=".recording-agi-check-", dir=directory)
+    os.close(fd)
+    os.unlink(name)
 
 
 def _probe_directory(directory: Path) -> str:

@@ -42,9 +42,17 @@ class Gate:
             audit.warning("%s connection from %s refused: not on its allow list (%s)", door, address, allow_list)
         return False
 
+    async def before_key(self, address: str | None) -> None:
+        """Holds the key check of a request from ``address`` back as long as the limiter says,
+        before the key is hashed: hashing (scrypt, tens of milliseconds) is what a guesser
+        makes the service pay for, so an address that keeps sending wrong keys waits first."""
+        delay = self.limiter.delay(address)
+        if delay:
+            await asyncio.sleep(delay)
+
     async def wrong_key(self, address: str | None, door: str) -> None:
-        """Counts a wrong or missing apiKey from ``address`` and holds the answer back as long
-        as the limiter says; logs once per window when the address crosses the threshold."""
+        """Counts a wrong or missing apiKey from ``address`` (its next requests wait in
+        :meth:`before_key`); logs once per window when the address crosses the threshold."""
         if self._on_failure is not None:
             self._on_failure()
         if self.limiter.record_failure(address):
@@ -52,9 +60,6 @@ class Gate:
                 "%s: %d wrong apiKeys from %s within %gs; its answers are slowed down (up to %gs)",
                 door, self.limiter.threshold, address, self.limiter.window, self.limiter.max_delay,
             )
-        delay = self.limiter.delay(address)
-        if delay:
-            await asyncio.sleep(delay)
 
     def right_key(self, address: str | None) -> None:
         self.limiter.record_success(address)

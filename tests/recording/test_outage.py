@@ -112,12 +112,16 @@ def test_a_stalled_database_journals_within_the_budget(outage_settings, postgres
             started = time.monotonic()
             stalled = [asterisk.call(f"recording/start?apiKey={API_KEY}&tag=S{n}") for n in range(5)]
             elapsed = time.monotonic() - started
+            # The database answers no write within the budget: not away, but not up either.
+            health = service.app.health()
         finally:
             postgres.resume()
         wait_until(lambda: not service.app.persister.journaling, 30, "journal replayed")
 
     assert [c.status for c in stalled] == ["STARTED"] * 5
     assert [c.variables["RECORDING_DEFERRED"] for c in stalled] == ["1"] * 5
+    assert (health["ok"], health["status"], health["database"]) == (True, "degraded", "slow")
+    assert "slower than RECORDING_DATABASE_BUDGET" in health["problems"][0]
     # One budget for the first session; the rest go to the journal without waiting.
     assert elapsed < 5
     found = legs_by_unique_id(postgres.url)
