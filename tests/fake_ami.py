@@ -438,7 +438,12 @@ class FakeAMI:
         if channel is None:
             return
         options = message.get("Options", "")
-        monitor = FakeMixMonitor(_new_mixmonitor_id(), message.get("File", ""), options)
+        # NOTE: manager_mixmonitor joins File, Options and Command with commas and MixMonitor
+        # parses that as its data (app_mixmonitor.c): the file comes back unescaped.
+        from tests.fake_asterisk import separate_args
+
+        joined = f"{message.get('File', '')},{options},{message.get('Command', '')}"
+        monitor = FakeMixMonitor(_new_mixmonitor_id(), separate_args(joined, ",", 3)[0], options)
         variable = _UID_OPTION.search(options)
         with self._lock:
             channel.mixmonitors.append(monitor)

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
+from agi import app_argument
+
 from ..errors import ConfigError
 
 log = logging.getLogger("recording.ami")
@@ -394,7 +396,10 @@ class AMIClient:
         channel`` if the channel is gone."""
         if "i(" in options:
             raise ValueError("MixMonitor options must not carry i(); the client adds its own")
-        reply = await self.action("MixMonitor", Channel=channel, File=file, Options=f"{options}i({id_variable})")
+        # NOTE: Asterisk joins File, Options and Command with commas and parses them as the
+        # application's data (manager_mixmonitor), so the file name is escaped as one argument.
+        reply = await self.action("MixMonitor", Channel=channel, File=app_argument(file),
+                                  Options=f"{options}i({id_variable})")
         return reply.get("MixMonitorID") or None
 
     async def stop_mixmonitor(self, channel: str, mixmonitor_id: str) -> None:
@@ -417,10 +422,11 @@ class AMIClient:
         """Mutes (``state`` True) or unmutes a MixMonitor's ``read``, ``write`` or ``both``
         directions.
 
-        NOTE: app_mixmonitor.c's MixMonitorMute reads only Channel, Direction and State, and
-        mutes the first MixMonitor it finds on the channel. MixMonitorID is sent as well (AMI
-        ignores headers an action does not read) so that an Asterisk that honours it mutes
-        exactly this one. AMIError ``No such channel`` or ``Cannot set mute flag``.
+        NOTE: MixMonitorID is read by Asterisk 22's MixMonitorMute although its documentation
+        does not list it: with it exactly that MixMonitor is muted, without it every MixMonitor
+        of the channel is (seen on Asterisk 22.10.1, ../shared/asterisk/README.md). So it is
+        always sent: another recording of the channel (a supervisor's) keeps its audio.
+        AMIError ``No such channel`` or ``Cannot set mute flag``.
         """
         if direction not in MUTE_DIRECTIONS:
             raise ValueError(f"direction must be one of {', '.join(MUTE_DIRECTIONS)}, not {direction!r}")

@@ -384,7 +384,9 @@ def render_file(template: str, *, uniqueid: str, leg: int, extension: str, when:
         path = template.format(uniqueid=uniqueid, leg=leg, extension=extension, date=_Second(when), id=leg_id)
     except (KeyError, IndexError, ValueError, AttributeError):
         path = ""
-    if path and "," not in path and "${" not in path:
+    # NOTE: commas and brackets are fine: the doors escape the file name as one argument of
+    # MixMonitor's data (agi.protocol.app_argument).
+    if path and "${" not in path:
         return path
     if "${" in template:
         raise ConfigError(
@@ -395,9 +397,8 @@ def render_file(template: str, *, uniqueid: str, leg: int, extension: str, when:
         path = template.format(uniqueid=uniqueid, leg=leg, extension=extension, date=when, id=leg_id)
     except (KeyError, IndexError, ValueError, AttributeError) as exc:
         raise ConfigError(f"RECORDING_MONITOR_TEMPLATE {template!r} cannot be rendered: {exc}") from None
-    if "${" in path or "," in path or not path.strip():
+    if "${" in path or not path.strip():
         raise ConfigError(
-            f"RECORDING_MONITOR_TEMPLATE {template!r} gives {path!r}: Asterisk would not expand "
-            "${...}, and a comma would end MixMonitor's file argument"
+            f"RECORDING_MONITOR_TEMPLATE {template!r} gives {path!r}: Asterisk would not expand ${{...}}"
         )
     return path

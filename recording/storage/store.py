@@ -8,7 +8,9 @@ Every method is synchronous and thread-safe; the asyncio side calls them from wo
 from __future__ import annotations
 
 import logging
+import re
 import threading
+import time
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -78,11 +80,16 @@ def normalize_url(url: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password hidden, for messages and logs."""
+    """The URL with its password hidden, for messages and logs; one that does not parse with
+    whatever stands between ``user:`` and ``@`` hidden (a typo must not echo the password)."""
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
-        return "<unparseable database URL>"
+        return _LOOSE_PASSWORD.sub(r"\1***@", url)
+
+
+# user:password@ in something that is not quite a URL; the password is everything to the last @.
+_LOOSE_PASSWORD = re.compile(r"^([^:/]*://[^:/@]*:).*@")
 
 
 # NOTE: keepalives and a TCP user timeout notice a database host that vanished from the network,
@@ -99,7 +106,7 @@ def make_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
     except Exception:
-        raise ConfigError(f"RECORDING_DATABASE_URL {url!r} is not a database URL") from None
+        raise ConfigError(f"RECORDING_DATABASE_URL {redact_url(url)!r} is not a database URL") from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         if parsed.database in (None, "", ":memory:"):
@@ -860,6 +867,12 @@ class Store:
         slot = "auto" if autocommit else "conn"
         try:
             conn = getattr(self._kept, slot, None)
+            now = time.monotonic()
+            used, self._kept.__dict__[f"{slot}_used"] = self._kept.__dict__.get(f"{slot}_used"), now
+            if (conn is not None and not (conn.closed or conn.invalidated) and used is not None
+                    and now - used >= KEPT_IDLE and self._stale(conn, now - used)):
+                self._drop_kept(slot)
+                conn = None
             if conn is None or conn.closed or conn.invalidated:
                 conn = self.engine.connect()
                 if autocommit:
@@ -877,6 +890,23 @@ class Store:
         except SQLAlchemyError as exc:
             self._drop_kept(slot)
             raise self._failure(exc) from exc
+
+    def _stale(self, conn: Connection, idle: float) -> bool:
+        """True when a kept connection that sat unused for ``idle`` seconds no longer answers
+        (the server restarted meanwhile): checked before it is used again, so the first batch
+        after a restart does not fail (and journal) for a connection nobody was using. One round
+        trip, only after KEPT_IDLE seconds without a batch: a busy writer never pays it."""
+        if self.dialect != "postgresql":
+            return False
+        try:
+            conn.exec_driver_sql("SELECT 1")
+            if not autocommitting(conn):
+                conn.rollback()
+            return False
+        except SQLAlchemyError as exc:
+            log.info("a kept database connection idle for %.0fs no longer answers (%s); opening a new one",
+                     idle, first_line(exc))
+            return True
 
     def _drop_kept(self, slot: str) -> None:
         conn = getattr(self._kept, slot, None)
@@ -919,6 +949,12 @@ def _is_outage(exc: Exception) -> bool:
 
 
 STAMP_WIDTH = len("2026-11-30T10:00:00.000000Z")
+# Seconds a kept connection may sit unused before it is checked before its next batch.
+KEPT_IDLE = 5.0
+
+
+def autocommitting(conn: Connection) -> bool:
+    return conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
 
 
 def _stamp(when: datetime) -> str:

@@ -11,6 +11,8 @@ from urllib.parse import quote as urlquote
 import pytest
 
 from agi.protocol import split_command
+from recording.domain import channel_extension
+from tests.service_runner import RunningService
 from tests.fake_asterisk import FakeAsterisk
 from tests.recording.conftest import API_KEY
 from tests.waiting import wait_until
@@ -385,3 +387,19 @@ def test_mixmonitor_sent_but_never_answered_still_leaves_its_leg(store, settings
     (leg,) = store.find_legs(tag="silent")
     assert leg.state == "recording" and leg.mixmonitor_id is None
     assert leg.file == call.mixmonitors[0].file
+
+
+@pytest.mark.parametrize("channel", ["PJSIP/trunk(1-0000001a", "PJSIP/a,b[c-0000001b", 'PJSIP/q"u\\o-0000001c'])
+def test_a_file_name_with_commas_brackets_or_quotes_reaches_mixmonitor_whole(store, settings, channel):
+    """MixMonitor parses its data with Asterisk's argument parser: a file name's comma would end
+    it, an unbalanced bracket would swallow the options and the i() behind it."""
+    template = "/var/spool/asterisk/monitor/{extension}/{uniqueid}-{id:.8}.wav"
+    with RunningService(settings.with_(monitor_template=template)) as running:
+        call = FakeAsterisk(running.port).call(f"recording/start?apiKey={API_KEY}", channel=channel)
+
+    assert call.status == "STARTED", call.error
+    (monitor,) = call.mixmonitors
+    extension = channel_extension(channel)
+    assert monitor.file == call.variables["RECORDING_FILE"]
+    assert monitor.file.startswith(f"/var/spool/asterisk/monitor/{extension}/")
+    assert monitor.options == f"bi(RECORDING_MIXMON_{call.variables['RECORDING_ID']})"

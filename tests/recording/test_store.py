@@ -164,6 +164,17 @@ def test_urls_default_to_psycopg_and_hide_passwords():
     assert "secret" not in redact_url("postgresql+psycopg://u:secret@h/db")
 
 
+@pytest.mark.parametrize("url", ["postgresql://u:se@cret@h:port/db", "postgresql://u:secret@h:port/db",
+                                 "postgresql://u:sec/ret@h:x/db"])
+def test_a_database_url_that_does_not_parse_is_refused_without_its_password(url):
+    from recording.errors import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        Store(url)
+    assert "cret" not in str(error.value) and "not a database URL" in str(error.value)
+    assert "secret" not in redact_url(url) and "cret" not in redact_url(url)
+
+
 def test_an_unreachable_database_is_reported_as_unavailable(tmp_path):
     from recording.errors import StorageUnavailable
 
