@@ -7,6 +7,7 @@ times as much to make); they are treated as immutable all the same.
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -63,6 +64,17 @@ class LegIds:
 new_leg_id = LegIds()
 # A forked child must not hand out the ids its parent drew.
 os.register_at_fork(after_in_child=new_leg_id._pool.clear)
+
+
+def system_of(unique_id: str) -> str:
+    """The Asterisk system name a unique id carries: ``pbx1-1795825765.3`` gives ``pbx1``, and
+    ``1795825765.3`` (an Asterisk without ``systemname`` in asterisk.conf) gives ''. Several
+    Asterisks sharing one database must each have their own (their unique ids would collide)."""
+    system, dash, number = unique_id.rpartition("-")
+    return system if dash and _SEQUENCE.fullmatch(number) else ""
+
+
+_SEQUENCE = re.compile(r"[0-9]+\.[0-9]+")
 
 
 def channel_extension(channel: str) -> str:

@@ -144,6 +144,8 @@ class FakeAMI:
         host: str = "127.0.0.1",
     ) -> None:
         self.username, self.secret, self.banner = username, secret, banner
+        # asterisk.conf's systemname, as CoreSettings tells it ('' when none is set).
+        self.system_name = ""
         # NOTE: real Asterisk sleeps 1 s before refusing a login; 0 keeps tests fast.
         self.login_failure_delay = login_failure_delay
         self.host, self.port = host, 0
@@ -417,7 +419,7 @@ class FakeAMI:
 
     def _action_coresettings(self, session: _Session, message: dict[str, str], aid: str | None) -> None:
         self._respond(session, aid, "Success", None, [
-            ("AMIversion", self.banner.rpartition("/")[2]), ("AsteriskVersion", "22.10.1"), ("SystemName", ""),
+            ("AMIversion", self.banner.rpartition("/")[2]), ("AsteriskVersion", "22.10.1"), ("SystemName", self.system_name),
             ("CoreMaxCalls", "0"), ("CoreMaxLoadAvg", "0.000000"), ("CoreRunUser", "root"),
             ("CoreRunGroup", "root"), ("CoreMaxFilehandles", "0"), ("CoreRealTimeEnabled", "No"),
             ("CoreCDRenabled", "Yes"), ("CoreHTTPenabled", "No"), ("SoundsSearchCustomDir", "No"),

@@ -382,6 +382,11 @@ class AMIClient:
         ``action_timeout``. Raises as :meth:`action` does."""
         return await self._request(name, fields, is_list=True)
 
+    async def system_name(self) -> str:
+        """The Asterisk's ``systemname`` (asterisk.conf), '' when it has none (CoreSettings)."""
+        reply = await self.action("CoreSettings")
+        return reply.get("SystemName", "")
+
     async def core_show_channels(self) -> list[Message]:
         """Every live channel, one ``CoreShowChannel`` event each (Channel, Uniqueid,
         Linkedid, BridgeId, Application, ...)."""

@@ -10,6 +10,7 @@ from datetime import timedelta
 
 from ..errors import AsteriskUnavailable, StorageUnavailable
 from ..asterisk.manager import Manager
+from ..domain import system_of
 from ..service import RecordingService, utcnow
 
 log = logging.getLogger("recording.sweeper")
@@ -72,8 +73,11 @@ class Sweeper:
         asked = utcnow()
         if self.manager is not None and self.manager.connected:
             # NOTE: legs first, channels second: a leg's channel existed when the leg was
-            # written, so if it is missing from a later list it is really gone.
-            legs = await self.service.read(store.active_legs)
+            # written, so if it is missing from a later list it is really gone. Only this
+            # Asterisk's legs: another one sharing the database (its own systemname, so its
+            # unique ids differ) has its channels elsewhere, and its own service sweeps them.
+            system = await self.manager.system_name()
+            legs = [leg for leg in await self.service.read(store.active_legs) if system_of(leg.unique_id) == system]
             live = {channel.unique_id for channel in await self.manager.channels()}
             await self.service.read(store.touch, [leg.id for leg in legs if leg.unique_id in live], asked)
             gone = [leg for leg in legs if leg.unique_id not in live and leg.start < asked - GRACE]

@@ -34,11 +34,15 @@ _LEG_COLUMNS = (
     "id, call_record_id, leg, unique_id, channel, extension, file, mixmonitor_id, tag, owner_id, ownership, "
     "source, state, started_at, ended_at"
 )
-# NOTE: a start without a tag keeps the reference an earlier start wrote.
+# NOTE: a start without a tag keeps the reference an earlier start wrote, and a write older
+# than the call record's last one (a journal replayed after a newer direct write) does not
+# replace its tag. The row is updated either way, so that RETURNING gives it to the legs.
 _CALL_UPSERT = (
     "ON CONFLICT (unique_id) DO UPDATE SET "
-    "external_reference = COALESCE(excluded.external_reference, call_records.external_reference), "
-    "updated_at = excluded.updated_at"
+    "external_reference = CASE WHEN excluded.updated_at >= call_records.updated_at "
+    "THEN COALESCE(excluded.external_reference, call_records.external_reference) "
+    "ELSE COALESCE(call_records.external_reference, excluded.external_reference) END, "
+    "updated_at = {latest}(excluded.updated_at, call_records.updated_at)"
 )
 _OWNERSHIP = (
     "CASE WHEN {agent} IS NOT NULL THEN 'AGENT' WHEN a.user_id IS NOT NULL THEN 'EXTENSION' ELSE 'DEFAULT' END"
@@ -54,7 +58,7 @@ PG_START = (
     "WITH c AS ("
     "INSERT INTO call_records (unique_id, external_reference, created_at, updated_at) "
     "SELECT r->>0, r->>1, (r->>2)::timestamptz, (r->>3)::timestamptz FROM json_array_elements(%s::json) r "
-    + _CALL_UPSERT + " "
+    + _CALL_UPSERT.format(latest="GREATEST") + " "
     # NOTE: the FK of recording_legs is checked at the end of the statement, so a leg may point
     # at the call record this CTE inserts; RETURNING of ON CONFLICT DO UPDATE gives the rows
     # updated as well as those inserted, so every leg finds its call.
@@ -84,7 +88,7 @@ def _sqlite_calls(rows: int) -> str:
     values = ", ".join(["(?, ?, ?, ?)"] * rows)
     return (
         f"INSERT INTO call_records (unique_id, external_reference, created_at, updated_at) VALUES {values} "
-        + _CALL_UPSERT
+        + _CALL_UPSERT.format(latest="MAX")
     )
 
 

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from sqlalchemy import Engine, create_engine, delete, event, func, or_, select, update
+from sqlalchemy import Engine, case, create_engine, delete, event, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import (
@@ -421,12 +421,18 @@ class Store:
             for uid in tags
         ]
         stmt = self._insert(_calls).values(rows)
-        # NOTE: a start without a tag keeps the reference a previous start wrote.
+        # NOTE: as the hot path's (hotpath._CALL_UPSERT): a start without a tag keeps the
+        # reference a previous start wrote, and an older write does not replace a newer tag.
+        newer = stmt.excluded.updated_at >= _calls.c.updated_at
+        latest = func.greatest if self.dialect == "postgresql" else func.max
         stmt = stmt.on_conflict_do_update(
             index_elements=["unique_id"],
             set_={
-                "external_reference": func.coalesce(stmt.excluded.external_reference, _calls.c.external_reference),
-                "updated_at": stmt.excluded.updated_at,
+                "external_reference": case(
+                    (newer, func.coalesce(stmt.excluded.external_reference, _calls.c.external_reference)),
+                    else_=func.coalesce(_calls.c.external_reference, stmt.excluded.external_reference),
+                ),
+                "updated_at": latest(stmt.excluded.updated_at, _calls.c.updated_at),
             },
         ).returning(_calls.c.id, _calls.c.unique_id)
         return {uid: call_id for call_id, uid in conn.execute(stmt)}

@@ -256,3 +256,21 @@ def test_a_write_begun_while_journaling_that_ends_after_the_replay_goes_to_the_d
 
     assert (persisted.deferred, persisted.result.status, backlog) == (False, "STARTED", 0)
     assert [v.tag for v in store.find_legs(unique_id="6.1")] == ["late"]
+
+
+def test_a_journaled_tag_older_than_the_calls_last_write_does_not_replace_its_tag(store, tmp_path):
+    first = leg("10.1", tag="first")
+    store.commit([first])
+    # Written directly by another process, later: a new tag.
+    store.commit([TagUpdate("10.1", "newer", first.started_at + timedelta(seconds=20))])
+    journal = Journal(tmp_path / "j")
+    journal.open()
+    journal.append([TagUpdate("10.1", "older", first.started_at + timedelta(seconds=10))])
+    asyncio.run(_replayed(store, journal))
+    (replayed,) = store.find_legs(unique_id="10.1")
+    # A newer one replaces it as before.
+    store.commit([TagUpdate("10.1", "newest", first.started_at + timedelta(seconds=30))])
+    (view,) = store.find_legs(unique_id="10.1")
+
+    assert replayed.external_reference == "newer"
+    assert view.external_reference == "newest"
