@@ -92,7 +92,8 @@ class Settings:
     )
     database_budget: float = _setting(
         "RECORDING_DATABASE_BUDGET",
-        "seconds a session waits for its database write before journaling it instead",
+        "seconds a session waits for the database: for a write before journaling it instead, for a "
+        "read before answering from memory (or ERROR)",
         0.25,
     )
     shutdown_grace: float = _setting(
