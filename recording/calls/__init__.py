@@ -3,11 +3,13 @@ of each call (its channels, bridges, anchor and current part) that AMI events up
 data, and the transitions it yields. It imports only the domain: no socket, no database, no
 acting (docs/transfers.md)."""
 
+from .anchor import AmbiguousAnchor, NoAnchor, find_anchor
 from .model import Bridge, Call, Channel, Model, Part
+from .rebuild import rebuild
 from .tracker import CallTracker
 from .transitions import CAUSES, CallEnded, PartBegan, PartEnded, PeerChanged, Transition
 
 __all__ = [
-    "Bridge", "CAUSES", "Call", "CallEnded", "CallTracker", "Channel", "Model", "Part", "PartBegan",
-    "PartEnded", "PeerChanged", "Transition",
+    "AmbiguousAnchor", "Bridge", "CAUSES", "Call", "CallEnded", "CallTracker", "Channel", "Model",
+    "NoAnchor", "Part", "PartBegan", "PartEnded", "PeerChanged", "Transition", "find_anchor", "rebuild",
 ]
