@@ -288,11 +288,11 @@ def hangup_during_transfer() -> list[tuple[float, dict[str, str]]]:
 
 def pickup() -> list[tuple[float, dict[str, str]]]:
     """The caller rings 411; 410 dials the pickup code (a call of its own) and picks the call
-    up. ASSUMED from pickup.c and channel.c, not captured: ``Pickup`` names the picker
-    (Channel) and the ringing channel (``Target``); the masquerade swaps the two channels'
-    unique ids, Linkedids and names with their structures, so seen by unique id the ringing
-    411 channel hangs up and 410's channel is answered and bridged with the caller, taking the
-    caller's Linkedid as it enters the bridge."""
+    up. In the order and with the fields tests/captures/pickup shows with Local channels (the
+    SIP names are assumed): ``Pickup`` names the picker (Channel, its own Linkedid) and the
+    ringing channel (``Target``); the ringing channel's unique id hangs up; the caller's
+    DialEnd names the picker; the picker enters the new bridge first, still with its own
+    Linkedid, the caller second; the picker's next events carry the caller's Linkedid."""
     s = Stream()
     caller = s.wait(0.3).channel("trunk")
     s.newexten(caller, "0155501001", "Dial", "PJSIP/411,30", "from-pstn")
@@ -302,11 +302,10 @@ def pickup() -> list[tuple[float, dict[str, str]]]:
     picker = s.channel("410")
     s.newexten(picker, "*8411", "Pickup", "411@from-internal", "from-internal")
     s.emit("Pickup", **_snapshot(picker), **_snapshot(ringing, "Target"))
+    s.hangup(ringing, cause="26")
     s.dial_end(caller, picker)
-    s.hangup(ringing, cause="26", request=False)
+    s.bridge("b-p", picker, caller)
     picker.linkedid = caller.linkedid
-    s.bridge("b-p", caller)
-    s.enter("b-p", picker)
     s.wait(12)
     s.hangup(picker)
     s.leave("b-p", picker)

@@ -94,7 +94,20 @@ def transfer_events(capture_id: str) -> list[tuple[float, dict[str, str]]]:
     """The events only (``Event:``), as the client hands them to its subscribers: without the
     ones that answer the harness's own actions (``Status``, ... carrying its ``ActionID``), which
     another AMI session never receives."""
-    return [(t, m) for t, m in read_transfer_capture(capture_id) if "Event" in m and "ActionID" not in m]
+    return events_only(read_transfer_capture(capture_id))
+
+
+def events_only(messages: list[tuple[float, dict[str, str]]]) -> list[tuple[float, dict[str, str]]]:
+    return [(t, m) for t, m in messages if "Event" in m and "ActionID" not in m]
+
+
+PICKUP = CAPTURES / "pickup" / "ami-pickup-local.txt"
+
+
+def pickup_capture() -> list[tuple[float, dict[str, str]]]:
+    """Every message of tests/captures/pickup/ami-pickup-local.txt (same format), the list
+    answers (CoreShowChannels, BridgeList, BridgeInfo) included."""
+    return parse_transfer_capture(PICKUP.read_text(encoding="utf-8"))
 
 
 @dataclass(frozen=True)

@@ -30,12 +30,15 @@ def find_anchor(model: Model, target: str) -> Channel:
     channel = model.channels.get(target) or model.by_name(target)
     if channel is not None:
         return _anchor(model, model.call_of(channel), f"channel {printable(channel.name)}")
-    candidates = [c for c in model.channels.values() if c.extension == target and not c.gone]
+    candidates = {c.uniqueid: c for c in model.channels.values() if c.extension == target and not c.gone}
     if not candidates:
         raise NoAnchor(f"no live channel has the unique id, name or extension {printable(target)!r}")
-    calls = {c.linkedid: model.calls.get(c.linkedid) for c in candidates}
+    calls = {c.linkedid: model.calls.get(c.linkedid) for c in candidates.values()}
     live = {linkedid: call for linkedid, call in calls.items() if call is not None and not call.ended}
-    talking = {k: c for k, c in live.items() if c.part is not None and c.part.extension == target}
+    # The calls whose caller talks with that extension now: its channel is the anchor's peer
+    # (whatever Linkedid it shows), or the agent of the part is that extension.
+    talking = {c.linkedid: c for c in model.calls.values() if not c.ended and c.part is not None
+               and (c.part.peer_uniqueid in candidates or (c.linkedid in live and c.part.extension == target))}
     chosen = talking or live
     if not chosen:
         raise NoAnchor(f"extension {printable(target)!r} is on no call we follow")

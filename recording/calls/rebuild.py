@@ -35,7 +35,12 @@ def rebuild(
 
     A call whose anchor is not listed (it hung up, or the listing missed it) gets nothing.
     ``channels`` are CoreShowChannel events (Channel, Uniqueid, Linkedid, BridgeId); ``bridges``
-    maps a bridge id to its BridgeInfoChannel events, which fix the order of its members."""
+    maps a bridge id to its BridgeInfoChannel events, which put a listed channel in that bridge
+    when its CoreShowChannel had no BridgeId (two listings are two moments).
+
+    NOTE: no listing tells the order channels entered a bridge (BridgeInfo lists the caller
+    first where the agent entered first: tests/captures/pickup), so with three or more channels
+    in one bridge the rebuilt peer is the last one listed."""
     tracker = CallTracker(Model(), hint_window)
     model = tracker.model
     for item in channels:
@@ -46,10 +51,10 @@ def rebuild(
         if item.get("BridgeId"):
             model.enter(channel, item["BridgeId"])
     for bridge_id, members in (bridges or {}).items():
-        bridge = model.bridges.get(bridge_id)
-        if bridge is not None:
-            order = [m.get("Uniqueid") for m in members]
-            bridge.members.sort(key=lambda u: order.index(u) if u in order else len(order))
+        for member in members:
+            channel = model.channels.get(member.get("Uniqueid", ""))
+            if channel is not None and channel.bridge is None:
+                model.enter(channel, bridge_id)
     out: list[Transition] = []
     for call in list(model.calls.values()):
         anchor = model.anchor_of(call)

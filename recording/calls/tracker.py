@@ -165,6 +165,25 @@ class CallTracker:
         if channel is not None and event.get("BridgeUniqueid"):
             self.model.enter(channel, event["BridgeUniqueid"])
             self._touch_bridge(event["BridgeUniqueid"], touched)
+            if event.get("BridgeType", "basic") == "basic":
+                self._share_oldest_linkedid(event["BridgeUniqueid"], touched)
+
+    def _share_oldest_linkedid(self, bridge_id: str, touched: dict[str, Call]) -> None:
+        """NOTE: a channel entering a basic bridge (Dial's, a transfer's) gives every channel
+        in it the oldest Linkedid among them (bridge_basic_push, bridge_channel.c), and no event
+        says so: a call picker that entered first keeps showing its own Linkedid until its
+        BridgeLeave (tests/captures/pickup). Done here as Asterisk does it."""
+        members = [self.model.channels[u] for u in self.model.bridges[bridge_id].members if u in self.model.channels]
+        ages = [(linkedid_age(c.linkedid), c.linkedid) for c in members]
+        if len(members) < 2 or any(age is None for age, _ in ages):
+            return
+        oldest = min(ages)[1]
+        for channel in members:
+            if channel.linkedid != oldest:
+                old = self.model.relink(channel, oldest)
+                if old is not None:
+                    touched[old.linkedid] = old
+                touched.setdefault(oldest, self.model.calls[oldest])
 
     def _on_bridgeleave(self, event, at, touched) -> None:
         channel = self._channel(event)

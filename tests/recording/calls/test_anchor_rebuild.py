@@ -10,9 +10,14 @@ import pytest
 from recording.calls import AmbiguousAnchor, CallTracker, NoAnchor, find_anchor, rebuild
 
 from tests import call_streams
-from tests.capture_files import TRANSFER_IDS, capture_channels, concise_snapshots, transfer_events
+from tests.capture_files import (
+    TRANSFER_IDS, capture_channels, concise_snapshots, events_only, pickup_capture, transfer_events,
+)
 from tests.fake_ami import rewrite_ids
 from tests.recording.calls.shorthand import replay, short
+
+
+CALLER_PICKUP = "1796439877.6"
 
 
 def tracker_at(events, until: float) -> CallTracker:
@@ -122,12 +127,37 @@ def test_rebuilt_after_a_part_the_database_did_not_see_end():
     assert transitions[1].peer_channel == "Local/411@capx-agents-00000084;1"
 
 
-def test_bridge_info_orders_a_bridges_members():
+def test_bridge_info_puts_a_channel_the_channel_listing_had_outside_any_bridge():
     rows = [{"Channel": "PJSIP/trunk-00000001", "Uniqueid": "1.1", "Linkedid": "1.1", "BridgeId": "b"},
-            {"Channel": "PJSIP/411-00000003", "Uniqueid": "1.3", "Linkedid": "1.1", "BridgeId": "b"},
-            {"Channel": "PJSIP/410-00000002", "Uniqueid": "1.2", "Linkedid": "1.1", "BridgeId": "b"}]
-    info = {"b": [{"Uniqueid": "1.1"}, {"Uniqueid": "1.2"}, {"Uniqueid": "1.3"}]}
-    _, transitions = rebuild(rows, info, at=5.0)
-    assert [(t.extension, t.peer_channel) for t in transitions] == [("411", "PJSIP/411-00000003")]
+            {"Channel": "PJSIP/410-00000002", "Uniqueid": "1.2", "Linkedid": "1.1", "BridgeId": ""}]
     _, transitions = rebuild(rows, at=5.0)
+    assert [(t.extension, t.peer_channel) for t in transitions] == [(None, None)]
+    _, transitions = rebuild(rows, {"b": [{"Uniqueid": "1.1"}, {"Uniqueid": "1.2"}]}, at=5.0)
     assert [(t.extension, t.peer_channel) for t in transitions] == [("410", "PJSIP/410-00000002")]
+
+
+def test_rebuilt_from_what_a_real_asterisk_listed_after_a_pickup():
+    """tests/captures/pickup: CoreShowChannels and BridgeInfo as Asterisk answered them mid-call
+    (the picker's Linkedid already the caller's there, though no event had said so)."""
+    messages = pickup_capture()
+    listed = [m for at, m in messages if m.get("Event") == "CoreShowChannel" and at > 3]
+    info = [m for at, m in messages if m.get("Event") == "BridgeInfoChannel"]
+    (bridge,) = {m["BridgeId"] for m in listed if m["BridgeId"]}
+    events = events_only(messages)
+    listed_at = next(at for at, m in messages if m.get("Event") == "CoreShowChannel" and at > 3)
+    seen = tracker_at(events, listed_at)
+    rebuilt, transitions = rebuild(listed, {bridge: info}, at=listed_at)
+    caller = seen.model.calls[CALLER_PICKUP]
+    shown = {t.call: (short(t), t.anchor_channel, t.peer_channel) for t in transitions}
+    assert shown == {
+        CALLER_PICKUP: (("began", 1, "410", "seen", listed_at), "Local/s@cap-in-00000003;2",
+                        "Local/410@cap-phone-00000005;1"),
+        # the picker's Local pair: its ;2 half (the "phone") is a call of its own
+        "1796439879.10": (("began", 1, None, "seen", listed_at), "Local/410@cap-phone-00000005;2", None),
+    }
+    assert (rebuilt.model.calls[CALLER_PICKUP].anchor, rebuilt.model.calls[CALLER_PICKUP].part.peer_uniqueid) == (
+        caller.anchor, caller.part.peer_uniqueid)
+    # The tracker that saw the events copied the caller's Linkedid to the picker as Asterisk did.
+    assert seen.model.channels[caller.part.peer_uniqueid].linkedid == CALLER_PICKUP
+    assert {m["Uniqueid"]: m["Linkedid"] for m in listed}[caller.part.peer_uniqueid] == CALLER_PICKUP
+    assert find_anchor(rebuilt.model, "410").name == find_anchor(seen.model, "410").name == "Local/s@cap-in-00000003;2"

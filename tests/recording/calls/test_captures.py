@@ -11,7 +11,7 @@ import pytest
 
 from recording.calls import CallTracker, PartBegan, PeerChanged
 
-from tests.capture_files import TRANSFER_IDS, capture_channels, transfer_events
+from tests.capture_files import TRANSFER_IDS, capture_channels, events_only, pickup_capture, transfer_events
 from tests.recording.calls.shorthand import by_call, replay, short
 
 
@@ -132,3 +132,20 @@ def test_one_log_line_per_transition(caplog):
         "part 4 (411 on Local/411@capx-agents-0000008f;1)",
         "call 1796434840.280: part 4 (411 on Local/411@capx-agents-0000008f;1) -> hangup -> ended",
     ]
+
+
+def test_call_pickup_on_a_real_asterisk():
+    """tests/captures/pickup: the caller rings 411, 410 picks up (PickupChan): the caller's
+    part with 410 begins at the pickup; 410's own call (the picker's Local pair) is a call of
+    its own with no agent."""
+    calls = by_call(replay(events_only(pickup_capture())))
+    assert {linkedid: [short(t) for t in found] for linkedid, found in calls.items()} == {
+        "1796439877.6": [("began", 1, None, "start", 0.003), ("ended", 1, None, "pickup", 2.006),
+                         ("began", 2, "410", "pickup", 2.006), ("ended", 2, "410", "hangup", 4.008),
+                         ("call ended", "hangup", 4.008)],
+        "1796439879.10": [("began", 1, None, "start", 2.005), ("ended", 1, None, "hangup", 4.008),
+                          ("call ended", "hangup", 4.008)],
+    }
+    assert {t.anchor_channel for t in calls["1796439877.6"]} == {"Local/s@cap-in-00000003;2"}
+    (began,) = [t for t in calls["1796439877.6"] if isinstance(t, PartBegan) and t.extension]
+    assert (began.peer_channel, began.peer_uniqueid) == ("Local/410@cap-phone-00000005;1", "1796439879.10")

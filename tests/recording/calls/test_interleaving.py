@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests import call_streams
-from tests.capture_files import TRANSFER_IDS, transfer_events
+from tests.capture_files import TRANSFER_IDS, events_only, pickup_capture, transfer_events
 from tests.fake_ami import rewrite_ids
 from tests.recording.calls.shorthand import by_call, replay
 
@@ -19,6 +19,7 @@ SCENARIOS.update({
     "queue ringall": call_streams.queue_ringall_cancel,
     "hangup during transfer": call_streams.hangup_during_transfer,
     "pickup": call_streams.pickup,
+    "capture pickup": lambda: events_only(pickup_capture()),
 })
 NAMES = sorted(SCENARIOS)
 _streams: dict[tuple[str, str], list] = {}
