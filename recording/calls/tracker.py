@@ -120,7 +120,7 @@ class CallTracker:
             call.left_at = None
             call.hints.continued = False
             if part.peer_uniqueid != peer.uniqueid:
-                cause = "optimisation" if call.hints.optimising else (
+                cause = "optimisation" if self._optimising(call) else (
                     "transfer" if self._fresh(call.hints.transfer) else "answer")
                 before = part.peer_channel
                 part.peer_uniqueid, part.peer_channel = peer.uniqueid, peer.name
@@ -133,7 +133,7 @@ class CallTracker:
     def _arrival(self, call: Call) -> str:
         """Why the anchor is now with a (new) agent."""
         hints = call.hints
-        if hints.optimising and call.part.extension is not None:
+        if self._optimising(call) and call.part.extension is not None:
             return "optimisation"
         if self._fresh(hints.pickup):
             return "pickup"
@@ -149,7 +149,7 @@ class CallTracker:
         hints = call.hints
         if anchor.hanging_up:
             return None  # the call ends at the anchor's Hangup, with this part
-        if hints.optimising:
+        if self._optimising(call):
             return None  # a Local channel pair is being swapped: the anchor is on its way
         if self._fresh(hints.transfer):
             if hints.transfer_bridge and anchor.bridge != hints.transfer_bridge:
@@ -165,6 +165,13 @@ class CallTracker:
         if hints.continued:
             return "left"
         return None
+
+    def _optimising(self, call: Call) -> bool:
+        """Whether a Local pair next to the anchor is being optimised away (until its
+        LocalOptimizationEnd, or its channels' Hangup if that never comes)."""
+        hints = call.hints
+        hints.optimising = {u for u in hints.optimising if u in self.model.channels and not self.model.channels[u].gone}
+        return bool(hints.optimising)
 
     def _going(self, channel: Channel) -> bool:
         """Whether a channel hung up or is hanging up (for a Local half, either half)."""

@@ -149,3 +149,23 @@ def test_call_pickup_on_a_real_asterisk():
     assert {t.anchor_channel for t in calls["1796439877.6"]} == {"Local/s@cap-in-00000003;2"}
     (began,) = [t for t in calls["1796439877.6"] if isinstance(t, PartBegan) and t.extension]
     assert (began.peer_channel, began.peer_uniqueid) == ("Local/410@cap-phone-00000005;1", "1796439879.10")
+
+
+@pytest.mark.parametrize("capture_id", ["3", "4a", "4e"])
+def test_an_optimisation_whose_end_event_is_lost_gives_the_same_parts(capture_id):
+    events = [item for item in transfer_events(capture_id) if item[1]["Event"] != "LocalOptimizationEnd"]
+    assert [short(t) for t in replay(events)] == EXPECTED[capture_id]
+
+
+def test_an_optimisation_whose_end_event_is_lost_ends_with_the_local_pair():
+    """Capture 4a without its LocalOptimizationEnd, then the agent's phone leaves and hangs up
+    (taken from the capture's end, without the caller's hangup): the agent's part ends at
+    once, as it would had the end event come."""
+    events = transfer_events("4a")
+    kept = [item for item in events if item[0] < 1 and item[1]["Event"] != "LocalOptimizationEnd"]
+    agent = "Local/410@capx-agents-00000094;1"
+    tail = [e for at, e in events if at > 10 and e.get("Channel") == agent and e["Event"] in ("BridgeLeave", "Hangup")]
+    tracker = CallTracker()
+    replay(kept, tracker)
+    assert [short(t) for t in replay([(5.0, e) for e in tail], tracker)] == [
+        ("ended", 2, "410", "hangup", 5.0), ("began", 3, None, "hangup", 5.0)]
