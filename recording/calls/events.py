@@ -47,6 +47,9 @@ class Applied:
     touched: dict[str, Call] = field(default_factory=dict)
     created: set[str] = field(default_factory=set)
     hung_up: list[Channel] = field(default_factory=list)
+    # False when the event changed nothing a part depends on (a VarSet, a Newstate, a DTMF of
+    # channels already known): most events, which the tracker then need not weigh.
+    relevant: bool = False
 
 
 class EventApplier:
@@ -58,34 +61,42 @@ class EventApplier:
     def apply(self, event: Mapping[str, str], at: float) -> Applied:
         applied = Applied()
         self._hung_up = applied.hung_up
+        handler = getattr(self, f"_on_{event.get('Event', '').lower()}", None)
+        channels = self._apply_snapshots(event, applied)
+        applied.relevant = applied.relevant or handler is not None
+        if not applied.relevant:
+            return applied
         touched = applied.touched
-        applied.created = self._apply_snapshots(event, touched, at)
+        for channel in channels:
+            touched.setdefault(channel.linkedid, self.model.calls[channel.linkedid])
+            self._touch_bridge(channel.bridge, touched)
         for bridge_id in (event.get(key) for key in BRIDGE_KEYS):
             self._touch_bridge(bridge_id, touched)
-        handler = getattr(self, f"_on_{event.get('Event', '').lower()}", None)
         if handler is not None:
             handler(event, at, touched)
         return applied
 
-    def _apply_snapshots(self, event: Mapping[str, str], touched: dict[str, Call], at: float) -> set[str]:
-        created = set()
+    def _apply_snapshots(self, event: Mapping[str, str], applied: Applied) -> list[Channel]:
+        """Makes, renames and relinks the channels the event describes; returns them. A made or
+        relinked channel makes the event relevant (the call it left is touched)."""
         model = self.model
+        channels = []
         for uniqueid, name, linkedid in snapshots(event):
             channel, new = model.add_channel(uniqueid, name, linkedid)
             if channel is None:
                 continue
+            channels.append(channel)
             if new:
-                created.add(uniqueid)
+                applied.created.add(uniqueid)
+                applied.relevant = True
             if channel.name != name:
                 model.rename(channel, name)
             if channel.linkedid != linkedid and self._older(linkedid, channel.linkedid):
                 old = model.relink(channel, linkedid)
+                applied.relevant = True
                 if old is not None:
-                    touched[old.linkedid] = old
-            touched.setdefault(channel.linkedid, model.calls[channel.linkedid])
-            if channel.bridge:
-                self._touch_bridge(channel.bridge, touched)
-        return created
+                    applied.touched[old.linkedid] = old
+        return channels
 
     @staticmethod
     def _older(new: str, old: str) -> bool:

@@ -53,6 +53,8 @@ class CallTracker:
         out: list[Transition] = []
         self._now = at
         applied = self._events.apply(event, at)
+        if not applied.relevant:
+            return out
         for call in applied.touched.values():
             self._evaluate(call, at, out, applied.created)
         for channel in applied.hung_up:
