@@ -130,7 +130,8 @@ class CallTracker:
                                        peer.name, part.extension, cause, at))
                 self._log(call, part.seq, part.extension, before, cause, part.seq, part.extension, peer.name)
             return
-        self._change(call, anchor, peer, self._arrival(call), call.left_at or at, at, out)
+        ended_at = call.left_at if call.left_at is not None else at
+        self._change(call, anchor, peer, self._arrival(call), ended_at, at, out)
 
     def _arrival(self, call: Call) -> str:
         """Why the anchor is now with a (new) agent."""
