@@ -14,6 +14,13 @@ sessions that logged in with events on, stalls (actions recorded, never answered
 random order, dropped connections, and stop()/start()/restart() on the same port. Everything it
 received is recorded, so tests assert from the peer's side of the socket. It runs on its own
 asyncio loop in a background thread and imports nothing from the project.
+
+It also replays a captured scenario (``../shared/asterisk/transfers``, read by
+tests/capture_files.py): ``replay(events)`` gives the events new unique ids, Linkedids, bridge
+ids and channel names (``rewrite_ids``), so that several replays, or the same one twice, are
+calls of their own; sends them in order to every session with events on; and keeps its channel
+table as the events say (Newchannel adds, BridgeEnter/Leave set the bridge, Hangup removes), so
+MixMonitor, Getvar and CoreShowChannels find the replayed channels mid-call.
 """
 
 from __future__ import annotations
@@ -38,6 +45,10 @@ _unique = itertools.count(20)
 _ids_lock = threading.Lock()
 
 Pairs = list[tuple[str, str]]
+_replays = itertools.count(1)
+# The fields that name a channel, a call or a bridge (their values are rewritten by rewrite_ids).
+_ID_SUFFIXES = ("Uniqueid", "Linkedid", "Channel")
+_ID_KEYS = ("Newname", "DestUniqueId", "SwapUniqueid")
 
 
 def new_unique_id() -> str:
@@ -246,6 +257,56 @@ class FakeAMI:
         pairs = list(fields.items()) if isinstance(fields, dict) else list(fields)
         pairs = [("Event", name), ("Privilege", privilege)] + pairs
         return self._in_loop(lambda: self._broadcast(pairs))
+
+    def replay(self, events: Iterable[tuple[float, dict[str, str]] | dict[str, str]], *,
+               tag: str | None = None) -> Replay:
+        """A replay of ``events`` (``(time, event)`` pairs as tests/capture_files.py reads
+        them, or bare event dicts) with its ids rewritten by ``rewrite_ids`` under ``tag``
+        (a fresh ``r<N>`` by default). Nothing is sent until its ``play()``."""
+        tag = tag or f"r{next(_replays)}"
+        timed = [item if isinstance(item, tuple) else (0.0, item) for item in events]
+        mapping = id_mapping([event for _, event in timed], tag)
+        return Replay(self, [(at, rewrite_event(event, mapping)) for at, event in timed], mapping)
+
+    def _play(self, events: list[dict[str, str]]) -> int:
+        """Sends the events in order (one loop turn, so nothing of the test's comes between
+        two of them) and keeps the channel table; returns how many sessions got them."""
+
+        def send() -> int:
+            sessions = 0
+            for event in events:
+                with self._lock:
+                    self._follow(event)
+                pairs = [(key, line) for key, value in event.items() for line in value.split("\n")]
+                sessions = self._broadcast(pairs)
+            return sessions
+
+        return self._in_loop(send)
+
+    def _follow(self, event: dict[str, str]) -> None:
+        """The channel table as a replayed event leaves it (called under the lock)."""
+        name, uniqueid = event.get("Channel", ""), event.get("Uniqueid", "")
+        kind = event.get("Event")
+        channel = self.channels.get(name)
+        if kind == "Newchannel" and name and channel is None:
+            self.channels[name] = FakeChannel(name, uniqueid=uniqueid, linkedid=event.get("Linkedid", ""),
+                                              context=event.get("Context", ""), exten=event.get("Exten", ""))
+        elif channel is None:
+            return
+        elif kind == "Hangup":
+            del self.channels[name]
+        elif kind == "Rename" and event.get("Newname"):
+            self.channels[event["Newname"]] = self.channels.pop(name)
+            self.channels[event["Newname"]].name = event["Newname"]
+        elif kind == "BridgeEnter":
+            channel.bridge_id = event.get("BridgeUniqueid", "")
+        elif kind == "BridgeLeave":
+            channel.bridge_id = ""
+        elif kind == "Newexten":
+            channel.context, channel.exten = event.get("Context", ""), event.get("Exten", "")
+            channel.application, channel.application_data = event.get("Application", ""), event.get("AppData", "")
+        if channel is not None and event.get("Linkedid") and kind != "Hangup":
+            self.channels.get(name, channel).linkedid = event["Linkedid"]
 
     def drop_connections(self) -> int:
         """Closes every client connection but keeps listening (a network drop)."""
@@ -536,6 +597,88 @@ class FakeAMI:
     def _send(self, session: _Session, pairs: Pairs) -> None:
         data = "".join(f"{key}: {value}\r\n" for key, value in pairs) + "\r\n"
         session.writer.write(data.encode())
+
+
+@dataclass
+class Replay:
+    """A scenario being replayed by a FakeAMI (see FakeAMI.replay). ``events`` are the
+    rewritten ``(time, event)`` pairs, ``ids`` maps each original id and channel name to its
+    rewritten one (``replay.ids["Local/s1@capx-in-00000082;2"]``), ``position`` counts the
+    events sent so far."""
+
+    fake: FakeAMI
+    events: list[tuple[float, dict[str, str]]]
+    ids: dict[str, str]
+    position: int = 0
+
+    def play(self, until: float | None = None) -> int:
+        """Sends the events not sent yet whose time is at most ``until`` (all of them by
+        default), in order; returns how many were sent."""
+        end = self.position
+        while end < len(self.events) and (until is None or self.events[end][0] <= until):
+            end += 1
+        batch = [event for _, event in self.events[self.position:end]]
+        if batch:
+            self.fake._play(batch)
+        self.position = end
+        return len(batch)
+
+    @property
+    def done(self) -> bool:
+        return self.position >= len(self.events)
+
+
+def id_mapping(events: Iterable[dict[str, str]], tag: str) -> dict[str, str]:
+    """New names for every id the events carry, so that a replay under ``tag`` is a call of
+    its own: a unique id or Linkedid ``1796434729.260`` becomes ``<tag>-1796434729.260`` (the
+    ``system-epoch.sequence`` form Asterisk gives them when a system name is set), a bridge id
+    is prefixed the same way, and a channel name gets the tag before its sequence number
+    (``Local/410@capx-agents-00000083;1`` becomes ``Local/410@capx-agents-<tag>00000083;1``),
+    so its extension is unchanged. ``tag`` must be letters and digits."""
+    if not tag.isalnum():
+        raise ValueError("a replay tag is letters and digits only")
+    mapping: dict[str, str] = {}
+    for event in events:
+        for key, value in event.items():
+            if not value or key in ("Event", "Privilege"):
+                continue
+            if key.endswith("Channel") or key == "Newname":
+                if "-" in value:
+                    head, _, tail = value.rpartition("-")
+                    mapping[value] = f"{head}-{tag}{tail}"
+            elif key.endswith(_ID_SUFFIXES) or key in _ID_KEYS:
+                mapping[value] = f"{tag}-{value}"
+    return mapping
+
+
+def rewrite_event(event: dict[str, str], mapping: dict[str, str]) -> dict[str, str]:
+    """The event with every known id or channel name in its values replaced (whole tokens
+    only, also inside other values such as a VarSet of BRIDGEPEER)."""
+    if not mapping:
+        return dict(event)
+    pattern = _token_pattern(tuple(sorted(mapping, key=len, reverse=True)))
+    return {key: value if key in ("Event", "Privilege") else pattern.sub(lambda m: mapping[m.group(0)], value)
+            for key, value in event.items()}
+
+
+def rewrite_ids(events: Iterable[tuple[float, dict[str, str]]], tag: str) -> list[tuple[float, dict[str, str]]]:
+    """``(time, event)`` pairs with their ids rewritten under ``tag`` (see id_mapping)."""
+    timed = list(events)
+    mapping = id_mapping([event for _, event in timed], tag)
+    return [(at, rewrite_event(event, mapping)) for at, event in timed]
+
+
+_patterns: dict[tuple[str, ...], re.Pattern] = {}
+
+
+def _token_pattern(tokens: tuple[str, ...]) -> re.Pattern:
+    pattern = _patterns.get(tokens)
+    if pattern is None:
+        alternatives = "|".join(re.escape(token) for token in tokens)
+        pattern = _patterns[tokens] = re.compile(rf"(?<![\w.])(?:{alternatives})(?![\w.])")
+        if len(_patterns) > 64:
+            _patterns.pop(next(iter(_patterns)))
+    return pattern
 
 
 def _with_id(pairs: Pairs, aid: str | None) -> Pairs:
