@@ -110,6 +110,9 @@ class CallDirectory(Protocol):
         """``(unique id, channel name)`` of the anchor of the call ``unique_id`` is on; None
         when the call is not known."""
 
+    def call_of(self, unique_id: str) -> str | None:
+        """The Linkedid of the call ``unique_id`` is on; None when the channel is not known."""
+
     def channel(self, unique_id: str, name: str) -> Channel: ...
 
 
@@ -334,7 +337,24 @@ class RecordingService:
             active = await self._find_active(request.unique_id, ask=False)
             if active is not None:
                 return await self._already(request.unique_id, active, tag)
+            on_call = await self._recorded_call(request.unique_id)
+            if on_call is not None:
+                return await self._already(*on_call, tag)
             return await self._start_new(request, channel, agent, tag)
+
+    async def _recorded_call(self, unique_id: str) -> tuple[str, ActiveLeg] | None:
+        """The active leg of the call ``unique_id`` is on, when the calls are followed and it
+        runs on another channel (the CRM names the agent of a call whose caller is recorded):
+        the call is recorded already. None when it is not, or the database cannot say (a
+        recording started twice beats none)."""
+        anchor = self.calls.anchor_of(unique_id) if self.calls is not None else None
+        if anchor is None or anchor[0] == unique_id:
+            return None
+        try:
+            active = await self._find_active(anchor[0])
+        except StorageUnavailable:
+            return None
+        return None if active is None else (anchor[0], active)
 
     async def _already(self, unique_id: str, active: ActiveLeg, tag: str | None) -> StartOutcome:
         deferred = False
@@ -361,6 +381,7 @@ class RecordingService:
             id=leg_id, unique_id=request.unique_id, leg=number, channel=request.channel, extension=extension,
             file=file, mixmonitor_id=None, tag=tag, agent=agent[0], agent_login=agent[1], source=request.source,
             state="recording", started_at=started,
+            linkedid=self.calls.call_of(request.unique_id) if self.calls is not None else None,
         )
         # NOTE: held: once MixMonitor has been asked for, its leg is settled even if the
         # session's deadline comes meanwhile (each reply keeps its own deadline).

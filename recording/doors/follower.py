@@ -58,6 +58,10 @@ class Follower:
             return None
         return anchor.uniqueid, anchor.name
 
+    def call_of(self, unique_id: str) -> str | None:
+        channel = self.tracker.model.channels.get(unique_id)
+        return channel.linkedid if channel is not None else None
+
     def channel(self, unique_id: str, name: str) -> AMIChannel:
         return AMIChannel(self.manager.client, LiveChannel(name, unique_id))
 
@@ -133,6 +137,26 @@ class Follower:
             elif isinstance(transition, CallEnded):
                 await self._hung_up(transition.anchor_uniqueid)
 
+    def _orphans(self, active, live: set, changed: set, at: float) -> list:
+        """For each call still going whose recording ran on a channel that is gone now (an
+        agent's channel a request recorded, which hung up at a transfer nobody heard), the part
+        change that gives the part in progress a leg of its own from now."""
+        out = []
+        for leg in active:
+            call = self.tracker.model.calls.get(leg.linkedid or "")
+            if leg.unique_id in live or call is None or call.linkedid in changed or call.part is None:
+                continue
+            anchor = self.tracker.model.channels.get(call.anchor or "")
+            if anchor is None:
+                continue
+            part = call.part
+            out.append(PartEnded(call.linkedid, part.seq, anchor.uniqueid, anchor.name, leg.unique_id, leg.channel,
+                                 leg.extension or None, "left", at))
+            out.append(PartBegan(call.linkedid, part.seq, anchor.uniqueid, anchor.name, part.peer_uniqueid,
+                                 part.peer_channel, part.extension, "seen", at))
+            changed.add(call.linkedid)
+        return out
+
     async def _hung_up(self, unique_id: str) -> None:
         """A recorded channel hung up: its leg ends (decided by the database: of several
         processes that hear it, one writes the end)."""
@@ -165,6 +189,7 @@ class Follower:
         self.tracker, changed = rebuild(listed, at=at, parts=parts)
         live = {item.get("Uniqueid") for item in listed}
         self.recorded = {leg.unique_id for leg in active if leg.unique_id in live}
-        await self._act(changed)
+        taken = {t.call for t in changed if isinstance(t, PartEnded)}
+        await self._act(changed + self._orphans(active, live, taken, at))
         log.info("following %d calls (%d channels with a recording) after connecting to Asterisk",
                  len(self.tracker.model.calls), len(self.recorded))

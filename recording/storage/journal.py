@@ -57,7 +57,7 @@ def encode(write: NewLeg | TagUpdate | LegChange) -> dict:
         return entry | {"kind": "change", "at": write.at.isoformat()}
     entry = {k: getattr(write, k) for k in (
         "id", "unique_id", "leg", "channel", "extension", "file", "mixmonitor_id", "tag", "agent_login",
-        "source", "state",
+        "source", "state", "linkedid", "part", "follows",
     )}
     entry["kind"] = "leg"
     entry["agent"] = None if write.agent is None else {"id": write.agent.id, "login": write.agent.login}
@@ -72,7 +72,7 @@ def decode(entry: dict) -> NewLeg | TagUpdate | LegChange:
     if entry["kind"] == "change":
         fields = {k: v for k, v in entry.items() if k not in ("kind", "at", "rejected")}
         return LegChange(**fields, at=datetime.fromisoformat(entry["at"]))
-    fields = {k: v for k, v in entry.items() if k not in ("kind", "agent", "started_at", "ended_at")}
+    fields = {k: v for k, v in entry.items() if k not in ("kind", "agent", "started_at", "ended_at", "rejected")}
     agent = entry.get("agent")
     return NewLeg(
         **fields,

@@ -149,8 +149,10 @@ class RecordingLeg(Base):
     __tablename__ = "recording_legs"
     __table_args__ = (
         UniqueConstraint("call_record_id", "leg"),
-        # A part of a followed call is recorded once, whichever process heard it first.
-        UniqueConstraint("linkedid", "part"),
+        # A part of a followed call is recorded once, and a leg taken over once, whichever
+        # process heard the change first (unique indexes: migration 0008 adds them in place).
+        Index("uq_recording_legs_linkedid_part", "linkedid", "part", unique=True),
+        Index("uq_recording_legs_follows", "follows", unique=True),
         CheckConstraint(_one_of("ownership", OWNERSHIP_RULES), name="ownership_rule"),
         CheckConstraint(_one_of("state", LEG_STATES), name="state"),
         CheckConstraint("(ownership = 'DEFAULT') = (owner_id IS NULL)", name="owner_matches_rule"),
@@ -194,7 +196,7 @@ class RecordingLeg(Base):
     # the database decides which process starts the next part's recording).
     linkedid: Mapped[str | None] = mapped_column(String(150), index=True)
     part: Mapped[int | None] = mapped_column(Integer)
-    follows: Mapped[str | None] = mapped_column(String(32), unique=True)
+    follows: Mapped[str | None] = mapped_column(String(32))
     # The file once complete (the leg ended and the file stopped changing).
     file_size: Mapped[int | None] = mapped_column(BigInteger)
     file_sha256: Mapped[str | None] = mapped_column(String(64))

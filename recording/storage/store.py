@@ -589,7 +589,7 @@ class Store:
                   ) -> tuple[LegView, CommitResult] | None:
         """The next part of a followed call, as the database decides it: in one transaction
         the call's active leg (on one of the unique ids ``channels``: its anchor, or the agent's
-        channel a request recorded) is ended by ``cause`` at ``leg``'s start, and ``leg`` is
+        channel a request recorded; or of the call ``leg.linkedid``) is ended by ``cause`` at ``leg``'s start, and ``leg`` is
         written as taking over from it (``leg.part`` the part it records: an active leg of that
         part or a later one means another process recorded the change), with its tag, paused (method ``restart``: nothing
         records until a resume) when that leg was paused. Returns the leg taken over from (as
@@ -599,8 +599,11 @@ class Store:
         names the pause the new leg starts with."""
         at = leg.started_at
         with self._write() as conn:
+            mine = _legs.c.unique_id.in_(channels)
+            if leg.linkedid:
+                mine = or_(mine, _legs.c.linkedid == leg.linkedid)
             rows = conn.execute(
-                self._leg_query().where(_legs.c.unique_id.in_(channels), _legs.c.state.in_(ACTIVE_STATES))
+                self._leg_query().where(mine, _legs.c.state.in_(ACTIVE_STATES))
                 .order_by(_legs.c.started_at.desc()).limit(1)
             )
             views = self._views(conn, rows)

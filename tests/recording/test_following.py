@@ -191,3 +191,71 @@ def test_two_processes_on_one_database_record_each_part_once(store, settings, fa
     assert taken == 2
     anchor = legs[1].channel
     assert started_on(fake_ami, anchor) == [legs[1].file, legs[2].file]
+
+
+def test_a_service_restarted_mid_call_picks_the_call_up_from_what_asterisk_lists(store, settings, fake_ami, agents,
+                                                                               tmp_path):
+    configured = settings.with_(http_listen="127.0.0.1:0", ami_url=fake_ami.url, ami_timeout=1.0)
+    replay = fake_ami.replay(transfer_events("1"))
+    with RunningService(configured) as first:
+        first.run(first.app.manager.client.wait_connected(5))
+        replay.play(until=1.0)
+        follow(first, fake_ami)
+        assert HTTPClient(first.app.http_port).post(START, extenOrUniqueId="410", apiKey=API_KEY,
+                                                    tag="restart").status == 200
+    # The transfer to 411 happens while no service runs: nobody hears it.
+    replay.play(until=10.0)
+    with RunningService(configured) as second:
+        second.run(second.app.manager.client.wait_connected(5))
+        follow(second, fake_ami)
+        during = store.find_legs(tag="restart")
+        replay.play()
+        follow(second, fake_ami)
+
+    assert [(v.owner, v.state, v.ended_by) for v in during] == [("fred", "ended", "left"), ("ann", "recording", None)]
+    legs = settled(store, "restart", 2)
+    anchor = legs[1].channel
+    assert legs[1].follows == legs[0].id and legs[1].ended_by == "hangup"
+    assert started_on(fake_ami, anchor) == [legs[1].file]
+
+
+def test_an_attended_transfer_leaves_the_consultation_out(ami_service, fake_ami, store, agents):
+    """410 puts the caller on hold, consults 411, then hangs up (capture 3): the caller's wait
+    alone is a part of its own (no agent), and 410's talk with 411 is recorded nowhere."""
+    replay = fake_ami.replay(transfer_events("3"))
+    replay.play(until=1.0)
+    follow(ami_service, fake_ami)
+    http = HTTPClient(ami_service.app.http_port)
+    assert http.post(START, extenOrUniqueId="410", apiKey=API_KEY, tag="atxfer").status == 200
+    replay.play(until=8.0)
+    follow(ami_service, fake_ami)
+    # While 410 consults 411: 410's recording was stopped when it left the caller.
+    first = store.find_legs(tag="atxfer")[0]
+    stopped = [action["MixMonitorID"] for action in fake_ami.received("StopMixMonitor")]
+    a1 = next(c for c in fake_ami.channels.values() if c.name == first.channel)
+    assert stopped == [m.id for m in a1.mixmonitors] and not any(m.running for m in a1.mixmonitors)
+    replay.play(until=20.0)
+    follow(ami_service, fake_ami)
+    replay.play()
+    follow(ami_service, fake_ami)
+
+    legs = settled(store, "atxfer", 3)
+    assert [(v.owner, v.ended_by) for v in legs] == [("fred", "hold"), (None, "transfer"), ("ann", "hangup")]
+
+
+def test_a_start_on_another_channel_of_a_recorded_call_is_already_recording(ami_service, fake_ami, store, agents):
+    replay = fake_ami.replay(transfer_events("1"))
+    replay.play(until=1.0)
+    follow(ami_service, fake_ami)
+    http = HTTPClient(ami_service.app.http_port)
+    assert http.post(START, extenOrUniqueId="410", apiKey=API_KEY, tag="once").status == 200
+    replay.play(until=10.0)
+    follow(ami_service, fake_ami)
+    current = store.find_legs(tag="once")[-1]
+
+    again = http.post(START, extenOrUniqueId="411", apiKey=API_KEY, tag="once-more")
+
+    assert again.status == 200 and again.json["status"] == "ALREADY_RECORDING"
+    assert again.json["recordingId"] == current.id and current.owner == "ann"
+    assert not any(action["Channel"].startswith("Local/411@") for action in fake_ami.received("MixMonitor"))
+    assert store.find_legs(tag="once-more")[-1].id == current.id

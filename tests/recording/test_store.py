@@ -193,7 +193,7 @@ def test_migration_0003_adds_the_failed_state_and_takes_it_back(empty_database_u
     store = Store(empty_database_url)
     try:
         store.upgrade("0002")
-        store.commit([leg(unique_id="1.1")])
+        _leg_by_hand(store, "1.1", state="recording")
         store.upgrade()
         failed = replace(leg(unique_id="1.2"), state="failed", ended_at=NOW)
         (result,) = store.commit([failed])
@@ -217,8 +217,7 @@ def test_migration_0004_adds_digest_hold_and_purge_and_takes_them_back(empty_dat
     store = Store(empty_database_url)
     try:
         store.upgrade("0003")
-        kept = replace(leg(unique_id="1.1"), state="ended", ended_at=NOW)
-        store.commit([kept])
+        kept = _leg_by_hand(store, "1.1", state="ended")
         store.upgrade()
         assert store.schema_revision() == store.head_revision()
         (view,) = store.find_legs(unique_id="1.1")
@@ -321,5 +320,37 @@ def test_migrations_keep_every_pause(empty_database_url):
         store.downgrade("0003")
         with store.engine.connect() as conn:
             assert conn.scalar(text("SELECT count(*) FROM recording_pauses")) == 1
+    finally:
+        store.close()
+
+
+def test_migration_0008_adds_the_followed_calls_columns_in_place_and_takes_them_back(empty_database_url):
+    store = Store(empty_database_url)
+    try:
+        store.upgrade("0005")
+        _paused_leg_by_hand(store)
+        store.upgrade("0008")
+        with store.engine.connect() as conn:
+            columns = {c["name"] for c in inspect(conn).get_columns("recording_legs")}
+            indexes = {i["name"]: i["unique"] for i in inspect(conn).get_indexes("recording_legs")}
+        assert {"linkedid", "part", "follows"} <= columns
+        assert indexes["uq_recording_legs_linkedid_part"] and indexes["uq_recording_legs_follows"]
+        # A part of a call is recorded once: a second leg of (call, part) is refused.
+        with store.engine.begin() as conn:
+            conn.execute(text("UPDATE recording_legs SET linkedid = 'L', part = 2, follows = 'x' WHERE id = 'a'"))
+        with pytest.raises(IntegrityError):
+            with store.engine.begin() as conn:
+                conn.execute(text(
+                    "INSERT INTO recording_legs (id, call_record_id, leg, unique_id, channel, extension, file,"
+                    " ownership, source, state, started_at, linkedid, part) SELECT 'b', call_record_id, 2, unique_id,"
+                    " channel, extension, '/m/b.wav', ownership, 'follow', 'ended', started_at, 'L', 2"
+                    " FROM recording_legs WHERE id = 'a'"))
+        store.downgrade("0005")
+        with store.engine.connect() as conn:
+            columns = {c["name"] for c in inspect(conn).get_columns("recording_legs")}
+            pauses = conn.scalar(text("SELECT count(*) FROM recording_pauses"))
+        assert not {"linkedid", "part", "follows"} & columns and pauses == 1
+        store.upgrade()
+        assert store.schema_revision() == store.head_revision()
     finally:
         store.close()
