@@ -45,3 +45,18 @@ def test_serve_freezes_its_heap_once_started(tmp_path):
     assert call.status == "STARTED" and code == 0, err
     frozen = re.search(r"started: (\d+) objects frozen out of the garbage collector's full collections", err)
     assert frozen and int(frozen.group(1)) > 10_000, err
+
+
+def test_the_legs_remembered_are_not_walked_by_the_collector(service, asterisk, store):
+    from collections import OrderedDict
+
+    call = asterisk.call(f"recording/start?tag=gc&apiKey={API_KEY}")
+    assert call.status == "STARTED"
+    remembered = service.app.service.active(call.uniqueid)
+    (leg,) = store.find_legs(unique_id=call.uniqueid)
+    assert (remembered.leg_id, remembered.file, remembered.tag) == (leg.id, leg.file, "gc")
+
+    kept = OrderedDict.get(service.app.service._active, call.uniqueid)
+    gc.collect()
+    # Kept as a plain tuple of strings, numbers and None, which a collection stops tracking.
+    assert isinstance(kept, tuple) and not gc.is_tracked(kept)
