@@ -13,12 +13,20 @@ from tests.recording.conftest import API_KEY
 from tests.recording.test_lifecycle import only_leg
 from tests.recording.test_store import leg as new_leg
 from tests.service_runner import RunningService
+from tests.waiting import wait_until
 
 CHANNEL = "PJSIP/410-00000031"
 
 
+def settled(running) -> None:
+    """Waits for the sweeps the service runs by itself (one at the start, one when the manager
+    connects), so that the test's own sweeps are the only ones that can list channels."""
+    wait_until(lambda: running.app.sweeper.sweeps >= 2, 5, "the sweeps of the start and of the connection")
+
+
 def test_with_no_leg_recording_in_the_database_no_channel_is_listed(ami_service, fake_ami, store):
     fake_ami.add_channel(CHANNEL)
+    settled(ami_service)
 
     assert ami_service.run(ami_service.app.sweeper.sweep()) == 0
 
@@ -38,6 +46,7 @@ def test_a_leg_another_process_records_is_checked_against_the_channels(ami_servi
                                                                         tmp_path):
     # The other process: no manager connection, a journal of its own, the same database.
     other = settings.with_(journal_dir=str(tmp_path / "journal-other"))
+    settled(ami_service)
     with RunningService(other) as elsewhere:
         channel = fake_ami.add_channel(CHANNEL)
         call = FakeAsterisk(elsewhere.port).call(f"recording/start?apiKey={API_KEY}&tag=W", channel=CHANNEL,
