@@ -211,7 +211,7 @@ def format_stalls(rounds: list[Row], probes: dict) -> str:
                      f"{s['full_gc'][1]} ms); periodic work: {tasks}")
         events = stallprobe.load(str(probes[r.server])) if r.server in probes else []
         for ms, at, seq in r.slowest[:3]:
-            found = stallprobe.overlapping(events, at, at + ms / 1000)
+            found = stallprobe.overlapping(events, at, at + ms / 1000, limit=3)
             lines.append(f"    slow session {seq}: {ms} ms; {'; '.join(found) or 'no stall or collection overlapped it'}")
     return "\n".join(lines)
 

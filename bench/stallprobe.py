@@ -278,17 +278,24 @@ def summarize(path: str, start: float, end: float, over_ms: float = 10.0) -> dic
             "by_cause": by_cause, "full_gc": [len(full), max(full, default=0.0)], "tasks": tasks}
 
 
-def overlapping(events: list[dict], start: float, end: float) -> list[str]:
+def overlapping(events: list[dict], start: float, end: float, limit: int | None = None) -> list[str]:
+    """What overlapped [start, end]: collections, loop stalls (with their cause) and periodic
+    work, the longest first; past ``limit`` items, one more saying how many were left out."""
     found = []
     for e in events:
         if e["kind"] in ("gc", "task", "beat") and e["start"] <= end and e["end"] >= start - 0.001:
             if e["kind"] == "gc":
-                found.append(f"gc generation {e['gen']} {e['ms']} ms")
+                found.append((e["ms"], f"gc generation {e['gen']} {e['ms']} ms"))
             elif e["kind"] == "beat":
-                found.append(f"loop stall {e['late_ms']} ms: {cause(e, events)}")
+                found.append((e["late_ms"], f"loop stall {e['late_ms']} ms: {cause(e, events)}"))
             else:
-                found.append(f"{e['name']} {1000 * (e['end'] - e['start']):.1f} ms on {e['thread']}")
-    return found
+                ms = 1000 * (e["end"] - e["start"])
+                found.append((ms, f"{e['name']} {ms:.1f} ms on {e['thread']}"))
+    found.sort(key=lambda item: -item[0])
+    shown = [text for _, text in found[:limit]]
+    if limit is not None and len(found) > limit:
+        shown.append(f"{len(found) - limit} more, shorter")
+    return shown
 
 
 def report(path: str, over_ms: float, sessions: list[str]) -> None:
