@@ -40,6 +40,7 @@ from .storage.persist import Persister
 from .storage.reads import Reads
 from .service import ActiveLeg, RecordingService
 from .storage.store import Store, redact_url
+from .doors.follower import Follower
 from .doors.sweeper import Sweeper
 
 log = logging.getLogger("recording.app")
@@ -141,6 +142,10 @@ class Application:
             settings, self.directory, self.persister, self.store, executor=self.executor, muter=self.manager,
             reads=self.reads,
         )
+        # Every AMI event, in order: the calls followed through transfers and queues, and the
+        # end of a recorded channel's leg at its Hangup.
+        self.follower = Follower(self.service, self.manager) if self.manager is not None else None
+        self.service.calls = self.follower
         self.sweeper = Sweeper(
             self.service, self.manager, interval=settings.sweep_interval, max_age=settings.max_leg_age
         )
@@ -193,7 +198,9 @@ class Application:
             await self.persister.stop()
             raise
         if self.manager is not None:
-            self.manager.client.subscribe(self._on_event)
+            # NOTE: the follower hears every event from the first login on (and reads the calls
+            # again at each login), before the sweeper's wake-up.
+            self.follower.start()
             self.manager.client.on_connect(self.sweeper.wake)
             await self.manager.client.start()
         self.sweeper.start()
@@ -348,15 +355,6 @@ class Application:
         if self.freezes_heap:
             log.info("%s: %d objects frozen out of the garbage collector's full collections", when, heap.freeze())
 
-    def _on_event(self, event: dict) -> None:
-        # NOTE: Asterisk sends a Hangup for every channel; only ours are worth a look.
-        if event.get("Event") == "Hangup" and self.service.active(event.get("Uniqueid", "")):
-            task = asyncio.create_task(
-                self.service.channel_gone(event["Uniqueid"], by="hangup", known_only=True)
-            )
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.shutdown_grace if grace is None else grace
         if self._publisher is not None:
@@ -377,6 +375,8 @@ class Application:
         await self.aftercall.stop()
         if self._background:
             await asyncio.wait(self._background, timeout=grace)
+        if self.follower is not None:
+            await self.follower.stop()
         if self.manager is not None:
             await self.manager.client.stop()
         await self.directory.stop()

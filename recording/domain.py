@@ -140,6 +140,13 @@ class NewLeg:
     started_at: datetime
     ended_at: datetime | None = None
     agent_login: str | None = None
+    # A leg of a call followed through a transfer or a queue: the call (Asterisk's Linkedid), the
+    # part of the call it records (numbered by the call tracker, the same in every process that
+    # heard the call's events), and the leg it took over from (see Store.take_over). None for a
+    # leg a request started.
+    linkedid: str | None = None
+    part: int | None = None
+    follows: str | None = None
 
 
 @dataclass(slots=True)
@@ -218,6 +225,10 @@ class LegView:
     purge_reason: str | None = None
     purged_at: datetime | None = None
     state_before_purge: str | None = None
+    # A leg of a followed call: its Linkedid, its part and the leg it took over from (see NewLeg).
+    linkedid: str | None = None
+    part: int | None = None
+    follows: str | None = None
 
     @property
     def held(self) -> bool:
@@ -278,6 +289,9 @@ class LegView:
             "purgeStarted": _iso(self.purge_started_at),
             "purgedAt": _iso(self.purged_at),
             "purgeReason": self.purge_reason,
+            "linkedid": self.linkedid,
+            "part": self.part,
+            "follows": self.follows,
         }
 
 

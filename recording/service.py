@@ -117,6 +117,17 @@ class Muter(Protocol):
     async def mute(self, channel: str, mixmonitor_id: str, state: bool) -> None: ...
 
 
+class CallDirectory(Protocol):
+    """The calls as AMI tells them (doors/follower.py): the anchor of a channel's call (the
+    caller's channel, where a followed call's recordings run), and a live channel to act on."""
+
+    def anchor_of(self, unique_id: str) -> tuple[str, str] | None:
+        """``(unique id, channel name)`` of the anchor of the call ``unique_id`` is on; None
+        when the call is not known."""
+
+    def channel(self, unique_id: str, name: str) -> Channel: ...
+
+
 class _CallTurn:
     """``async with``: holds the call's lock, made when first needed and dropped when no one
     holds or waits for it (a class, not an asynccontextmanager: this runs for every session)."""
@@ -172,6 +183,7 @@ class RecordingService:
         executor: Executor | None = None,
         muter: Muter | None = None,
         reads: Reads | None = None,
+        calls: "CallDirectory | None" = None,
     ):
         self.settings = settings
         self.directory = directory
@@ -181,6 +193,9 @@ class RecordingService:
         self._executor = executor
         # The call path's reads: their own threads, each within the database budget.
         self.reads = reads or Reads(settings.database_budget)
+        # The calls followed over AMI (doors/follower.py), when there is a manager: which
+        # channel of a call its recordings run on.
+        self.calls = calls
         self._active = _ActiveLegs()
         self._last_leg: OrderedDict[str, int] = OrderedDict()
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
@@ -449,6 +464,7 @@ class RecordingService:
     async def stop(self, request: LegRequest, channel: Channel) -> LegOutcome:
         """Stops the call's active leg (its own MixMonitor, by id) and closes it as stopped.
         NOT_RECORDING when this service records nothing on that call."""
+        request, channel = await self._on_the_call(request, channel)
         async with self._call(request.unique_id):
             leg = await self._find_active(request.unique_id)
             if leg is None:
@@ -469,6 +485,7 @@ class RecordingService:
         """Pauses the call's active leg: muted over AMI when the manager is connected (the file
         keeps its timeline, silence while paused), else stopped, to be restarted appending to
         the same file. Pausing a paused leg changes nothing."""
+        request, channel = await self._on_the_call(request, channel)
         async with self._call(request.unique_id):
             leg = await self._find_active(request.unique_id)
             if leg is None:
@@ -489,6 +506,7 @@ class RecordingService:
         the file). If a muted leg cannot be unmuted because the manager is away, its muted
         MixMonitor is stopped and a new one appends instead. Resuming a recording leg changes
         nothing."""
+        request, channel = await self._on_the_call(request, channel)
         async with self._call(request.unique_id):
             leg = await self._find_active(request.unique_id)
             if leg is None:
@@ -503,6 +521,33 @@ class RecordingService:
             resumed = replace(leg, state="recording", pause_method=None, mixmonitor_id=new_id or leg.mixmonitor_id)
             self.remember(request.unique_id, leg.leg, resumed)
             return LegOutcome("RESUMED", leg.leg_id, leg.file, leg.leg, deferred)
+
+    async def _on_the_call(self, request: LegRequest, channel: Channel) -> tuple[LegRequest, Channel]:
+        """Where a stop, pause or resume acts when the calls are followed: the named channel's
+        own leg if it has one (a request recorded an agent's channel), else the leg of its
+        call, which runs on the call's anchor, whichever channel of the call was named (the
+        caller's, the old or the new agent's)."""
+        if self.calls is None:
+            return request, channel
+        anchor = self.calls.anchor_of(request.unique_id)
+        if anchor is None or anchor[0] == request.unique_id:
+            return request, channel
+        if await self._find_active(request.unique_id) is not None:
+            return request, channel
+        return replace(request, unique_id=anchor[0], channel=anchor[1]), self.calls.channel(*anchor)
+
+    def proposed_number(self, unique_id: str) -> int:
+        """The number a new leg of this unique id is written with; the database gives the
+        next free one if it is taken."""
+        return self._last_leg.get(unique_id, 0) + 1
+
+    def call_turn(self, unique_id: str) -> "_CallTurn":
+        """``async with``: one operation at a time on the legs of ``unique_id`` in this process."""
+        return self._call(unique_id)
+
+    async def settle_failed(self, leg: NewLeg) -> None:
+        """Ends a leg written as recording whose MixMonitor did not start, as failed."""
+        await self._settle(None, leg, "failed", by="mixmonitor")
 
     async def _apply(self, change: LegChange) -> bool:
         """Writes a change decided on what the database said a moment ago; True when it went to

@@ -99,6 +99,15 @@ class FakeChannel:
     def __post_init__(self) -> None:
         self.linkedid = self.linkedid or self.uniqueid
 
+    def event_fields(self) -> list[tuple[str, str]]:
+        """The channel's fields as every channel event carries them."""
+        return [("Channel", self.name), ("ChannelState", str(self.state)), ("ChannelStateDesc", self.state_desc),
+                ("CallerIDNum", self.caller_id_num), ("CallerIDName", self.caller_id_name),
+                ("ConnectedLineNum", self.connected_line_num), ("ConnectedLineName", self.connected_line_name),
+                ("Language", self.language), ("AccountCode", self.account_code), ("Context", self.context),
+                ("Exten", self.exten), ("Priority", str(self.priority)), ("Uniqueid", self.uniqueid),
+                ("Linkedid", self.linkedid)]
+
     @property
     def running(self) -> list[FakeMixMonitor]:
         return [m for m in self.mixmonitors if m.running]
@@ -514,6 +523,13 @@ class FakeAMI:
                 channel.variables[variable.group(1)] = monitor.id
         extra = [("MixMonitorID", monitor.id)] if variable and variable.group(1) else []
         self._respond(session, aid, "Success", None, extra)
+        # NOTE: then what every session with events hears (ami-events-mixmonitor-ext393): the
+        # VarSets of MIXMONITOR_FILENAME and of the i() variable, and MixMonitorStart.
+        sets = [("MIXMONITOR_FILENAME", monitor.file)] + ([(variable.group(1), monitor.id)] if extra else [])
+        for name, value in sets:
+            self._broadcast([("Event", "VarSet"), ("Privilege", "dialplan,all"), *channel.event_fields(),
+                             ("Variable", name), ("Value", value)])
+        self._broadcast([("Event", "MixMonitorStart"), ("Privilege", "call,all"), *channel.event_fields()])
 
     def _action_stopmixmonitor(self, session: _Session, message: dict[str, str], aid: str | None) -> None:
         channel = self._find_channel(session, message, aid)

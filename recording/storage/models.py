@@ -149,6 +149,8 @@ class RecordingLeg(Base):
     __tablename__ = "recording_legs"
     __table_args__ = (
         UniqueConstraint("call_record_id", "leg"),
+        # A part of a followed call is recorded once, whichever process heard it first.
+        UniqueConstraint("linkedid", "part"),
         CheckConstraint(_one_of("ownership", OWNERSHIP_RULES), name="ownership_rule"),
         CheckConstraint(_one_of("state", LEG_STATES), name="state"),
         CheckConstraint("(ownership = 'DEFAULT') = (owner_id IS NULL)", name="owner_matches_rule"),
@@ -187,6 +189,12 @@ class RecordingLeg(Base):
     # When its state last changed (a pause, resume or end; None: never since its start). A
     # change older than this is not applied over it (a journal replayed late).
     changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A leg of a followed call (one leg per part of a call through transfers and queues): the
+    # call's Linkedid, and the leg this one took over from (each leg is taken over at most once:
+    # the database decides which process starts the next part's recording).
+    linkedid: Mapped[str | None] = mapped_column(String(150), index=True)
+    part: Mapped[int | None] = mapped_column(Integer)
+    follows: Mapped[str | None] = mapped_column(String(32), unique=True)
     # The file once complete (the leg ended and the file stopped changing).
     file_size: Mapped[int | None] = mapped_column(BigInteger)
     file_sha256: Mapped[str | None] = mapped_column(String(64))

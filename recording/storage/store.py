@@ -12,6 +12,7 @@ import re
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -485,6 +486,9 @@ class Store:
             "state": leg.state,
             "started_at": leg.started_at,
             "ended_at": leg.ended_at,
+            "linkedid": leg.linkedid,
+            "part": leg.part,
+            "follows": leg.follows,
         }
 
     def leg_row(self, conn: Connection, leg: NewLeg) -> dict:
@@ -581,6 +585,64 @@ class Store:
             conn.execute(update(_pauses).where(open_pause).values(**resumed))
         return CommitResult("CHANGED", change.unique_id, leg_id=change.leg_id)
 
+    def take_over(self, channels: Sequence[str], leg: NewLeg, *, cause: str, key: str
+                  ) -> tuple[LegView, CommitResult] | None:
+        """The next part of a followed call, as the database decides it: in one transaction
+        the call's active leg (on one of the unique ids ``channels``: its anchor, or the agent's
+        channel a request recorded) is ended by ``cause`` at ``leg``'s start, and ``leg`` is
+        written as taking over from it (``leg.part`` the part it records: an active leg of that
+        part or a later one means another process recorded the change), with its tag, paused (method ``restart``: nothing
+        records until a resume) when that leg was paused. Returns the leg taken over from (as
+        it was) and the new leg's CommitResult; None when no leg is active there (the call is
+        not followed: never recorded, or a stop was asked for it) or another process took it
+        over first (its UPDATE came first: exactly one process records each part). ``key``
+        names the pause the new leg starts with."""
+        at = leg.started_at
+        with self._write() as conn:
+            rows = conn.execute(
+                self._leg_query().where(_legs.c.unique_id.in_(channels), _legs.c.state.in_(ACTIVE_STATES))
+                .order_by(_legs.c.started_at.desc()).limit(1)
+            )
+            views = self._views(conn, rows)
+            if not views:
+                return None
+            before = views[0]
+            if before.part is not None and leg.part is not None and before.part >= leg.part:
+                return None  # this part (or a later one) is recorded already
+            ended = conn.execute(
+                update(_legs).where(_legs.c.id == before.id, _legs.c.state.in_(ACTIVE_STATES))
+                .values(state="ended", ended_at=at, ended_by=cause[:128], changed_at=at, seen_at=at)
+            ).rowcount
+            if ended != 1:
+                return None
+            conn.execute(update(_pauses).where(_pauses.c.leg_id == before.id, _pauses.c.resumed_at.is_(None))
+                         .values(resumed_at=at, resumed_by=cause[:128]))
+            paused = before.state == "paused"
+            leg = replace(leg, follows=before.id, tag=leg.tag or before.external_reference or before.tag,
+                          state="paused" if paused else leg.state)
+            (result,) = self._commit(conn, [leg], replay=False)
+            if paused and result.status == "STARTED":
+                conn.execute(_pauses.insert().values(leg_id=leg.id, paused_at=at, method="restart",
+                                                     paused_by=cause[:128], pause_key=key))
+            return before, result
+
+    def last_parts(self, linkedids: Sequence[str]) -> dict[str, tuple[int, str | None]]:
+        """For each of these calls that has a followed leg, the part of its newest one and that
+        part's agent extension (None: no agent): where a process that starts in the middle of
+        the calls goes on numbering them (calls.rebuild)."""
+        if not linkedids:
+            return {}
+        found: dict[str, tuple[int, str | None]] = {}
+        with self._read() as conn:
+            for start in range(0, len(linkedids), 500):
+                chunk = list(linkedids)[start:start + 500]
+                rows = conn.execute(select(_legs.c.linkedid, _legs.c.part, _legs.c.extension)
+                                    .where(_legs.c.linkedid.in_(chunk), _legs.c.part.is_not(None)))
+                for linkedid, part, extension in rows:
+                    if linkedid not in found or part > found[linkedid][0]:
+                        found[linkedid] = (part, extension or None)
+        return found
+
     def touch(self, leg_ids: Sequence[str], at: datetime) -> None:
         """Notes that these legs' channels were seen alive at ``at``."""
         if leg_ids:
@@ -618,7 +680,8 @@ class Store:
                 file_size=row.file_size, file_sha256=row.file_sha256, hashed_at=row.hashed_at,
                 held_at=row.held_at, held_by=row.held_by, hold_reason=row.hold_reason,
                 purge_started_at=row.purge_started_at, purge_reason=row.purge_reason, purged_at=row.purged_at,
-                state_before_purge=row.state_before_purge,
+                state_before_purge=row.state_before_purge, linkedid=row.linkedid, part=row.part,
+                follows=row.follows,
             )
             for row in rows
         ]
