@@ -18,6 +18,8 @@ import pytest
 
 from tests.real_asterisk import build
 from tests.real_asterisk.pbx import Asterisk
+from tests.real_asterisk.service import Serve, prepare_database
+from tests.recording.conftest import BACKENDS, _drop_postgres_database, _fresh_database
 
 BINARY_ENV = "RECORDING_TEST_ASTERISK"
 SAMPLE = Path(__file__).resolve().parents[2] / "extensions.conf.sample"
@@ -60,3 +62,28 @@ def pbx(tmp_path_factory) -> Asterisk:
         yield asterisk
     finally:
         asterisk.stop()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def database(request, pbx, tmp_path_factory):
+    url, name = _fresh_database(request.param, tmp_path_factory.mktemp("db"))
+    prepare_database(url)
+    yield url
+    if name:
+        _drop_postgres_database(name)
+
+
+@pytest.fixture(scope="module")
+def with_ami(pbx, database, tmp_path_factory):
+    """The service with FastAGI, the HTTP API and AMI."""
+    service = Serve(database, tmp_path_factory.mktemp("serve-ami"), pbx)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="module")
+def without_ami(pbx, database, tmp_path_factory):
+    """The service with FastAGI only: no AMI, no HTTP API (pause stops MixMonitor, resume appends)."""
+    service = Serve(database, tmp_path_factory.mktemp("serve-plain"), pbx, ami=False, http=False)
+    yield service
+    service.stop()

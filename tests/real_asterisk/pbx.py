@@ -90,11 +90,18 @@ class Asterisk:
         self.ami_port = free_port()
         self.ami_user = "harness"
         self.ami_secret = secrets.token_hex(8)
+        # The service under test logs in as a user of its own.
+        self.service_secret = secrets.token_hex(8)
         self.process: subprocess.Popen | None = None
         self.ami: Manager | None = None
         self._owns_folder = folder is None
         # Files #included into extensions.conf at the start: {file name: its text}.
         self.includes = dict(includes or {})
+
+    @property
+    def service_ami_url(self) -> str:
+        """RECORDING_AMI_URL for the service under test."""
+        return f"ami://recording:{self.service_secret}@127.0.0.1:{self.ami_port}"
 
     # -- life ------------------------------------------------------------------------------
 
@@ -118,6 +125,8 @@ class Asterisk:
             "manager.conf": f"[general]\nenabled = yes\nport = {self.ami_port}\nbindaddr = 127.0.0.1\n"
                             "displayconnects = no\n\n"
                             f"[{self.ami_user}]\nsecret = {self.ami_secret}\nread = all\nwrite = all\n"
+                            "deny = 0.0.0.0/0.0.0.0\npermit = 127.0.0.1/255.255.255.255\n\n"
+                            f"[recording]\nsecret = {self.service_secret}\nread = all\nwrite = all\n"
                             "deny = 0.0.0.0/0.0.0.0\npermit = 127.0.0.1/255.255.255.255\n",
             "modules.conf": "[modules]\nautoload = yes\n" + "".join(f"noload => {m}.so\n" for m in NOLOAD),
             "extensions.conf": "[general]\nstatic = yes\nwriteprotect = yes\n\n[globals]\n\n[default]\n\n"
