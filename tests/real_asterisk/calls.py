@@ -88,7 +88,7 @@ def start_url(service: Serve, query: str = "", route: str = "recording/start") -
 
 def call(pbx: Asterisk, service: Serve, steps: list[str], *, key_variable: bool = True) -> Call:
     """Places a call whose PBX leg runs ``steps`` (dialplan lines; ``{report:NAME}`` becomes a
-    report labelled ``<context>:NAME``). As extensions.conf.sample has it, the PBX leg has
+    report labelled ``<context>:NAME``, and ``{context}`` in a line the call's context). As extensions.conf.sample has it, the PBX leg has
     RECORDING_AGI pointing at ``service``, the apiKey in RECORDING_API_KEY (unless not
     ``key_variable``: then the sample's placeholder in [globals] is what the service reads),
     and the pause/resume/stop keys enabled."""
@@ -98,7 +98,7 @@ def call(pbx: Asterisk, service: Serve, steps: list[str], *, key_variable: bool 
         lines.append(f"Set(RECORDING_API_KEY={API_KEY})")
     for step in steps:
         label = re.fullmatch(r"\{report:(.+)\}", step)
-        lines.append(report(f"{context}:{label.group(1)}") if label else step)
+        lines.append(report(f"{context}:{label.group(1)}") if label else step.replace("{context}", context))
     lines.append("Hangup()")
     pbx.add_dialplan(context, "s", lines)
     mark = pbx.ami.mark()
