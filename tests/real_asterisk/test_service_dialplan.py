@@ -5,7 +5,9 @@ database holds. On SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import re
 from pathlib import Path
 
 from recording.domain import mixmonitor_variable
@@ -97,6 +99,10 @@ def test_denied_and_invalid_start_nothing(pbx, with_ami):
     assert all(s.error and not s.id and s.agi == "SUCCESS" for s in seen.values()), seen
     assert not any(running.values())
     assert not any(with_ami.legs(unique_id=c.uniqueid) for c in calls.values())
+    # Each sentence (quotes, commas, parentheses: all escaped for MSet) reached the dialplan whole.
+    for name, c in calls.items():
+        logged = with_ami.wait_log(rf"recording/start {re.escape(c.uniqueid)} status=\S+ leg=- \S+ error=(.*)$")
+        assert seen[name].error == ast.literal_eval(logged.group(1)), name
 
 
 def test_pause_resume_and_stop_with_ami_mute_the_recording_and_close_it(pbx, with_ami):
