@@ -417,10 +417,10 @@ class AMIClient:
         """Mutes (``state`` True) or unmutes a MixMonitor's ``read``, ``write`` or ``both``
         directions.
 
-        NOTE: app_mixmonitor.c's MixMonitorMute reads only Channel, Direction and State, and
-        mutes the first MixMonitor it finds on the channel. MixMonitorID is sent as well (AMI
-        ignores headers an action does not read) so that an Asterisk that honours it mutes
-        exactly this one. AMIError ``No such channel`` or ``Cannot set mute flag``.
+        NOTE: Asterisk 22's MixMonitorMute reads a MixMonitorID header (its documentation does
+        not list it): with one it mutes exactly that MixMonitor, without one every MixMonitor of
+        the channel (tests/real_asterisk/test_asterisk_facts.py). AMIError ``No such channel``,
+        or ``Cannot set mute flag`` when no MixMonitor with that id runs there.
         """
         if direction not in MUTE_DIRECTIONS:
             raise ValueError(f"direction must be one of {', '.join(MUTE_DIRECTIONS)}, not {direction!r}")
