@@ -28,30 +28,48 @@ HOW = (f"no real Asterisk: set {BINARY_ENV}=<asterisk binary> or {build.SOURCE_E
        "or put the source at ../shared/asterisk/src/ beside the checkout")
 
 
+HERE = Path(__file__).parent
+
+
 def pytest_collection_modifyitems(items):
-    here = Path(__file__).parent
     for item in items:
-        if here in Path(str(item.fspath)).parents:
+        if HERE in Path(str(item.fspath)).parents:
             item.add_marker(pytest.mark.real_asterisk)
+
+
+def pytest_runtest_setup(item):
+    # NOTE: skipped here rather than in the fixture, so that every test of the part is
+    # skipped at this one location and `-ra` shows one line (a fixture's skip is reported at
+    # each test's own line).
+    if HERE in Path(str(item.fspath)).parents and not asterisk_at_hand():
+        raise pytest.skip.Exception(HOW)
+
+
+def asterisk_at_hand() -> bool:
+    """Whether an Asterisk binary or its source is given or found (without building it)."""
+    given = os.environ.get(BINARY_ENV, "").strip()
+    if given:
+        return given.lower() != "off"
+    source = build.configured_source()
+    return source is not None and source.is_file()
 
 
 def asterisk_binary() -> Path | None:
     """The Asterisk to run (building it first when only its source is given), or None."""
-    given = os.environ.get(BINARY_ENV, "").strip()
-    if given.lower() == "off":
+    if not asterisk_at_hand():
         return None
+    given = os.environ.get(BINARY_ENV, "").strip()
     if given:
         return Path(given).expanduser()
-    source = build.configured_source()
-    if source is None or not source.is_file():
-        return None
-    return build.ensure_built(source)
+    return build.ensure_built(build.configured_source())
 
 
 @pytest.fixture(scope="session")
-def pbx(tmp_path_factory) -> Asterisk:
+def pbx(request, tmp_path_factory) -> Asterisk:
     """The session's Asterisk, started once; every test adds its own contexts to it."""
-    binary = asterisk_binary()
+    # NOTE: a first build takes minutes: its progress goes to the terminal, not to the capture.
+    with request.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+        binary = asterisk_binary()
     if binary is None:
         pytest.skip(HOW)
     if not binary.is_file():

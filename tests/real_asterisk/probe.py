@@ -17,11 +17,11 @@ class ProbeSession:
         self.file = sock.makefile("rb")
         self.env: dict[str, str] = {}
         self.hung_up = False
-        while (line := self._line()) != "":
+        while (line := self.read_line()) != "":
             key, _, value = line.partition(":")
             self.env[key] = value.strip()
 
-    def _line(self) -> str:
+    def read_line(self) -> str:
         raw = self.file.readline()
         if not raw:
             raise ConnectionError("Asterisk closed the FastAGI connection")
@@ -32,13 +32,13 @@ class ProbeSession:
         with newlines). An unprompted ``HANGUP`` before it is noted in :attr:`hung_up`."""
         self.sock.sendall(command.encode() + b"\n")
         while True:
-            line = self._line()
+            line = self.read_line()
             if line == "HANGUP":
                 self.hung_up = True
                 continue
             if line.startswith("520-"):
                 lines = [line]
-                while not (line := self._line()).startswith("520 "):
+                while not (line := self.read_line()).startswith("520 "):
                     lines.append(line)
                 return "\n".join(lines + [line])
             if line.startswith("100 "):

@@ -6,6 +6,7 @@ product is under test in this file."""
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -275,3 +276,27 @@ def test_channels_and_hangups_over_ami_carry_what_the_service_reads(pbx, probe):
     with pytest.raises(ManagerError) as gone:
         pbx.ami.action("MixMonitor", Channel=channel, File="/tmp/never.wav", Options="i(X)")
     assert str(gone.value) == "No such channel"
+
+
+def test_a_caller_hanging_up_during_the_session_leaves_it_open_in_dead_channel_mode(pbx, probe):
+    channel, session = probe_call(pbx, probe)
+    file = pbx.monitor / f"{unique_name('dead')}.wav"
+    start_mixmonitor(session, file, "", "DEAD_ID")
+
+    pbx.hangup(channel)
+    unprompted = session.read_line()
+    variable = session.send("GET VARIABLE DEAD_ID")
+    mset = session.send('EXEC MSet "RECORDING_STATUS=STARTED,RECORDING_ERROR="')
+    media = session.send('STREAM FILE beep ""')
+    still_recording = file.exists() and not wav.header(file).complete
+    session.sock.shutdown(socket.SHUT_WR)
+    answer = session.read_line()  # NOTE: Asterisk answers the half-close with HANGUP, then closes
+    session.close()
+
+    assert unprompted == "HANGUP"
+    assert value(variable) and mset == "200 result=0"
+    assert media.startswith("511 ")
+    # The channel, and its MixMonitor, last until the session ends.
+    assert still_recording
+    assert answer == "HANGUP"
+    wait_until(lambda: wav.header(file).complete, 10, "the file closed once the session ended")
