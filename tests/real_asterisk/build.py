@@ -111,8 +111,10 @@ def _locked(path: Path):
 def _build(tarball: Path, prefix: Path, log) -> None:
     """Configure with the final prefix (Asterisk compiles its paths in), install with DESTDIR
     into a temporary folder, write the marker there, and rename the installed tree into place."""
+    # NOTE: under the lock no other build runs: what an interrupted one left is garbage.
+    for leftover in prefix.parent.glob(f"{prefix.name}.build-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
     work = prefix.with_name(f"{prefix.name}.build-{os.getpid()}")
-    shutil.rmtree(work, ignore_errors=True)
     if prefix.exists():  # NOTE: cannot be a finished build (the marker is checked under the lock)
         shutil.rmtree(prefix)
     work.mkdir()

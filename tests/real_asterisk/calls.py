@@ -17,11 +17,16 @@ import base64
 import itertools
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
+from tests.http_client import Answer, HTTPClient
+from tests.real_asterisk import wav
 from tests.real_asterisk.pbx import Asterisk, unique_name
 from tests.real_asterisk.service import Serve
 from tests.recording.conftest import API_KEY
+from tests.waiting import wait_until
 
+CALLS = "/servicemanager/rest/CallManagementAPI"
 KEYS = {"pause": "*7", "resume": "*8", "stop": "*9"}
 FEATURES = "pause-recording#resume-recording#stop-recording"
 _extensions = itertools.count(41000)
@@ -113,3 +118,24 @@ def agi(service: Serve, route: str = "recording/start", query: str = "", key: bo
     if key:
         parts.append(f"apiKey={API_KEY}")
     return f"AGI({start_url(service, '&'.join(parts), route)})"
+
+
+def post(service: Serve, operation: str, target: str, **more) -> Answer:
+    """The HTTP API's ``operation`` (start, stop, pause, resume) on ``target`` (a unique id or
+    an extension), as a CRM calls it."""
+    return HTTPClient(service.http_port).post(f"{CALLS}/{operation}", extenOrUniqueId=target, apiKey=API_KEY, **more)
+
+
+def leg_of(service: Serve, uniqueid: str, state: str | None = None, timeout: float = 15):
+    """The one leg of the call, once it is in ``state`` (when given)."""
+    def found():
+        legs = service.legs(unique_id=uniqueid)
+        return legs[0] if len(legs) == 1 and (state is None or legs[0].state == state) else None
+
+    return wait_until(found, timeout, f"one leg of {uniqueid}" + (f" in state {state}" if state else ""))
+
+
+def complete(path: Path, timeout: float = 15) -> wav.WavHeader:
+    """The header of ``path`` once MixMonitor has closed it (its sizes written)."""
+    return wait_until(lambda: path.exists() and wav.header(path).complete and wav.header(path), timeout,
+                      f"{path} closed by MixMonitor")

@@ -50,7 +50,6 @@ pause-recording => *7,peer/callee,AGI(${RECORDING_AGI}/recording/pause)
 resume-recording => *8,peer/callee,AGI(${RECORDING_AGI}/recording/resume)
 stop-recording => *9,peer/callee,AGI(${RECORDING_AGI}/recording/stop)
 """
-TONE_CALLER = 1004  # Hz, what Milliwatt plays
 _names = itertools.count(1)
 
 
@@ -247,12 +246,6 @@ class Asterisk:
                 raise ValueError(f"not App(data): {line!r}")
             self.add_extension(context, exten, priority, match.group(1), match.group(2) or "")
 
-    def remove_context(self, context: str) -> None:
-        try:
-            self.cli(f"dialplan remove context {context}")
-        except (ManagerError, AssertionError):
-            pass
-
     # -- calls -----------------------------------------------------------------------------
 
     def originate(self, context: str, exten: str = "s", application: str = "Milliwatt", data: str = "",
@@ -271,10 +264,6 @@ class Asterisk:
             lambda e: e.get("Event") == "Newchannel" and e.get("Channel", "").startswith(prefix)
             and e["Channel"].endswith(";2"), timeout, mark, f"the call to {exten}@{context}")
         return event["Channel"]
-
-    def uniqueid(self, channel: str, timeout: float = 10) -> str:
-        event = self.ami.wait_event({"Event": "Newchannel", "Channel": channel}, timeout)
-        return event["Uniqueid"]
 
     def hangup(self, channel: str) -> None:
         try:

@@ -70,6 +70,7 @@ def size(path: Path) -> int:
 def test_asterisk_listens_on_nothing_but_its_ami_port_and_its_cli_socket(pbx):
     listening = pbx.listening()
 
+    assert pbx.rx("core show version").startswith("Asterisk 22.10.1 ")  # the captures' version
     assert sorted(listening) == sorted([f"tcp 127.0.0.1:{pbx.ami_port}", f"u_str {pbx.folder}/run/asterisk.ctl"])
 
 
@@ -109,7 +110,7 @@ def test_option_b_writes_nothing_until_the_channel_is_bridged(pbx, probe):
 
     assert before_bridge == 44
     # 1.5 s unbridged + 2 s bridged: only the bridged part is in the file.
-    assert 1.5 <= seconds <= 2.6, seconds
+    assert 1.2 <= seconds <= 2.6, seconds
 
 
 def test_stopmixmonitor_with_an_id_stops_exactly_that_one_and_an_unknown_id_stops_none(pbx, probe):
@@ -206,7 +207,7 @@ def test_mixmonitormute_with_an_id_mutes_only_that_one_and_without_one_mutes_all
     lengths = [[end - start for start, end in spans] for spans in silences]
     # a: silent only while all were muted; b: twice, its own mute and the mute of all (1.5 s each).
     assert len(lengths[0]) == 1 and len(lengths[1]) == 2, silences
-    assert all(1.2 <= length <= 1.8 for length in lengths[0] + lengths[1]), silences
+    assert all(1.0 <= length <= 2.5 for length in lengths[0] + lengths[1]), silences
     # The muted spans keep the file's timeline: the same length as the one never muted alone.
     assert abs(wav.header(files[0]).seconds - wav.header(files[1]).seconds) < 0.1
     assert str(unknown.value) == "Cannot set mute flag"
@@ -229,8 +230,9 @@ def test_mixmonitor_option_a_appends_to_the_same_wav_and_its_header_covers_both_
                "the appended file closed")
     whole = wav.header(file)
 
-    assert first_part.complete and 0.9 <= first_part.seconds <= 1.1
-    assert 1.9 <= whole.seconds <= 2.3  # both parts, without the paused second
+    assert first_part.complete and 0.8 <= first_part.seconds <= 1.6
+    # Both parts (about a second each), without the paused second in between.
+    assert 0.8 <= whole.seconds - first_part.seconds <= 1.6
     assert wav.longest_silence(file) == 0  # no gap is written for the pause
 
 

@@ -12,17 +12,11 @@ from pathlib import Path
 
 from tests.http_client import HTTPClient
 from tests.real_asterisk import wav
-from tests.real_asterisk.calls import agi, call, phone, wait_report
-from tests.real_asterisk.test_service_dialplan import complete, leg_of
+from tests.real_asterisk.calls import agi, call, complete, leg_of, phone, post, wait_report
 from tests.recording.conftest import API_KEY
 from tests.waiting import wait_until
 
-CALLS = "/servicemanager/rest/CallManagementAPI"
 RETRIEVAL = "/njadmin/rest/RecordingAPI"
-
-
-def post(service, operation: str, target: str, **more):
-    return HTTPClient(service.http_port).post(f"{CALLS}/{operation}", extenOrUniqueId=target, apiKey=API_KEY, **more)
 
 
 def test_the_api_records_a_call_by_unique_id_and_an_agent_by_extension(pbx, with_ami):
@@ -60,7 +54,7 @@ def test_the_api_records_a_call_by_unique_id_and_an_agent_by_extension(pbx, with
         complete(file)
     # The agent's recording was muted while paused; the caller's was not.
     assert wav.longest_silence(files[0]) == 0
-    assert 1.2 <= wav.longest_silence(files[1]) <= 2.2
+    assert 1.0 <= wav.longest_silence(files[1]) <= 3.0
     legs = [leg_of(with_ami, uid, "stopped") for uid in (talking.uniqueid, agent_leg["Uniqueid"])]
     assert [(leg.source, leg.owner, leg.tag) for leg in legs] == [("http", "ann", "crm-by-id"),
                                                                   ("http", None, "crm-by-ext")]

@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import re
 import sqlite3
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from tests.real_asterisk import wav
-from tests.real_asterisk.calls import report, wait_report
+from tests.real_asterisk.calls import complete, post, report, wait_report
 from tests.real_asterisk.pbx import Asterisk, unique_name
 from tests.real_asterisk.service import Serve, prepare_database
-from tests.real_asterisk.test_service_dialplan import complete
 from tests.recording.conftest import API_KEY
 from tests.throwaway_postgres import ThrowawayPostgres
 from tests.waiting import wait_until
@@ -141,7 +139,6 @@ def test_serve_with_two_workers(pbx, database, tmp_path):
         served = {int(m.group(1)) for m in re.finditer(r" worker (\d+) recording\.fastagi: recording/start ",
                                                          service.text())}
         # Each worker reaches the legs the other started: stopping all of them over HTTP.
-        from tests.real_asterisk.test_service_http import post
         stopped = [post(service, "stop", s.uid) for s in seen]
         running = [pbx.mixmonitors(channel) for channel in channels]
         for channel in channels:
