@@ -302,3 +302,28 @@ def test_a_caller_hanging_up_during_the_session_leaves_it_open_in_dead_channel_m
     assert still_recording
     assert answer == "HANGUP"
     wait_until(lambda: wav.header(file).complete, 10, "the file closed once the session ended")
+
+
+def test_a_file_mixmonitor_cannot_open_still_gets_an_id_and_only_the_log_says_so(pbx, probe):
+    # What the service cannot see from the dialplan's side: its STARTED rests on the id, and the
+    # id is set whether or not the file could be opened.
+    channel, session = probe_call(pbx, probe)
+    not_a_folder = pbx.monitor / f"{unique_name('plain-file')}"
+    not_a_folder.write_text("a file, not a folder")
+    file = not_a_folder / "x.wav"
+    mark = pbx.log_size()
+
+    answered = session.send(f'EXEC MixMonitor "{file},bi(NO_FILE_ID)"')
+    mixmonitor_id = value(session.send("GET VARIABLE NO_FILE_ID"))
+    logged = pbx.wait_log(rf"ERROR.*app_mixmonitor\.c: Cannot open {file}", 5, mark)
+    listed = pbx.mixmonitors(channel)
+    no_file = session.send('EXEC MixMonitor ",i(NO_NAME_ID)"')
+    no_name_id = session.send("GET VARIABLE NO_NAME_ID")
+    session.close()
+    pbx.hangup(channel)
+
+    assert answered == "200 result=0" and mixmonitor_id and logged
+    assert listed == {mixmonitor_id: ""}  # running, with no file
+    assert not file.exists()
+    # Without a file name MixMonitor does not start at all, and says so.
+    assert (no_file, no_name_id) == ("200 result=-1", "200 result=0")
