@@ -12,7 +12,11 @@ from pathlib import Path
 
 from recording.domain import mixmonitor_variable
 from tests.real_asterisk import wav
+from tests.http_client import HTTPClient
 from tests.real_asterisk.calls import agi, call, complete, leg_of, phone, wait_report
+from tests.real_asterisk.pbx import unique_name
+from tests.real_asterisk.service import Serve
+from tests.recording.conftest import API_KEY
 from tests.waiting import wait_until
 
 
@@ -155,3 +159,27 @@ def test_a_hangup_closes_the_leg_over_ami_without_an_h_extension_and_by_the_h_ro
 
     assert ended_by_ami.ended_by == "hangup" and ended_by_ami.end is not None
     assert (h.status, h.id) == ("ENDED", ended_by_h.id) and ended_by_h.ended_by == "hangup"
+
+
+def test_a_file_asterisk_cannot_write_is_still_started_and_its_absence_shows_afterwards(pbx, database, tmp_path):
+    # Asterisk gives MixMonitor's id whether or not it could open the file (facts
+    # test_a_file_mixmonitor_cannot_open_still_gets_an_id_and_only_the_log_says_so): the service
+    # cannot tell, so the leg is STARTED; retrieval says the file is missing afterwards.
+    blocked = pbx.monitor / unique_name("blocked")
+    blocked.mkdir()
+    (blocked / "s").write_text("a file where MixMonitor wants the folder of extension s")
+    service = Serve(database, tmp_path / "serve-blocked", pbx,
+                    extra_env={"RECORDING_MONITOR_TEMPLATE": f"{blocked}/{{extension}}/{{uniqueid}}.wav"})
+    try:
+        dial, _ = phone(pbx, 1)
+        doomed = call(pbx, service, [agi(service, query="agentLoginName=fred"), "{report:start}", f"Dial({dial})"])
+        started = wait_report(pbx, doomed.label("start"))
+        leg = leg_of(service, doomed.uniqueid, "ended")
+        played = HTTPClient(service.http_port).get("/njadmin/rest/RecordingAPI/retrieveRecording",
+                                                   recordingId=started.id, apiKey=API_KEY, loginName="fred")
+    finally:
+        service.stop()
+
+    assert started.status == "STARTED" and not Path(started.file).exists()
+    assert leg.file == started.file and leg.file_sha256 is None
+    assert played.status == 404 and started.file in played.body
