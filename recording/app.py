@@ -31,6 +31,7 @@ from .ops.configfile import load_settings, reload_changes
 from .doors.fastagi import ROUTES, Hooks, build_router
 from .ops.gate import Gate
 from .ops.health import PUBLISH_EVERY, Board
+from .ops import heap
 from .doors.http import RecordingAPI, probe_application, start_site
 from .ops.metrics import ServiceMetrics
 from .storage.journal import Journal
@@ -169,6 +170,9 @@ class Application:
         # came back with a schema this version cannot use.
         self.halt = asyncio.Event()
         self.fatal: ConfigError | None = None
+        # Whether this process is the service's own (serve), whose start-up heap is frozen out
+        # of the garbage collector's walks (ops/heap.py); not a test's, which shares its process.
+        self.freezes_heap = False
 
     @property
     def agi_port(self) -> int:
@@ -284,6 +288,7 @@ class Application:
                 log.exception("unexpected failure reaching the database; trying again")
                 continue
             log.info("the database answers and its schema is current: replaying the journal")
+            self._freeze_heap("the directory and the active legs are read")
             return
 
     def health(self) -> dict:
@@ -345,6 +350,10 @@ class Application:
             except Exception:
                 log.exception("publishing this worker's metrics and health failed; trying again")
             await asyncio.sleep(PUBLISH_EVERY)
+
+    def _freeze_heap(self, when: str) -> None:
+        if self.freezes_heap:
+            log.info("%s: %d objects frozen out of the garbage collector's full collections", when, heap.freeze())
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.shutdown_grace if grace is None else grace
@@ -418,7 +427,9 @@ class Application:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.halt.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self.freezes_heap = True
         await self.start()
+        self._freeze_heap("started")
         try:
             await self.halt.wait()
             log.info("stopping: finishing the sessions in flight")

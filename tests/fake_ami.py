@@ -6,7 +6,7 @@ app_mixmonitor.c / manager.c answer: the banner ``Asterisk Call Manager/11.0.0``
 ``Authentication failed`` and the connection closed, as Asterisk does, optionally after its
 one-second sleep); actions before Login get ``Permission denied``. Known actions: Login, Logoff,
 Ping, CoreSettings, CoreShowChannels, MixMonitor (``i(VAR)`` sets VAR and answers
-``MixMonitorID``), StopMixMonitor (by id, or the latest), MixMonitorMute, Getvar; anything else
+``MixMonitorID``), StopMixMonitor (by id, or the latest), MixMonitorMute (by id, or all), Getvar; anything else
 gets ``Invalid/unknown command: X. Use Action: ListCommands to show available commands.``
 
 The test drives it from its own thread: channels to add and hang up, events to send to the
@@ -562,14 +562,15 @@ class FakeAMI:
         if channel is None:
             return None
         muted = state.strip().lower() not in _FALSE
+        wanted = message.get("MixMonitorID", "")
         with self._lock:
-            # NOTE: app_mixmonitor.c reads no MixMonitorID here; ast_audiohook_set_mute()
-            # acts on the first MixMonitor audiohook of the channel, the oldest running one.
-            target = (channel.running or [None])[0]
-            if target is not None:
+            # NOTE: as Asterisk 22 does (tests/real_asterisk/test_asterisk_facts.py): with a
+            # MixMonitorID exactly that MixMonitor, without one every MixMonitor of the channel.
+            targets = [m for m in channel.running if m.id == wanted] if wanted else list(channel.running)
+            for target in targets:
                 target.muted_read = muted if direction in ("read", "both") else target.muted_read
                 target.muted_write = muted if direction in ("write", "both") else target.muted_write
-        if target is None:
+        if not targets:
             return self._respond(session, aid, "Error", "Cannot set mute flag")
         return self._respond(session, aid, "Success")
 

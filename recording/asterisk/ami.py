@@ -427,11 +427,11 @@ class AMIClient:
         """Mutes (``state`` True) or unmutes a MixMonitor's ``read``, ``write`` or ``both``
         directions.
 
-        NOTE: MixMonitorID is read by Asterisk 22's MixMonitorMute although its documentation
-        does not list it: with it exactly that MixMonitor is muted, without it every MixMonitor
-        of the channel is (seen on Asterisk 22.10.1, ../shared/asterisk/README.md). So it is
-        always sent: another recording of the channel (a supervisor's) keeps its audio.
-        AMIError ``No such channel`` or ``Cannot set mute flag``.
+        NOTE: Asterisk 22's MixMonitorMute reads a MixMonitorID header (its documentation does
+        not list it): with one it mutes exactly that MixMonitor, without one every MixMonitor of
+        the channel (tests/real_asterisk/test_asterisk_facts.py). So it is always sent: another
+        recording of the channel (a supervisor's) keeps its audio. AMIError ``No such channel``,
+        or ``Cannot set mute flag`` when no MixMonitor with that id runs there.
         """
         if direction not in MUTE_DIRECTIONS:
             raise ValueError(f"direction must be one of {', '.join(MUTE_DIRECTIONS)}, not {direction!r}")

@@ -344,7 +344,8 @@ def _probe_directory(directory: Path) -> str:
 
 async def _ami(settings: Settings, timeout: float) -> Finding:
     if not settings.ami_url:
-        return Finding("ami", True, "not configured (RECORDING_AMI_URL is empty): the HTTP API answers 503")
+        return Finding("ami", True, "not configured (RECORDING_AMI_URL is empty): the HTTP API answers 503, and "
+                                    "calls are not followed through transfers and queues")
     client = AMIClient.from_url(settings.ami_url, action_timeout=min(settings.ami_timeout, timeout),
                                 connect_timeout=timeout)
     where = f"{client.address} as {client.username!r}"
@@ -364,7 +365,8 @@ async def _ami(settings: Settings, timeout: float) -> Finding:
             ))
         finally:
             await client.stop()
-    return Finding("ami", True, f"logged in at {where} (manager {client.version})")
+    return Finding("ami", True, f"logged in at {where} (manager {client.version}); calls are followed through "
+                                "transfers and queues (the user must read call and dialplan events)")
 
 
 async def _reach(host: str, port: int, timeout: float) -> str | None:

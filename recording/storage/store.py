@@ -709,6 +709,18 @@ class Store:
         with self._read() as conn:
             return self._views(conn, conn.execute(query))
 
+    def active_leg_keys(self, started_before: datetime | None = None) -> list[tuple[str, str, datetime]]:
+        """``(leg id, unique id, start)`` of each leg still recording or paused, whichever
+        process started it (of those started before ``started_before``, if given): what the
+        sweeper compares with Asterisk's channels. Three columns of one table, not whole legs:
+        it runs every minute over every call being recorded, in a thread that shares the GIL
+        with the event loop."""
+        query = select(_legs.c.id, _legs.c.unique_id, _legs.c.started_at).where(_legs.c.state.in_(ACTIVE_STATES))
+        if started_before is not None:
+            query = query.where(_legs.c.started_at < started_before)
+        with self._read() as conn:
+            return [tuple(row) for row in conn.execute(query)]
+
     def last_seen(self, leg_ids: Sequence[str]) -> dict[str, datetime]:
         """When each leg's channel was last known alive (its start if never checked since)."""
         with self._read() as conn:

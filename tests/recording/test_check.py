@@ -181,6 +181,7 @@ def test_ami_good_and_wrong_secret(good):
         findings = run(good.with_(ami_url=fake.url))
         assert failed(findings) == set(), findings["ami"].detail
         assert findings["ami"].detail.startswith(f"logged in at 127.0.0.1:{fake.port} as 'recording'")
+        assert "calls are followed through transfers and queues" in findings["ami"].detail
         findings = run(good.with_(ami_url=fake.url.replace("right-secret", "wrong-secret")))
         assert failed(findings) == {"ami"}
         assert "refused" in findings["ami"].detail and "Authentication failed" in findings["ami"].detail

@@ -81,7 +81,7 @@ def test_replay_goes_past_a_damaged_line_and_does_not_blame_the_database(store, 
     first.write_bytes(first.read_bytes() + b"{not json}\n")
     journal.append([leg("4.4", tag="after")])
 
-    persister = asyncio.run(_replayed(store, journal))
+    persister = asyncio.run(_replay(store, journal))
 
     assert sorted(v.tag for v in store.find_legs()) == ["after", "before"]
     assert journal.pending() == 0 and not persister.database_away
@@ -153,7 +153,7 @@ def test_a_journal_replayed_twice_applies_each_pause_once(store, tmp_path):
         journal = Journal(tmp_path / "j")
         journal.open()
         journal.append(changes)
-        asyncio.run(_replayed(store, journal))
+        asyncio.run(_replay(store, journal))
         journal.close()
 
     (view,) = store.find_legs(unique_id="8.1")
@@ -173,7 +173,7 @@ def test_a_journaled_change_older_than_the_legs_last_change_is_not_applied_over_
     journal.append([LegChange(started.id, "9.1", "resume", at + timedelta(seconds=10), key="r2")])
     journal.append([LegChange(started.id, "9.1", "end", at + timedelta(seconds=5), state="ended", by="hangup",
                               key="e2")])
-    asyncio.run(_replayed(store, journal))
+    asyncio.run(_replay(store, journal))
 
     (view,) = store.find_legs(unique_id="9.1")
     # The resume is older than the pause: not applied. The end did happen: it is applied, but
@@ -183,6 +183,7 @@ def test_a_journaled_change_older_than_the_legs_last_change_is_not_applied_over_
 
 
 async def _replay(store, journal):
+    """Replays the journal into the store until it is empty (5 s at most); the persister."""
     persister = Persister(store, journal, budget=1.0)
     await persister.start()
     for _ in range(100):
@@ -191,10 +192,6 @@ async def _replay(store, journal):
         await asyncio.sleep(0.05)
     await persister.stop()
     return persister
-
-
-def _replayed(store, journal):
-    return _replay(store, journal)
 
 
 def test_an_unwritable_journal_is_storage_unavailable(tmp_path):
@@ -213,17 +210,7 @@ def test_replay_writes_everything_once_and_sets_refused_writes_aside(store, tmp_
     journal.append([good[0], refused, good[1]])
     journal.append([good[0]])  # a write that reached the journal twice
 
-    async def replay():
-        persister = Persister(store, journal, budget=1.0)
-        await persister.start()
-        for _ in range(100):
-            if not persister.journaling:
-                break
-            await asyncio.sleep(0.05)
-        await persister.stop()
-        return persister
-
-    persister = asyncio.run(replay())
+    persister = asyncio.run(_replay(store, journal))
 
     assert not persister.journaling and journal.pending() == 0
     assert sorted((v.unique_id, v.tag) for v in store.find_legs()) == [("5.1", "A"), ("5.2", "B")]
@@ -266,7 +253,7 @@ def test_a_journaled_tag_older_than_the_calls_last_write_does_not_replace_its_ta
     journal = Journal(tmp_path / "j")
     journal.open()
     journal.append([TagUpdate("10.1", "older", first.started_at + timedelta(seconds=10))])
-    asyncio.run(_replayed(store, journal))
+    asyncio.run(_replay(store, journal))
     (replayed,) = store.find_legs(unique_id="10.1")
     # A newer one replaces it as before.
     store.commit([TagUpdate("10.1", "newest", first.started_at + timedelta(seconds=30))])

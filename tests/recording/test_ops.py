@@ -174,6 +174,8 @@ def test_check_passes_on_a_good_setup_and_fails_on_a_broken_one(store, database_
     out = capsys.readouterr().out
     assert good == 0, out
     assert re.search(r"^ok +database", out, re.M) and re.search(r"^ok +schema", out, re.M)
+    # Without AMI nothing can be followed through a transfer, and check says so.
+    assert re.search(r"^ok +ami: not configured .* calls are not followed through transfers and queues$", out, re.M)
 
     empty = f"sqlite:///{tmp_path}/empty.sqlite3"
     broken = main(["--database-url", empty, "check", "--listen", "127.0.0.1:0"])
