@@ -258,16 +258,27 @@ def test_migration_0004_adds_digest_hold_and_purge_and_takes_them_back(empty_dat
         store.close()
 
 
-def _paused_leg_by_hand(store) -> None:
-    """Leg 'a' of call 1.1, paused once: written as SQL, since the models describe the newest
-    schema and these tests start from older ones."""
+def _leg_by_hand(store, unique_id: str, *, state: str, leg_id: str = "a"):
+    """A leg in the columns every schema has since 0002 (ended at NOW unless active), written as
+    SQL: the store's own statements write the newest schema's columns, and these tests start
+    from older ones. Returns it as a NewLeg with its id."""
+    ended = None if state in ("recording", "paused") else NOW
     with store.engine.begin() as conn:
         conn.execute(text(
-            "INSERT INTO call_records (unique_id, created_at, updated_at) VALUES ('1.1', :t, :t)"), {"t": NOW})
+            "INSERT INTO call_records (unique_id, created_at, updated_at) VALUES (:u, :t, :t)"),
+            {"u": unique_id, "t": NOW})
         conn.execute(text(
             "INSERT INTO recording_legs (id, call_record_id, leg, unique_id, channel, extension, file, ownership,"
-            " source, state, started_at) SELECT 'a', id, 1, '1.1', 'PJSIP/410-1', '410', '/m/a.wav', 'DEFAULT',"
-            " 'agi', 'paused', :t FROM call_records"), {"t": NOW})
+            " source, state, started_at, ended_at) SELECT :id, id, 1, unique_id, 'PJSIP/410-1', '410', '/m/a.wav',"
+            " 'DEFAULT', 'agi', :state, :t, :e FROM call_records WHERE unique_id = :u"),
+            {"id": leg_id, "u": unique_id, "state": state, "t": NOW, "e": ended})
+    return replace(leg(unique_id=unique_id), id=leg_id, state=state, ended_at=ended)
+
+
+def _paused_leg_by_hand(store) -> None:
+    """Leg 'a' of call 1.1, paused once (see _leg_by_hand)."""
+    _leg_by_hand(store, "1.1", state="paused")
+    with store.engine.begin() as conn:
         conn.execute(text(
             "INSERT INTO recording_pauses (leg_id, paused_at, method) VALUES ('a', :t, 'mute')"), {"t": NOW})
 
