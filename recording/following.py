@@ -61,7 +61,7 @@ class Following:
         async with service.call_turn(anchor):
             try:
                 taken = await service.read(partial(service.store.take_over, channels, leg, cause=ended.cause,
-                                                   key=new_leg_id()))
+                                                   key=new_leg_id(), from_agent=ended.extension))
             except (StorageUnavailable, StorageRefused) as exc:
                 log.error("call %s: part %d (%s) not recorded: its leg could not be written: %s", began.call,
                           began.part, extension or "no agent", exc)
@@ -69,6 +69,10 @@ class Following:
             if taken is None:
                 return None
             before, result = taken
+            if result is None:
+                log.info("call %s: leg %s goes on into part %d (%s): it has the same owner, or the agent it was "
+                         "given for answered", began.call, before.id, began.part, extension or "no agent")
+                return None
             self.taken += 1
             paused = before.state == "paused"
             log.info("call %s: leg %s (%s) ended by %s; leg %s of %s for %s%s", began.call, before.id,

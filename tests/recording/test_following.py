@@ -97,6 +97,7 @@ def test_the_crm_records_410_and_the_call_is_followed_to_411(ami_service, fake_a
 
 
 def test_a_queue_then_a_blind_transfer(ami_service, fake_ami, store, agents):
+    """Capture 5: a queue rings 410 and 411, 411 answers, then blind-transfers to 412."""
     replay = fake_ami.replay(transfer_events("5"))
     replay.play(until=1.0)
     follow(ami_service, fake_ami)
@@ -110,8 +111,10 @@ def test_a_queue_then_a_blind_transfer(ami_service, fake_ami, store, agents):
     replay.play()
     follow(ami_service, fake_ami)
 
-    legs = settled(store, "queued", 3)
-    assert [(v.owner, v.ended_by) for v in legs] == [(None, "transfer"), (None, "answer"), ("joe", "hangup")]
+    # The caller's leg (DEFAULT: the CRM named the caller) goes on through the ringing after the
+    # transfer, which nobody else owns either; 412's part is joe's.
+    legs = settled(store, "queued", 2)
+    assert [(v.owner, v.ended_by) for v in legs] == [(None, "answer"), ("joe", "hangup")]
     assert all(v.channel == anchor for v in legs)
 
 
@@ -259,3 +262,36 @@ def test_a_start_on_another_channel_of_a_recorded_call_is_already_recording(ami_
     assert again.json["recordingId"] == current.id and current.owner == "ann"
     assert not any(action["Channel"].startswith("Local/411@") for action in fake_ami.received("MixMonitor"))
     assert store.find_legs(tag="once-more")[-1].id == current.id
+
+
+@pytest.mark.parametrize("agent, path", [
+    # No agentLoginName: the ringing is DEFAULT's, 410's talk fred's (the issue's third case).
+    ("", [(None, "DEFAULT", "answer"), ("fred", "EXTENSION", "transfer"), (None, "DEFAULT", "answer"),
+          ("ann", "EXTENSION", "hangup")]),
+    # agentLoginName given before the call was answered: the leg is that agent's until the
+    # first transfer (it goes on when the agent it was given for answers).
+    ("&agentLoginName=joe", [("joe", "AGENT", "transfer"), (None, "DEFAULT", "answer"),
+                             ("ann", "EXTENSION", "hangup")]),
+])
+def test_the_dialplan_records_the_caller_before_dial(ami_service, fake_ami, store, agents, agent, path):
+    from tests.fake_asterisk import FakeAsterisk
+
+    replay = fake_ami.replay(transfer_events("1"))
+    replay.play(until=0.01)  # the caller's channel runs the dialplan; nobody answered yet
+    follow(ami_service, fake_ami)
+    anchor = replay.ids[next(name for name in replay.ids if name.endswith(";2") and "capx-in" in name)]
+    unique_id = next(c.uniqueid for c in fake_ami.channels.values() if c.name == anchor)
+    start = FakeAsterisk(ami_service.port).call(f"recording/start?apiKey={API_KEY}&tag=dialplan{agent}",
+                                                channel=anchor, uniqueid=unique_id)
+    assert start.status == "STARTED", start.error
+    managed = fake_ami.channels[anchor]
+    for name, value in start.variables.items():
+        if name.startswith("RECORDING_MIXMON_"):
+            managed.variables[name] = value
+    for stage in (1.0, 10.0, None):
+        replay.play(until=stage)
+        follow(ami_service, fake_ami)
+
+    legs = settled(store, "dialplan", len(path))
+    assert [(v.owner, v.ownership, v.ended_by) for v in legs] == path
+    assert all(v.channel == anchor for v in legs)
