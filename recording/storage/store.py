@@ -594,8 +594,9 @@ class Store:
         part has the same owner as that leg (the user attached to the new agent's extension,
         or nobody for both), or the leg was given an agentLoginName before the call's first
         agent answered (``from_agent`` None, cause ``answer``: the agent it was given for),
-        and it runs on the anchor, it goes on, now covering the new part: the result is
-        ``(leg, None)``. Otherwise it is ended by ``cause`` at ``leg``'s start, and ``leg`` is
+        or the agent hung up and left the caller alone (cause ``hangup``, no new agent: the caller
+        most often hangs up too), and it runs on the anchor, it goes on, now covering the new
+        part: the result is ``(leg, None)``. Otherwise it is ended by ``cause`` at ``leg``'s start, and ``leg`` is
         written as taking over from it, with its tag, paused (method ``restart``: nothing
         records until a resume) when that leg was paused: ``(leg taken over, as it was, the
         new leg's CommitResult)``. ``key`` names the pause the new leg starts with.
@@ -620,7 +621,10 @@ class Store:
                 owner = self._attached_owners(conn, [leg.extension]).get(leg.extension) if leg.extension else None
                 given = (cause == "answer" and from_agent is None and before.ownership == "AGENT"
                          and before.source != "follow")
-                if before.unique_id == leg.unique_id and (before.owner_id == owner or given):
+                # NOTE: the agent hung up and the caller is alone, most often hanging up too: a
+                # leg for that moment would be an empty one on nearly every call.
+                left_alone = cause == "hangup" and not leg.extension
+                if before.unique_id == leg.unique_id and (before.owner_id == owner or given or left_alone):
                     kept = conn.execute(
                         update(_legs).where(_legs.c.id == before.id, _legs.c.state.in_(ACTIVE_STATES))
                         .values(linkedid=leg.linkedid, part=leg.part)

@@ -41,7 +41,7 @@ def test_start_with_the_key_in_the_url_and_in_the_channel_variable(pbx, with_ami
 
     assert [(s.status, s.deferred, s.error, s.agi) for s in seen] == [("STARTED", "0", "", "SUCCESS")] * 2
     assert [s.uid for s in seen] == [in_url.uniqueid, in_variable.uniqueid]
-    assert file.is_relative_to(with_ami.monitor) and file.name == f"{in_url.uniqueid}-1.wav"
+    assert file.is_relative_to(with_ami.monitor) and file.name == f"{in_url.uniqueid}-1-{seen[0].id[:8]}.wav"
     assert running == {id_on_channel: str(file.with_suffix(""))}
     assert not growing.complete and closed.complete and 2.0 <= closed.seconds <= 3.5
     assert min(wav.loudness(file)) > 1000  # both tones, all along

@@ -19,7 +19,10 @@ from tests.waiting import wait_until
 RETRIEVAL = "/njadmin/rest/RecordingAPI"
 
 
-def test_the_api_records_a_call_by_unique_id_and_an_agent_by_extension(pbx, with_ami):
+def test_the_api_records_a_call_by_unique_id_and_finds_it_by_the_agents_extension(pbx, with_ami):
+    """The CRM records the call by the caller's unique id, then names the agent's extension: the
+    call is recorded already (one recording per call, followed through its parts), and a pause,
+    resume or stop by the agent's extension acts on the call's leg, on the caller's channel."""
     dial, extension = phone(pbx, 9)
     talking = call(pbx, with_ami, ["{report:dial}", f"Dial({dial})"])
     wait_report(pbx, talking.label("dial"))
@@ -29,36 +32,34 @@ def test_the_api_records_a_call_by_unique_id_and_an_agent_by_extension(pbx, with
 
     by_id = post(with_ami, "start", talking.uniqueid, tag="crm-by-id", agentLoginName="ann")
     by_extension = post(with_ami, "start", extension, tag="crm-by-ext")
-    again = post(with_ami, "start", extension)
     running = (pbx.mixmonitors(talking.channel), pbx.mixmonitors(agent_leg["Channel"]))
     paused = post(with_ami, "pause", extension, agentLoginName="boss")
     time.sleep(1.5)
     resumed = post(with_ami, "resume", extension)
     time.sleep(1)
-    stopped = [post(with_ami, "stop", target) for target in (talking.uniqueid, extension)]
-    left = (pbx.mixmonitors(talking.channel), pbx.mixmonitors(agent_leg["Channel"]))
-    nothing = post(with_ami, "stop", extension)
+    stopped = post(with_ami, "stop", extension)
+    left = pbx.mixmonitors(talking.channel)
+    nothing = post(with_ami, "stop", talking.uniqueid)
     pbx.hangup(talking.channel)
 
-    assert [a.status for a in (by_id, by_extension, again, paused, resumed, *stopped)] == [200] * 7, \
-        [a.body for a in (by_id, by_extension, again, paused, resumed, *stopped)]
+    assert [a.status for a in (by_id, by_extension, paused, resumed, stopped)] == [200] * 5, \
+        [a.body for a in (by_id, by_extension, paused, resumed, stopped)]
     assert (by_id.json["status"], by_id.json["uniqueId"], by_id.json["channel"]) == (
         "STARTED", talking.uniqueid, talking.channel)
-    assert (by_extension.json["uniqueId"], by_extension.json["channel"]) == (agent_leg["Uniqueid"], agent_leg["Channel"])
-    assert again.json["status"] == "ALREADY_RECORDING"
-    assert [len(r) for r in running] == [1, 1] and left == ({}, {})
-    assert [a.json["status"] for a in (paused, resumed, *stopped)] == ["PAUSED", "RESUMED", "STOPPED", "STOPPED"]
+    assert (by_extension.json["status"], by_extension.json["recordingId"]) == ("ALREADY_RECORDING",
+                                                                                by_id.json["recordingId"])
+    assert [len(r) for r in running] == [1, 0] and left == {}
+    assert [a.json["status"] for a in (paused, resumed, stopped)] == ["PAUSED", "RESUMED", "STOPPED"]
+    assert [a.json["recordingId"] for a in (paused, resumed, stopped)] == [by_id.json["recordingId"]] * 3
     assert nothing.status == 409
-    files = [Path(a.json["file"]) for a in (by_id, by_extension)]
-    for file in files:
-        complete(file)
-    # The agent's recording was muted while paused; the caller's was not.
-    assert wav.longest_silence(files[0]) == 0
-    assert 1.0 <= wav.longest_silence(files[1]) <= 3.0
-    legs = [leg_of(with_ami, uid, "stopped") for uid in (talking.uniqueid, agent_leg["Uniqueid"])]
-    assert [(leg.source, leg.owner, leg.tag) for leg in legs] == [("http", "ann", "crm-by-id"),
-                                                                  ("http", None, "crm-by-ext")]
-    assert [p.method for p in legs[1].pauses] == ["mute"]
+    file = Path(by_id.json["file"])
+    complete(file)
+    # Muted while paused, by the agent's extension: the call's own recording.
+    assert 1.0 <= wav.longest_silence(file) <= 3.0
+    leg = leg_of(with_ami, talking.uniqueid, "stopped")
+    # Both tags find it: the second start's goes to the call record.
+    assert (leg.source, leg.owner, leg.tag, leg.external_reference) == ("http", "ann", "crm-by-id", "crm-by-ext")
+    assert [p.method for p in leg.pauses] == ["mute"]
 
 
 def test_a_finished_recording_is_found_and_played_with_a_range(pbx, with_ami):
