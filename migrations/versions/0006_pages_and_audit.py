@@ -7,7 +7,7 @@ taking the apiKey's word for who asks (loginName), as it did: the CRMs that talk
 working. A new one is not (README, "Who asks").
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-02
 """
 
@@ -17,7 +17,7 @@ from alembic import op
 from recording.storage.models import UTCDateTime
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

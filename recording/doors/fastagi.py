@@ -23,6 +23,7 @@ from agi import (
     Router,
     Session,
     UnknownRoute,
+    app_argument,
     is_clean_text,
     quote,
 )
@@ -86,7 +87,7 @@ class AGIChannel:
         self.name = session.env.channel
 
     async def start_mixmonitor(self, file: str, options: str, id_variable: str) -> MixMonitorStart:
-        data = f"{file},{options}i({id_variable})"
+        data = f"{app_argument(file)},{options}i({id_variable})"
         session = self._session
         try:
             (started,) = await session.send(f"EXEC MixMonitor {quote(data)}")

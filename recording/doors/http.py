@@ -360,19 +360,19 @@ class RecordingAPI:
         return web.Response(text=json.dumps(spec(), indent=2), content_type="application/json")
 
     async def scrape(self, request: web.Request) -> web.Response:
-        return metrics_response(self.metrics, request)
+        return await metrics_response(self.metrics, request)
 
     async def healthz(self, request: web.Request) -> web.Response:
         return health_response(self.health)
 
 
-def metrics_response(metrics: ServiceMetrics | None, request: web.Request) -> web.Response:
+async def metrics_response(metrics: ServiceMetrics | None, request: web.Request) -> web.Response:
     """The scrape, in the format the ``Accept`` header asks for (OpenMetrics or the text
     format 0.0.4, the default); under ``serve --workers``, the service's totals."""
     if metrics is None:
         return plain(404, "metrics are not kept by this process")
     try:
-        body, content_type = metrics.exposition(request.headers.get("Accept", ""))
+        body, content_type = await metrics.scrape(request.headers.get("Accept", ""))
     except ValueError as exc:
         return plain(406, str(exc))
     return web.Response(body=body, headers={"Content-Type": content_type})
@@ -389,7 +389,7 @@ def probe_application(metrics: ServiceMetrics | None, health) -> web.Application
     """/metrics and /healthz alone, for RECORDING_METRICS_LISTEN."""
 
     async def scrape(request: web.Request) -> web.Response:
-        return metrics_response(metrics, request)
+        return await metrics_response(metrics, request)
 
     async def healthz(request: web.Request) -> web.Response:
         return health_response(health)

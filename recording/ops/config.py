@@ -4,8 +4,10 @@ and what it means. The CLI, the README's table and ``recording-agi check`` read 
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import string
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
@@ -13,7 +15,9 @@ from typing import Any, Mapping
 from ..errors import ConfigError
 
 DEFAULT_DATABASE_URL = "sqlite:///recording.sqlite3"
-DEFAULT_MONITOR_TEMPLATE = "/var/spool/asterisk/monitor/{date:%Y/%m/%d}/{uniqueid}-{leg}.wav"
+DEFAULT_MONITOR_TEMPLATE = "/var/spool/asterisk/monitor/{date:%Y/%m/%d}/{uniqueid}-{leg}-{id:.8}.wav"
+# What makes every leg's file name its own when a template does not place {id} itself.
+ID_FIELD = "-{id:.8}"
 _OPTIONS = re.compile(r"^[A-Za-z0-9()_.:/-]*$")
 _VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PERIOD = re.compile(r"^\s*(\d{1,9})\s*([hdwy])\s*$", re.IGNORECASE)
@@ -65,8 +69,9 @@ class Settings:
     )
     monitor_template: str = _setting(
         "RECORDING_MONITOR_TEMPLATE",
-        "file MixMonitor writes, on the Asterisk host; fields {uniqueid} {leg} {extension} "
-        "{date:strftime} (UTC); MixMonitor creates missing directories",
+        "file MixMonitor writes, on the Asterisk host; fields {uniqueid} {leg} {extension} {id} "
+        "(the leg's id; {id:.8} its first 8 characters; added before the suffix when missing, so "
+        "that no two legs share a file) {date:strftime} (UTC); MixMonitor creates missing directories",
         DEFAULT_MONITOR_TEMPLATE,
     )
     mixmonitor_options: str = _setting(
@@ -87,7 +92,8 @@ class Settings:
     )
     database_budget: float = _setting(
         "RECORDING_DATABASE_BUDGET",
-        "seconds a session waits for its database write before journaling it instead",
+        "seconds a session waits for the database: for a write before journaling it instead, for a "
+        "read before answering from memory (or ERROR)",
         0.25,
     )
     shutdown_grace: float = _setting(
@@ -274,8 +280,8 @@ class Settings:
             )
         if not _VARIABLE.match(self.api_key_variable):
             raise ConfigError(f"RECORDING_API_KEY_VARIABLE {self.api_key_variable!r} is not a variable name")
-        render_file(self.monitor_template, uniqueid="1795825765.3", leg=1, extension="100",
-                    when=datetime(2026, 1, 1, tzinfo=timezone.utc))
+        render_file(self.file_template, uniqueid="1795825765.3", leg=1, extension="100",
+                    when=datetime(2026, 1, 1, tzinfo=timezone.utc), leg_id="5f0c2a9b" * 4)
         for spec in fields(self):
             value = getattr(self, spec.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
@@ -318,6 +324,12 @@ class Settings:
 
     def with_(self, **changes: Any) -> "Settings":
         return replace(self, **changes)
+
+    @property
+    def file_template(self) -> str:
+        """The template every leg's file name is made from: RECORDING_MONITOR_TEMPLATE with the
+        leg's id in it (see unique_template)."""
+        return unique_template(self.monitor_template)
 
     @property
     def agi_address(self) -> tuple[str, int]:
@@ -424,28 +436,53 @@ class _Second:
         return made
 
 
-def render_file(template: str, *, uniqueid: str, leg: int, extension: str, when: datetime) -> str:
+def has_id(template: str) -> bool:
+    """Whether the template places the leg's id ({id}, {id:.8}...) in the file name."""
+    try:
+        return any(name == "id" for _, name, _, _ in string.Formatter().parse(template))
+    except ValueError:
+        return False
+
+
+@functools.lru_cache(maxsize=8)
+def unique_template(template: str) -> str:
+    """``template`` with the leg's id in its file name: as it is when it places ``{id}``, else
+    with ``-{id:.8}`` added before the file name's suffix. The leg's number alone cannot keep
+    two legs apart: it is proposed before the leg is written, and a call's legs may be started
+    by different processes, or before and after a restart (MixMonitor without ``a`` would
+    truncate the other leg's file)."""
+    if has_id(template):
+        return template
+    folder, slash, name = template.rpartition("/")
+    stem, dot, suffix = name.rpartition(".")
+    if not dot or not stem or "}" in suffix:
+        return template + ID_FIELD
+    return f"{folder}{slash}{stem}{ID_FIELD}.{suffix}"
+
+
+def render_file(template: str, *, uniqueid: str, leg: int, extension: str, when: datetime, leg_id: str) -> str:
     """The recording's file name from the template. Raises ConfigError for a template that
     cannot be rendered, or that would leave ``${...}`` for Asterisk (which does not expand it)."""
     try:
         # NOTE: the hot path; the template itself was checked when the settings were made.
-        path = template.format(uniqueid=uniqueid, leg=leg, extension=extension, date=_Second(when))
+        path = template.format(uniqueid=uniqueid, leg=leg, extension=extension, date=_Second(when), id=leg_id)
     except (KeyError, IndexError, ValueError, AttributeError):
         path = ""
-    if path and "," not in path and "${" not in path:
+    # NOTE: commas and brackets are fine: the doors escape the file name as one argument of
+    # MixMonitor's data (agi.protocol.app_argument).
+    if path and "${" not in path:
         return path
     if "${" in template:
         raise ConfigError(
             f"RECORDING_MONITOR_TEMPLATE {template!r}: Asterisk would not expand ${{...}} in EXEC data; "
-            "use {uniqueid}, {leg}, {extension} and {date:%Y/%m/%d}"
+            "use {uniqueid}, {leg}, {extension}, {id} and {date:%Y/%m/%d}"
         )
     try:
-        path = template.format(uniqueid=uniqueid, leg=leg, extension=extension, date=when)
+        path = template.format(uniqueid=uniqueid, leg=leg, extension=extension, date=when, id=leg_id)
     except (KeyError, IndexError, ValueError, AttributeError) as exc:
         raise ConfigError(f"RECORDING_MONITOR_TEMPLATE {template!r} cannot be rendered: {exc}") from None
-    if "${" in path or "," in path or not path.strip():
+    if "${" in path or not path.strip():
         raise ConfigError(
-            f"RECORDING_MONITOR_TEMPLATE {template!r} gives {path!r}: Asterisk would not expand "
-            "${...}, and a comma would end MixMonitor's file argument"
+            f"RECORDING_MONITOR_TEMPLATE {template!r} gives {path!r}: Asterisk would not expand ${{...}}"
         )
     return path

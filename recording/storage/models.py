@@ -149,6 +149,10 @@ class RecordingLeg(Base):
     __tablename__ = "recording_legs"
     __table_args__ = (
         UniqueConstraint("call_record_id", "leg"),
+        # A part of a followed call is recorded once, and a leg taken over once, whichever
+        # process heard the change first (unique indexes: migration 0008 adds them in place).
+        Index("uq_recording_legs_linkedid_part", "linkedid", "part", unique=True),
+        Index("uq_recording_legs_follows", "follows", unique=True),
         CheckConstraint(_one_of("ownership", OWNERSHIP_RULES), name="ownership_rule"),
         CheckConstraint(_one_of("state", LEG_STATES), name="state"),
         CheckConstraint("(ownership = 'DEFAULT') = (owner_id IS NULL)", name="owner_matches_rule"),
@@ -184,6 +188,15 @@ class RecordingLeg(Base):
     ended_by: Mapped[str | None] = mapped_column(String(128))
     # When the channel was last known to be alive; a lost leg ends there.
     seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When its state last changed (a pause, resume or end; None: never since its start). A
+    # change older than this is not applied over it (a journal replayed late).
+    changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A leg of a followed call (one leg per part of a call through transfers and queues): the
+    # call's Linkedid, and the leg this one took over from (each leg is taken over at most once:
+    # the database decides which process starts the next part's recording).
+    linkedid: Mapped[str | None] = mapped_column(String(150), index=True)
+    part: Mapped[int | None] = mapped_column(Integer)
+    follows: Mapped[str | None] = mapped_column(String(32))
     # The file once complete (the leg ended and the file stopped changing).
     file_size: Mapped[int | None] = mapped_column(BigInteger)
     file_sha256: Mapped[str | None] = mapped_column(String(64))
@@ -226,6 +239,10 @@ class RecordingPause(Base):
     method: Mapped[str] = mapped_column(String(8))
     paused_by: Mapped[str | None] = mapped_column(String(128))
     resumed_by: Mapped[str | None] = mapped_column(String(128))
+    # The keys of the pause and of the resume that made this row (LegChange.key): each is
+    # applied once, however often a journal is replayed. None for rows older than 0005.
+    pause_key: Mapped[str | None] = mapped_column(String(32), unique=True)
+    resume_key: Mapped[str | None] = mapped_column(String(32), unique=True)
 
 
 # -- the recordings pages, per-user credentials and the audit (migration 0006) ---------------------

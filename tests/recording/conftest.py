@@ -104,7 +104,7 @@ def settings(database_url, tmp_path) -> Settings:
         journal_dir=str(tmp_path / "journal"),
         database_budget=5.0,
         agi_listen="127.0.0.1:0",
-        monitor_template="/var/spool/asterisk/monitor/{date:%Y/%m/%d}/{uniqueid}-{leg}.wav",
+        monitor_template="/var/spool/asterisk/monitor/{date:%Y/%m/%d}/{uniqueid}-{leg}-{id:.8}.wav",
         environment_timeout=2.0,
         reply_timeout=2.0,
         session_timeout=10.0,
@@ -164,7 +164,7 @@ def files_settings(settings, monitor_dir) -> Settings:
     """The service's settings with recordings in ``monitor_dir``, counted complete after 0.3 s
     without a change, and looked for every 0.1 s."""
     return settings.with_(
-        monitor_template=f"{monitor_dir}/{{date:%Y/%m/%d}}/{{uniqueid}}-{{leg}}.wav", file_quiet=0.3,
+        monitor_template=f"{monitor_dir}/{{date:%Y/%m/%d}}/{{uniqueid}}-{{leg}}-{{id:.8}}.wav", file_quiet=0.3,
         hash_interval=0.1,
         # The vendor's form (apiKey and loginName) is what these tests use: the CRM is trusted here.
         trust_crm_login_name="true",
