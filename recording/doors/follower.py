@@ -76,9 +76,13 @@ class Follower:
     async def stop(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # NOTE: cancelled again until they end: a cancellation that lands as an awaited read
+        # completes can be lost in a library's wait, and the task would wait for events for ever.
+        pending = set(self._tasks)
+        while pending:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
 
     @property
     def pending(self) -> int:

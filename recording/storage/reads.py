@@ -28,7 +28,10 @@ class Reads:
     async def __call__(self, function, *args):
         future = asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
         try:
-            return await asyncio.wait_for(future, self.budget)
+            # NOTE: asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation
+            # that comes as the read finishes, and a task being stopped would go on for ever.
+            async with asyncio.timeout(self.budget):
+                return await future
         except TimeoutError:
             raise StorageUnavailable(f"the database did not answer within {self.budget:g}s") from None
 

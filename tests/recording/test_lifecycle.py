@@ -250,7 +250,10 @@ def test_the_sweeper_closes_legs_whose_channel_is_gone(ami_service, fake_ami, st
 def test_the_sweeper_leaves_the_legs_of_another_asterisk_alone(ami_service, fake_ami, store):
     """Two Asterisks sharing one database have a systemname each (their unique ids would
     collide otherwise): the channels of the other one's legs are not in this one's list."""
+    from tests.recording.test_sweeper import settled
+
     fake_ami.system_name = "pbx1"
+    settled(ami_service)  # the sweeps of the start and of the connection are over
     hour_ago = utcnow() - timedelta(hours=1)
     store.commit([replace(new_leg(uid), started_at=hour_ago)
                   for uid in ("pbx1-1795825000.4", "pbx2-1795825000.5", "1795825000.6")])
