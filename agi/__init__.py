@@ -13,7 +13,7 @@ from .errors import (
     ProtocolError,
     UnknownRoute,
 )
-from .protocol import Environment, Reply, is_clean_text, parse_environment, parse_reply, quote
+from .protocol import Environment, Reply, app_argument, is_clean_text, parse_environment, parse_reply, quote
 from .server import Limits, Router, Server
 from .session import LineTooLong, Session
 
@@ -32,6 +32,7 @@ __all__ = [
     "Server",
     "Session",
     "UnknownRoute",
+    "app_argument",
     "is_clean_text",
     "parse_environment",
     "parse_reply",

@@ -243,6 +243,14 @@ _MSET_ESCAPES = str.maketrans({char: "\\" + char for char in '\\",()[]'})
 _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+def app_argument(value: str) -> str:
+    """``value`` as one argument of an application's data (MixMonitor's file name, an MSet
+    value): each of ``\\ " , ( ) [ ]`` escaped with a backslash, so that Asterisk's argument
+    parser gives it back exactly. Unescaped, a comma would end the argument and an unbalanced
+    ``(`` would swallow every argument after it (MixMonitor's options, its ``i()``)."""
+    return value.translate(_MSET_ESCAPES)
+
+
 def mset_data(values: Mapping[str, str]) -> str:
     """The data word of ``EXEC MSet`` that sets every variable of ``values`` to its value
     exactly (before the AGI quoting that :func:`quote` adds). Names must be plain variable
@@ -251,7 +259,7 @@ def mset_data(values: Mapping[str, str]) -> str:
     for name, value in values.items():
         if not _VARIABLE_NAME.fullmatch(name):
             raise ValueError(f"{name!r} is not a plain channel variable name")
-        pairs.append(name + "=" + value.translate(_MSET_ESCAPES))
+        pairs.append(name + "=" + app_argument(value))
     return ",".join(pairs)
 
 

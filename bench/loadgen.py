@@ -57,6 +57,12 @@ from collections import Counter
 from pathlib import Path
 
 MAX_ERROR_SAMPLES = 5
+# A session this slow (seconds) or slower is counted in the histogram of the tail and its start
+# time kept (the slowest SLOWEST of them are reported), so that a stall cannot hide in a median.
+SLOW = 0.010
+# The tail histogram's buckets, in ms: [10, 20), [20, 50), ... [1000, inf).
+TAIL_BUCKETS = (10, 20, 50, 100, 200, 500, 1000)
+SLOWEST = 10
 # The checkout's copy of the captures of shared/asterisk/ (tests/captures, which the tests read
 # too), so that the self-test runs from any checkout.
 CAPTURES = Path(__file__).resolve().parent.parent / "tests" / "captures"
@@ -531,6 +537,8 @@ class Totals:
         self.errors: Counter[str] = Counter()
         self.samples: dict[str, list[str]] = {}
         self.steps: list[tuple] = []
+        # (latency, start on CLOCK_MONOTONIC, seq) of each ok session of SLOW seconds or more
+        self.slow: list[tuple[float, float, int]] = []
 
     def error(self, kind: str, detail: str) -> None:
         self.errors[kind] += 1
@@ -583,6 +591,8 @@ async def one_session(loop, cfg, seq: int, totals: Totals) -> None:
     if status == "STARTED":
         totals.ok += 1
         totals.latencies.append(proto.eof_at - started)
+        if proto.eof_at - started >= SLOW:
+            totals.slow.append((proto.eof_at - started, started, seq))
         if proto.marks is not None:
             totals.steps.append(session_steps(started, proto))
     else:
@@ -615,7 +625,7 @@ async def run_proc(cfg, concurrency: int, sessions: int, seq_start: int, seq_ste
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "started": started, "ok": totals.ok, "errors": dict(totals.errors), "samples": totals.samples,
-        "latencies": totals.latencies, "t0": t0, "t1": t1, "steps": totals.steps,
+        "latencies": totals.latencies, "t0": t0, "t1": t1, "steps": totals.steps, "slow": totals.slow,
         "cpu": (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime),
     }
 
@@ -641,6 +651,20 @@ def percentile(sorted_values: list[float], q: float) -> float:
         return float("nan")
     k = min(len(sorted_values) - 1, max(0, int(round(q / 100 * len(sorted_values) + 0.5)) - 1))
     return sorted_values[k]
+
+
+def tail_histogram(latencies: list[float]) -> dict[str, int]:
+    """How many sessions took 10 ms or more, by bucket of TAIL_BUCKETS (``"10-20"`` is
+    [10, 20) ms, the last ``"1000+"``); every bucket is listed, empty ones as 0."""
+    names = [f"{low}-{high}" for low, high in zip(TAIL_BUCKETS, TAIL_BUCKETS[1:])] + [f"{TAIL_BUCKETS[-1]}+"]
+    counts = dict.fromkeys(names, 0)
+    for seconds in latencies:
+        ms = seconds * 1000
+        if ms < TAIL_BUCKETS[0]:
+            continue
+        index = sum(1 for bound in TAIL_BUCKETS[1:] if ms >= bound)
+        counts[names[index]] += 1
+    return counts
 
 
 def run(cfg) -> dict:
@@ -694,7 +718,13 @@ def run(cfg) -> dict:
         "error_kinds": dict(errors), "error_samples": {k: v[:MAX_ERROR_SAMPLES] for k, v in samples.items()},
         "wall_s": wall, "sessions_per_s": ok / wall if wall > 0 else 0.0,
         "p50_ms": percentile(latencies, 50) * 1000, "p99_ms": percentile(latencies, 99) * 1000,
+        "p999_ms": percentile(latencies, 99.9) * 1000,
         "max_ms": (latencies[-1] * 1000) if latencies else float("nan"),
+        "tail": tail_histogram(latencies),
+        # the slowest sessions: ms, start (CLOCK_MONOTONIC, the same clock as the server's
+        # time.monotonic() on Linux, to match with its log or bench/stallprobe.py), seq
+        "slowest": [[round(lat * 1000, 2), round(at, 4), seq] for lat, at, seq in
+                    sorted((x for r in results for x in r["slow"]), reverse=True)[:SLOWEST]],
         "mean_ms": (sum(latencies) / len(latencies) * 1000) if latencies else float("nan"),
         "loadgen_cpu_s": cpu, "seq_next": cfg.seq_start + cfg.sessions,
         "breakdown": summarize_steps([x for r in results for x in r["steps"]]) if cfg.breakdown else None,

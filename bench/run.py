@@ -3,14 +3,17 @@
 
 Starts, each as its own process: the references (``bench/reference_server.py``: ``ref`` sends 2
 commands, ``ref3`` the 3 of a correct start; no database), the peers (``bench/peers/``: a pyst2
-server with SQLAlchemy and a panoramisk one with a psycopg pool, each writing one row to
-PostgreSQL), our server on SQLite (a temp file) and on PostgreSQL (a temp database, which the
+server with SQLAlchemy, a panoramisk one and a pystrix one with a psycopg pool, each writing one
+row to PostgreSQL), our server on SQLite (a temp file) and on PostgreSQL (a temp database, which the
 peers use too), ours through the CLI exactly as deployed (``db upgrade``, ``apikey set``,
 ``serve --listen``). Then, for each concurrency level, ``--rounds`` times, each server in turn,
 it runs ``bench/loadgen.py`` (a fake Asterisk), and prints one table of the medians over the
 rounds: throughput, latency, server CPU per session, server peak RSS, errors, the load
 generator's own CPU, and the ratios to the best peer and to ``ref3`` at the same concurrency;
-then the concurrency-1 breakdown of a session of each server, step by step.
+then every round on its own line (p50, p99, p99.9, max, the load average, and how many sessions
+took 10 ms or more, by bucket), then the concurrency-1 breakdown of a session of each server,
+step by step. ``--probe`` runs our servers under ``bench/stallprobe.py`` and says, for each
+round, what stopped their event loop.
 
     .venv/bin/python bench/run.py --quick
     .venv/bin/python bench/run.py --commit HEAD --concurrency 1,10,100 --sessions 5000 --rounds 3
@@ -27,7 +30,6 @@ import datetime as dt
 import json
 import os
 import platform
-import re
 import resource
 import secrets
 import shutil
@@ -38,26 +40,31 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import stallprobe  # noqa: E402  (bench/ is not a package: run.py runs as a script)
+from results import (  # noqa: E402
+    Row, combine, format_breakdown, format_rounds, format_stalls, format_table, log_excerpt, profile_summary,
+)
 ROOT = HERE.parent
 TICK = os.sysconf("SC_CLK_TCK")
 # ref: the reference's 2 commands; ref3: the 3 commands of a correct start (ratios are to it);
 # the peers: recorders as users write them with other libraries; sqlite, pg: our server.
-SERVER_NAMES = ("ref", "ref3", "pyst2", "panoramisk", "sqlite", "pg", "sqlite+hook", "pg+hook", "sqlite+trig",
-                "pg+trig")
+SERVER_NAMES = ("ref", "ref3", "pyst2", "panoramisk", "pystrix", "sqlite", "pg", "sqlite+hook", "pg+hook",
+                "sqlite+trig", "pg+trig")
 # What --servers runs by default. The others, run when named, are ours with a webhook
 # subscription: +hook to a receiver in this process (every start's event written and delivered),
 # +trig with a tag prefix no leg has (the triggers write each event; nothing is delivered).
-DEFAULT_SERVERS = SERVER_NAMES[:6]
+DEFAULT_SERVERS = SERVER_NAMES[:7]
 REFERENCES = {"ref": [], "ref3": ["--start3"]}
 # each peer: its script in bench/peers/ and the modules it needs (the bench extra)
 PEERS = {"pyst2": ("pyst2_server.py", ("asterisk.agi", "sqlalchemy")),
-         "panoramisk": ("panoramisk_server.py", ("panoramisk", "psycopg_pool"))}
+         "panoramisk": ("panoramisk_server.py", ("panoramisk", "psycopg_pool")),
+         "pystrix": ("pystrix_server.py", ("pystrix", "psycopg_pool"))}
 OURS = ("sqlite", "pg", "sqlite+hook", "pg+hook", "sqlite+trig", "pg+trig")
 HOOKED = ("sqlite+hook", "pg+hook", "sqlite+trig", "pg+trig")
 
@@ -279,6 +286,7 @@ class Server:
     seq: int = 1
     failed: str | None = None
     db_comm: str | None = None  # the database server's process name, for its CPU
+    probe: Path | None = None  # --probe: the file bench/stallprobe.py writes
 
 
 def start_server(server: Server, cap: float) -> None:
@@ -427,86 +435,6 @@ def commit_floor(pg_url: str | None, sqlite_path: Path | None, count: int = 300)
 
 # -- one measurement ------------------------------------------------------------------------------
 
-@dataclass
-class Row:
-    server: str
-    concurrency: int
-    sessions: int = 0
-    ok: int = 0
-    errors: int = 0
-    wall_s: float = 0.0
-    rate: float = 0.0
-    p50: float = float("nan")
-    p99: float = float("nan")
-    max: float = float("nan")
-    cpu_ms: float = float("nan")
-    rss_mb: float = float("nan")
-    lg_cpu_s: float = float("nan")
-    other_cpu_s: float = float("nan")
-    db_cpu_ms: float | None = None
-    error_kinds: dict = field(default_factory=dict)
-    error_samples: dict = field(default_factory=dict)
-    note: str = ""
-    rounds: int = 1
-    breakdown: dict | None = None  # loadgen.py --breakdown (concurrency 1 only)
-    busy_before: float | None = None  # busy cores in the second before the run (--quiet-wait)
-
-
-def _median(values) -> float:
-    values = [v for v in values if v is not None and v == v]
-    return statistics.median(values) if values else float("nan")
-
-
-def combine(rounds: list[Row]) -> Row:
-    """One cell of the table from the rounds of one server at one concurrency: the median of
-    each figure (each on its own), errors and sessions summed, the peak RSS the highest, the
-    error kinds and notes of every round."""
-    cell = Row(rounds[0].server, rounds[0].concurrency, rounds=len(rounds))
-    cell.sessions = sum(r.sessions for r in rounds)
-    cell.ok = sum(r.ok for r in rounds)
-    cell.errors = sum(r.errors for r in rounds)
-    for name in ("wall_s", "rate", "p50", "p99", "max", "cpu_ms", "lg_cpu_s", "other_cpu_s"):
-        setattr(cell, name, _median(getattr(r, name) for r in rounds))
-    cell.rss_mb = max((r.rss_mb for r in rounds if r.rss_mb == r.rss_mb), default=float("nan"))
-    if any(r.db_cpu_ms is not None for r in rounds):
-        cell.db_cpu_ms = _median(r.db_cpu_ms for r in rounds)
-    for r in rounds:
-        for kind, count in r.error_kinds.items():
-            cell.error_kinds[kind] = cell.error_kinds.get(kind, 0) + count
-            cell.error_samples.setdefault(kind, []).extend(r.error_samples.get(kind, []))
-    cell.note = "; ".join(dict.fromkeys(r.note for r in rounds if r.note))
-    busy = [r.busy_before for r in rounds if r.busy_before is not None and r.busy_before >= 0.3]
-    if busy:
-        cell.note = (cell.note + "; " if cell.note else "") + (
-            f"machine not idle before {len(busy)} of {len(rounds)} rounds (up to {max(busy):.1f} cores busy)")
-    cell.breakdown = combine_breakdowns([r.breakdown for r in rounds if r.breakdown])
-    return cell
-
-
-def combine_breakdowns(parts: list[dict]) -> dict | None:
-    """The rounds' breakdowns as one, over the rounds whose sessions had the most common number
-    of commands: each step's median the median of the rounds' medians, its mean the mean over
-    all their sessions (so the means still add up to the mean total)."""
-    if not parts:
-        return None
-    shape = Counter(len(b["commands"]) for b in parts).most_common(1)[0][0]
-    parts = [b for b in parts if len(b["commands"]) == shape]
-    weight = sum(b["sessions"] for b in parts)
-
-    def both(key: str, pick) -> dict:
-        return {f"{key}_ms": _median(pick(b)[f"{key}_ms"] for b in parts),
-                f"{key}_mean_ms": sum(pick(b)[f"{key}_mean_ms"] * b["sessions"] for b in parts) / weight}
-
-    return {
-        "rounds": len(parts), "sessions": weight,
-        "other_shapes": {k: v for b in parts for k, v in b["other_shapes"].items()},
-        **both("connect", lambda b: b), **both("close", lambda b: b), **both("total", lambda b: b),
-        "commands": [{"label": parts[0]["commands"][i]["label"],
-                      **both("think", lambda b: b["commands"][i]), **both("answer", lambda b: b["commands"][i])}
-                     for i in range(shape)],
-    }
-
-
 def run_level(server: Server, concurrency: int, sessions: int, args, epoch: int, cap: float,
               profile_to: Path | None = None) -> Row:
     row = Row(server.name, concurrency)
@@ -537,6 +465,7 @@ def run_level(server: Server, concurrency: int, sessions: int, args, epoch: int,
             spy = spawn([args.profile, "record", "--gil", "--nonblocking", "-r", os.environ.get("BENCH_PROFILE_RATE", "100"), "--format", "raw",
                          "-o", str(profile_to), "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=spy_log)
         time.sleep(0.5)
+    load_start, t_start = os.getloadavg()[0], time.monotonic()
     proc = spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         out, err = proc.communicate(timeout=cap)
@@ -571,6 +500,10 @@ def run_level(server: Server, concurrency: int, sessions: int, args, epoch: int,
     row.sessions, row.ok, row.errors = result["sessions"], result["ok"], result["errors"]
     row.wall_s, row.rate = result["wall_s"], result["sessions_per_s"]
     row.p50, row.p99, row.max = result["p50_ms"], result["p99_ms"], result["max_ms"]
+    row.p999, row.tail, row.slowest = result["p999_ms"], result["tail"], result["slowest"]
+    row.load_start, row.load_end = load_start, os.getloadavg()[0]
+    if server.probe is not None:
+        row.stalls = stallprobe.summarize(str(server.probe), t_start, time.monotonic())
     row.cpu_ms = (cpu1 - cpu0) / TICK * 1000 / max(row.sessions, 1)
     row.rss_mb = tree_hwm_kb(pid) / 1024
     row.lg_cpu_s = result["loadgen_cpu_s"]
@@ -586,165 +519,6 @@ def run_level(server: Server, concurrency: int, sessions: int, args, epoch: int,
         server.failed = f"exited with {server.proc.returncode} during the run"
         row.note = (row.note + "; " if row.note else "") + f"server {server.failed}"
     return row
-
-
-# -- output --------------------------------------------------------------------------------------
-
-COLUMNS = [
-    # header, width
-    ("server", 10), ("conc", 5), ("sessions", 8), ("wall s", 6), ("sess/s", 7), ("p50 ms", 8), ("p99 ms", 8),
-    ("max ms", 8), ("cpu/sess ms", 11), ("rss MB", 6), ("errors", 6), ("lg cpu s", 8), ("other cpu s", 11),
-    ("db cpu/sess ms", 14), ("thr/peer", 8), ("p50/peer", 8), ("p99/peer", 8), ("cpu/peer", 8),
-    ("thr/ref3", 8), ("cpu/ref3", 8),
-]
-
-
-def _f(value, digits=1) -> str:
-    if value is None or value != value:  # None or NaN
-        return "-"
-    return f"{value:.{digits}f}"
-
-
-def best_peers(rows: list[Row]) -> dict[int, dict[str, float]]:
-    """For each concurrency, the best of the peers' figures, each on its own: the highest sess/s,
-    the lowest p50, p99 and CPU per session (peers with no ok session left out)."""
-    best: dict[int, dict[str, float]] = {}
-    for r in rows:
-        if r.server not in PEERS or not r.ok:
-            continue
-        b = best.setdefault(r.concurrency, {})
-        for name, better in (("rate", max), ("p50", min), ("p99", min), ("cpu_ms", min)):
-            value = getattr(r, name)
-            if value == value:
-                b[name] = better(b[name], value) if name in b else value
-    return best
-
-
-def format_table(rows: list[Row]) -> str:
-    refs = {r.concurrency: r for r in rows if r.server == "ref3"}
-    peers = best_peers(rows)
-    lines = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(COLUMNS))]
-    lines.append("  ".join("-" * w for _, w in COLUMNS))
-    for r in rows:
-        ref = refs.get(r.concurrency)
-        peer = peers.get(r.concurrency, {})
-
-        def ratio(a, b, digits=2):
-            if not a or not b or a != a or b != b:
-                return "-"
-            return f"{a / b:.{digits}f}"
-
-        cells = [
-            r.server, str(r.concurrency), str(r.sessions), _f(r.wall_s, 1), _f(r.rate, 0), _f(r.p50), _f(r.p99),
-            _f(r.max), _f(r.cpu_ms, 2), _f(r.rss_mb, 0), str(r.errors), _f(r.lg_cpu_s, 2), _f(r.other_cpu_s, 2),
-            _f(r.db_cpu_ms, 2),
-            ratio(r.rate, peer.get("rate")), ratio(r.p50, peer.get("p50")), ratio(r.p99, peer.get("p99")),
-            ratio(r.cpu_ms, peer.get("cpu_ms")),
-            ratio(r.rate, ref.rate) if ref and r is not ref else "-",
-            ratio(r.cpu_ms, ref.cpu_ms) if ref and r is not ref else "-",
-        ]
-        lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, (_, w)) in enumerate(zip(cells, COLUMNS))))
-    return "\n".join(lines)
-
-
-def format_breakdown(rows: list[Row]) -> str:
-    """The concurrency-1 sessions of each server, step by step: a summary line per server (the
-    means, which add up), then each server's commands one by one (median and mean)."""
-    cells = [r for r in rows if r.concurrency == 1 and r.breakdown]
-    if not cells:
-        return ""
-    out = ["c=1 breakdown, ms, seen from the fake Asterisk: 'server' = from the last byte Asterisk wrote (the "
-           "environment, or the reply before) to the server's next line read (both loopback crossings and all the "
-           "server did); 'asterisk' = the fake Asterisk's own turn (command read to reply written).",
-           "Means per session (they add up to the mean total; a busy machine delays a different step in each "
-           "session, so the medians of the steps add up to less than the median total):",
-           "",
-           f"{'server':10}  {'cmds':>4}  {'connect':>7}  {'env->1st cmd':>12}  {'later cmds':>10}  "
-           f"{'asterisk':>8}  {'->half-close':>12}  {'mean total':>10}  {'median total':>12}",
-           f"{'-' * 10}  {'-' * 4}  {'-' * 7}  {'-' * 12}  {'-' * 10}  {'-' * 8}  {'-' * 12}  {'-' * 10}  {'-' * 12}"]
-    for r in cells:
-        b = r.breakdown
-        cmds = b["commands"]
-        first = cmds[0]["think_mean_ms"] if cmds else float("nan")
-        later = sum(c["think_mean_ms"] for c in cmds[1:])
-        answers = sum(c["answer_mean_ms"] for c in cmds)
-        out.append(f"{r.server:10}  {len(cmds):>4}  {b['connect_mean_ms']:7.2f}  {first:12.2f}  {later:10.2f}  "
-                   f"{answers:8.2f}  {b['close_mean_ms']:12.2f}  {b['total_mean_ms']:10.2f}  {b['total_ms']:12.2f}")
-    for r in cells:
-        b = r.breakdown
-        shapes = (f"; sessions with another number of commands left out: {b['other_shapes']}"
-                  if b["other_shapes"] else "")
-        out.append("")
-        out.append(f"{r.server}: {len(b['commands'])} commands, {b['sessions']} sessions over {b['rounds']} "
-                   f"round(s){shapes}; median / mean")
-        width = max([len(c["label"]) for c in b["commands"]] + [20]) + 4
-
-        def pair(d: dict, key: str) -> str:
-            return f"{d[key + '_ms']:6.2f} / {d[key + '_mean_ms']:6.2f}"
-
-        out.append(f"    {'   connect':{width + 3}}  {pair(b, 'connect')}")
-        for i, c in enumerate(b["commands"], 1):
-            out.append(f"    {i:>2} {c['label']:{width}}  server {pair(c, 'think')}   asterisk {pair(c, 'answer')}")
-        out.append(f"    {'   half-close':{width + 3}}  server {pair(b, 'close')}")
-        out.append(f"    {'   total':{width + 3}}         {pair(b, 'total')}")
-    return "\n".join(out)
-
-
-_NOISE = re.compile(r"\b\d{10}\.\d+\b|\b[0-9a-f]{32}\b|\b0x[0-9a-f]+\b|\b\d+(\.\d+)?(ms|s)?\b|127\.0\.0\.1:\d+")
-
-
-def log_excerpt(path: Path, limit: int = 8) -> list[str]:
-    """The server log's WARNING/ERROR lines and tracebacks, grouped by their shape (numbers and
-    ids blanked): a count and the first example of each."""
-    groups: Counter[str] = Counter()
-    first: dict[str, str] = {}
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return []
-    lines = text.splitlines()
-    for i, line in enumerate(lines):
-        if " WARNING " in line or " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback"):
-            if line.startswith("Traceback"):
-                body = [l for l in lines[i:i + 40] if l and not l.startswith(" ")]
-                line = "Traceback ... " + (body[1] if len(body) > 1 else "")
-            shape = _NOISE.sub("#", line.split(" ", 2)[-1])
-            groups[shape] += 1
-            first.setdefault(shape, line)
-    return [f"{count:6d} x  {first[shape]}" for shape, count in groups.most_common(limit)]
-
-
-def profile_summary(path: Path, limit: int = 15) -> list[str]:
-    """Top functions of a py-spy raw profile: by self time, and by inclusive time for the
-    frames of this project and the libraries it calls (stdlib plumbing left out)."""
-    own: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    total = 0
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return [f"(no profile: {tail(Path(str(path) + '.log'), 3)})"]
-    for line in text.splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue
-        n = int(count)
-        total += n
-        frames = [re.sub(r" \((?:/[^)]*?/(?:site-packages/|lib/python3\.\d+/|src/|main/))?", " (", f)
-                  for f in stack.split(";")]
-        frames = [f for f in frames if f.strip()] or ["(native)"]
-        own[frames[-1]] += n
-        for frame in set(frames):
-            inclusive[frame] += n
-    if not total:
-        return ["(no samples)"]
-    out = [f"{total} samples while holding the GIL; self:"]
-    out += [f"  {100 * c / total:5.1f}%  {f}" for f, c in own.most_common(limit)]
-    out.append("inclusive (project and library frames):")
-    shown = [(f, c) for f, c in inclusive.most_common()
-             if any(k in f for k in ("(recording/", "(agi/", "(sqlalchemy/", "(psycopg/", "(logging/"))]
-    out += [f"  {100 * c / total:5.1f}%  {f}" for f, c in shown[:limit]]
-    return out
 
 
 def machine_note() -> str:
@@ -820,6 +594,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sample our servers with py-spy (path to it, default 'py-spy' on PATH) during each "
                         "run and print their top functions; sampling costs CPU, so compare figures of "
                         "profiled runs only with each other")
+    p.add_argument("--probe", action="store_true",
+                   help="run our servers under bench/stallprobe.py and print, for each round, what stopped their "
+                        "event loop for 10 ms or more (the garbage collector, a busy machine, another thread, our "
+                        "code) and their slowest sessions with what overlapped them; it costs a little CPU "
+                        "(a wake-up every 2 ms); not with --workers")
     p.add_argument("--keep", action="store_true", help="keep the temp directory (server logs, SQLite file)")
     p.add_argument("--json-out", help="also write the rows as JSON to this file")
     return p
@@ -895,6 +674,9 @@ def main(argv=None) -> int:
         env["PYTHONPATH"] = str(source) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     workers_note = ""
     serve_extra: list[str] = []
+    if args.probe and args.workers:
+        log("--probe watches one process: ignored with --workers")
+        args.probe = False
     if args.workers is not None:
         if serve_supports_workers(cli, env, source):
             serve_extra = ["--workers", str(args.workers)]
@@ -915,6 +697,7 @@ def main(argv=None) -> int:
     floor: list[str] = []
     interrupted = False
     started_at = dt.datetime.now().astimezone()
+    load_at_start = os.getloadavg()
 
     def on_term(signum, frame):
         raise KeyboardInterrupt
@@ -959,10 +742,14 @@ def main(argv=None) -> int:
                 prefix = ["--tag-prefix", "no-leg-has-this"] if name.endswith("+trig") else []
                 run_checked([cli, "--database-url", url, "webhooks", "add", receiver[1], *prefix], env=env, cwd=source)
             cmd = [cli, "--database-url", url, "serve", "--listen", f"127.0.0.1:{port}", *serve_extra]
+            probe = None
+            if args.probe:
+                probe = tmp / f"probe-{name}.jsonl"
+                cmd = [sys.executable, str(HERE / "stallprobe.py"), "--out", str(probe), "--", *cmd[1:]]
             # NOTE: each server its own journal: a shared one would replay one server's
             # deferred writes into the other's database.
             server_env = dict(env, RECORDING_JOURNAL_DIR=str(tmp / f"journal-{name}"))
-            server = Server(name, port, log_path, cmd, env=server_env, cwd=source)
+            server = Server(name, port, log_path, cmd, env=server_env, cwd=source, probe=probe)
             server.db_comm = "postgres" if name.startswith("pg") else None
             servers.append(server)
         for server in servers:
@@ -991,14 +778,15 @@ def main(argv=None) -> int:
                         profile_to = tmp / f"profile-{server.name}-c{concurrency}-r{round_no}.txt"
                         profiles.append((server.name, concurrency, profile_to))
                     row = run_level(server, concurrency, sessions, args, epoch, cap, profile_to)
-                    row.busy_before = busy_before
+                    row.busy_before, row.round_no = busy_before, round_no
                     if busy_before is not None and busy_before >= 0.3:
                         quiet_notes.append(busy_before)
                     rounds.append(row)
                     level_rounds.setdefault(server.name, []).append(row)
                     log(f"{server.name:10} c={concurrency:<5} round {round_no}: {row.sessions} sessions "
-                        f"{row.rate:.0f}/s p50 {row.p50:.1f} p99 {row.p99:.1f} ms cpu/sess {row.cpu_ms:.2f} ms "
-                        f"errors {row.errors} {row.note}")
+                        f"{row.rate:.0f}/s p50 {row.p50:.1f} p99 {row.p99:.1f} p99.9 {row.p999:.1f} max "
+                        f"{row.max:.1f} ms cpu/sess {row.cpu_ms:.2f} ms load {row.load_start:.1f} errors "
+                        f"{row.errors} {row.note}")
             cells.extend(combine(level_rounds[s.name]) for s in servers if s.name in level_rounds)
             if concurrency == 1:
                 floor = commit_floor(pg_url, tmp / "commit-probe.sqlite3")
@@ -1041,10 +829,17 @@ def main(argv=None) -> int:
             print("# quiet wait: off (the runs did not wait for an idle machine)")
         if workers_note:
             print(f"# {workers_note}")
+        print(f"# load average (1, 5, 15 min) at the start {' '.join(f'{x:.2f}' for x in load_at_start)}, at the "
+              f"end {' '.join(f'{x:.2f}' for x in os.getloadavg())}; ended {dt.datetime.now().astimezone():%H:%M %Z}")
         print(format_table(cells))
         for r in cells:
             if r.note:
                 print(f"note: {r.server} c={r.concurrency}: {r.note}")
+        print()
+        print(format_rounds(rounds))
+        if args.probe:
+            print()
+            print(format_stalls(rounds, {s.name: s.probe for s in servers if s.probe is not None}))
         breakdown = format_breakdown(cells)
         if breakdown:
             print()

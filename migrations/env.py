@@ -8,7 +8,7 @@ from sqlalchemy.exc import SAWarning
 
 from recording.ops.config import Settings
 from recording.storage.models import Base
-from recording.storage.store import make_engine, normalize_url
+from recording.storage.store import Store, normalize_url
 
 config = context.config
 
@@ -40,7 +40,9 @@ if context.is_offline_mode():
 elif config.attributes.get("connection") is not None:
     run(config.attributes["connection"])
 else:
-    engine = make_engine(url())
-    with engine.begin() as connection:
-        run(connection)
-    engine.dispose()
+    store = Store(url())
+    try:
+        with store.migrating() as connection:
+            run(connection)
+    finally:
+        store.close()

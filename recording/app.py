@@ -32,13 +32,16 @@ from .ops.configfile import load_settings, reload_changes
 from .doors.fastagi import ROUTES, Hooks, build_router
 from .ops.gate import Gate
 from .ops.health import PUBLISH_EVERY, Board
+from .ops import heap
 from .doors.http import RecordingAPI, probe_application, start_site
 from .ops.metrics import ServiceMetrics
 from .storage.journal import Journal
 from .asterisk.manager import Manager
 from .storage.persist import Persister
+from .storage.reads import Reads
 from .service import ActiveLeg, RecordingService
 from .storage.store import Store, redact_url
+from .doors.follower import Follower
 from .doors.sweeper import Sweeper
 
 log = logging.getLogger("recording.app")
@@ -118,8 +121,10 @@ class Application:
         self.overrides = dict(overrides or {})
         self.store = store or Store(settings.database_url)
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="recording-db")
+        # The reads a call waits for: threads of their own, each within the database budget.
+        self.reads = Reads(settings.database_budget)
         self.directory = Directory(self.store, refresh=settings.directory_refresh, executor=self.executor,
-                                   keep_in=settings.journal_dir)
+                                   keep_in=settings.journal_dir, reads=self.reads)
         self.journal = Journal(settings.journal_dir)
         self.metrics = ServiceMetrics(
             journal_backlog=lambda: self.persister.backlog,
@@ -135,8 +140,13 @@ class Application:
         if settings.ami_url:
             self.manager = Manager(AMIClient.from_url(settings.ami_url, action_timeout=settings.ami_timeout))
         self.service = RecordingService(
-            settings, self.directory, self.persister, self.store, executor=self.executor, muter=self.manager
+            settings, self.directory, self.persister, self.store, executor=self.executor, muter=self.manager,
+            reads=self.reads,
         )
+        # Every AMI event, in order: the calls followed through transfers and queues, and the
+        # end of a recorded channel's leg at its Hangup.
+        self.follower = Follower(self.service, self.manager) if self.manager is not None else None
+        self.service.calls = self.follower
         self.sweeper = Sweeper(
             self.service, self.manager, interval=settings.sweep_interval, max_age=settings.max_leg_age
         )
@@ -153,6 +163,9 @@ class Application:
         )
         self._http = None
         self._probes = None
+        self._pages_site = None
+        self.pages = None
+        self.pages_port: int | None = None
         self.http_port: int | None = None
         self.metrics_port: int | None = None
         self._background: set[asyncio.Task] = set()
@@ -163,6 +176,9 @@ class Application:
         # came back with a schema this version cannot use.
         self.halt = asyncio.Event()
         self.fatal: ConfigError | None = None
+        # Whether this process is the service's own (serve), whose start-up heap is frozen out
+        # of the garbage collector's walks (ops/heap.py); not a test's, which shares its process.
+        self.freezes_heap = False
 
     @property
     def agi_port(self) -> int:
@@ -188,7 +204,9 @@ class Application:
             await self.persister.stop()
             raise
         if self.manager is not None:
-            self.manager.client.subscribe(self._on_event)
+            # NOTE: the follower hears every event from the first login on (and reads the calls
+            # again at each login), before the sweeper's wake-up.
+            self.follower.start()
             self.manager.client.on_connect(self.sweeper.wake)
             await self.manager.client.start()
         self.sweeper.start()
@@ -197,20 +215,40 @@ class Application:
         self.aftercall.start()
         self.webhooks.start()
         await self.agi.start()
+        pages = self._pages()
         if self.settings.http_address is not None:
             api = RecordingAPI(self.service, self.store, self.manager, gate=self.gate, metrics=self.metrics,
                                health=self.service_health)
+            application = api.application()
+            if pages is not None and self.settings.pages_listen == "http":
+                pages.mount(application)
             self._http, self.http_port = await start_site(
-                api.application(), *self.settings.http_address, reuse_port=self.settings.reuse_port,
+                application, *self.settings.http_address, reuse_port=self.settings.reuse_port,
                 sock=self.sockets.get("http"),
             )
-            log.info("HTTP recording API listening on %s:%d", self.settings.http_address[0], self.http_port)
+            log.info("HTTP recording API listening on %s:%d%s", self.settings.http_address[0], self.http_port,
+                     ", with the recordings pages" if pages is not None and self.settings.pages_listen == "http" else "")
+        if pages is not None and self.settings.pages_address is not None:
+            self._pages_site, self.pages_port = await start_site(
+                pages.application(), *self.settings.pages_address, reuse_port=self.settings.reuse_port,
+                sock=self.sockets.get("pages"),
+            )
+            log.info("recordings pages on %s:%d", self.settings.pages_address[0], self.pages_port)
         if self.settings.metrics_address is not None:
             self._probes, self.metrics_port = await start_site(
                 probe_application(self.metrics, self.service_health), *self.settings.metrics_address,
                 reuse_port=self.settings.reuse_port, sock=self.sockets.get("metrics"),
             )
             log.info("metrics and health on %s:%d", self.settings.metrics_address[0], self.metrics_port)
+
+    def _pages(self):
+        """The recordings pages when RECORDING_PAGES_LISTEN asks for them (README)."""
+        if not self.settings.pages_listen:
+            return None
+        from .doors.pages import Pages
+
+        self.pages = Pages(self.service, self.store, self.gate, self.metrics)
+        return self.pages
 
     async def _connect(self) -> None:
         """What serving needs from the database: a current schema, the directory, the legs
@@ -277,6 +315,7 @@ class Application:
                 log.exception("unexpected failure reaching the database; trying again")
                 continue
             log.info("the database answers and its schema is current: replaying the journal")
+            self._freeze_heap("the directory and the active legs are read")
             return
 
     def health(self) -> dict:
@@ -285,12 +324,15 @@ class Application:
         problems = []
         if self.directory.snapshot.api_key_hash is None:
             problems.append("no apiKey is known (recording-agi apikey generate)")
-        if self.persister.database_away and self.persister.journal_broken:
+        if (self.persister.database_away or self.persister.journaling) and self.persister.journal_broken:
             problems.append("the database is away and the journal cannot be written")
+        away, journaling = self.persister.database_away, self.persister.journaling
         report = {
             "ok": not problems,
-            "status": "unavailable" if problems else ("degraded" if self.persister.database_away else "ok"),
-            "database": "away" if self.persister.database_away else "up",
+            "status": "unavailable" if problems else ("degraded" if away or journaling else "ok"),
+            # NOTE: slow: it answers, but writes went past RECORDING_DATABASE_BUDGET, so they are
+            # journaled until the replay has caught up.
+            "database": "away" if away else ("slow" if journaling else "up"),
             "journalBacklog": self.persister.backlog,
             "ami": "off" if self.manager is None else ("connected" if self.manager.connected else "down"),
             "problems": problems,
@@ -298,6 +340,11 @@ class Application:
         snapshot = self.directory.served_from
         if snapshot is not None:
             report["directory"] = f"snapshot of {snapshot.when}"
+        if journaling and not away and not problems:
+            report["problems"] = [
+                f"the database is slower than RECORDING_DATABASE_BUDGET ({self.settings.database_budget:g}s): "
+                "recordings start and their legs are journaled until the journal is replayed"
+            ]
         if self.persister.database_away and not problems:
             report["problems"] = ["the database is away: recordings start and their legs are journaled"]
             if snapshot is not None:
@@ -331,14 +378,9 @@ class Application:
                 log.exception("publishing this worker's metrics and health failed; trying again")
             await asyncio.sleep(PUBLISH_EVERY)
 
-    def _on_event(self, event: dict) -> None:
-        # NOTE: Asterisk sends a Hangup for every channel; only ours are worth a look.
-        if event.get("Event") == "Hangup" and self.service.active(event.get("Uniqueid", "")):
-            task = asyncio.create_task(
-                self.service.channel_gone(event["Uniqueid"], by="hangup", known_only=True)
-            )
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+    def _freeze_heap(self, when: str) -> None:
+        if self.freezes_heap:
+            log.info("%s: %d objects frozen out of the garbage collector's full collections", when, heap.freeze())
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.shutdown_grace if grace is None else grace
@@ -347,9 +389,11 @@ class Application:
             await asyncio.gather(self._publisher, return_exceptions=True)
         if self.board is not None:
             self.board.withdraw()
-        for runner in (self._http, self._probes):
+        for runner in (self._http, self._probes, self._pages_site):
             if runner is not None:
                 await runner.cleanup()
+        if self.pages is not None:
+            self.pages.close()
         cancelled = await self.agi.stop(grace)
         if cancelled:
             log.warning("%d sessions did not finish within %gs and were cancelled", cancelled, grace)
@@ -361,11 +405,14 @@ class Application:
         await self.webhooks.stop()
         if self._background:
             await asyncio.wait(self._background, timeout=grace)
+        if self.follower is not None:
+            await self.follower.stop()
         if self.manager is not None:
             await self.manager.client.stop()
         await self.directory.stop()
         await self.persister.stop()
         self.executor.shutdown(wait=True)
+        self.reads.close()
         self.store.close()
 
     def reload(self) -> None:
@@ -411,7 +458,9 @@ class Application:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.halt.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self.freezes_heap = True
         await self.start()
+        self._freeze_heap("started")
         try:
             await self.halt.wait()
             log.info("stopping: finishing the sessions in flight")

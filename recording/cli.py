@@ -16,7 +16,8 @@ import sys
 from datetime import datetime, timezone
 from typing import Sequence
 
-from . import apikey
+from . import apikey, cli_people
+from .cli_people import parse_time as _parse_time
 from .errors import ConfigError, RecordingFailure, StorageUnavailable
 from .ops import eventloop
 from .ops.config import Settings
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("login")
     add.add_argument("--group", action="append", default=[], help="a group, e.g. 'Recording Manager' (repeatable)")
     add.set_defaults(command=users_add)
+    cli_people.add_user_commands(users)
 
     exts = commands.add_parser("extensions", help="who is at which extension").add_subparsers(
         metavar="ACTION", required=True
@@ -161,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .ops.webhookcli import add_commands
 
     add_commands(commands)
+    cli_people.add_audit_command(commands)
     return parser
 
 
@@ -264,7 +267,10 @@ def recordings_purge(args, settings: Settings) -> int:
         period, reason = settings.retention_period, f"older than {settings.retention} (RECORDING_RETENTION)"
     else:
         raise ConfigError("no retention period: give --older-than (e.g. 90d) or set RECORDING_RETENTION")
-    report = Purger(_store(settings), _monitor(settings)).run(period, reason, dry_run=args.dry_run)
+    import getpass
+
+    purger = Purger(_store(settings), _monitor(settings), by=getpass.getuser(), door="cli")
+    report = purger.run(period, reason, dry_run=args.dry_run)
     word = "would" if args.dry_run else "purged"
     for leg, done in report.purged:
         print(_leg_line(leg, f"ended {leg.end.isoformat(timespec='seconds')}: {done}", word))
@@ -279,11 +285,16 @@ def recordings_purge(args, settings: Settings) -> int:
 def recordings_hold(args, settings: Settings) -> int:
     import getpass
 
+    from .storage import audit as audit_table
     from .storage.retention import audit_hold, hold_sentence
 
     by = args.by or getpass.getuser()
+
+    def audited(conn, leg, changed) -> None:
+        audit_table.write(conn, [audit_table.hold_event(leg, not args.release, changed, by, "cli", None, args.reason)])
+
     leg, changed = _store(settings).set_hold(
-        args.leg, held=not args.release, by=by, at=datetime.now(timezone.utc), reason=args.reason,
+        args.leg, held=not args.release, by=by, at=datetime.now(timezone.utc), reason=args.reason, then=audited,
     )
     audit_hold(leg, not args.release, changed, by)
     if args.release:
@@ -298,18 +309,13 @@ def recordings_verify(args, settings: Settings) -> int:
 
     since = _parse_time(args.since, "--since") if args.since else None
     report = VerifyReport()
-    for finding in verify(_store(settings), _monitor(settings), since, report):
+    from .storage.browse import Browse
+
+    store = _store(settings)
+    for finding in verify(store, _monitor(settings), since, report, keep=Browse(store).record_checks):
         print(_leg_line(finding.leg, finding.detail, finding.kind))
     print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
     return 0 if report.ok else 1
-
-
-def _parse_time(text: str, name: str) -> datetime:
-    try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ConfigError(f"{name} {text!r} is not a date (2026-11-01) or a time (2026-11-01T09:30)") from None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
 def journal_status(args, settings: Settings) -> int:

@@ -7,6 +7,7 @@ times as much to make); they are treated as immutable all the same.
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -63,6 +64,17 @@ class LegIds:
 new_leg_id = LegIds()
 # A forked child must not hand out the ids its parent drew.
 os.register_at_fork(after_in_child=new_leg_id._pool.clear)
+
+
+def system_of(unique_id: str) -> str:
+    """The Asterisk system name a unique id carries: ``pbx1-1795825765.3`` gives ``pbx1``, and
+    ``1795825765.3`` (an Asterisk without ``systemname`` in asterisk.conf) gives ''. Several
+    Asterisks sharing one database must each have their own (their unique ids would collide)."""
+    system, dash, number = unique_id.rpartition("-")
+    return system if dash and _SEQUENCE.fullmatch(number) else ""
+
+
+_SEQUENCE = re.compile(r"[0-9]+\.[0-9]+")
 
 
 def channel_extension(channel: str) -> str:
@@ -128,6 +140,13 @@ class NewLeg:
     started_at: datetime
     ended_at: datetime | None = None
     agent_login: str | None = None
+    # A leg of a call followed through a transfer or a queue: the call (Asterisk's Linkedid), the
+    # part of the call it records (numbered by the call tracker, the same in every process that
+    # heard the call's events), and the leg it took over from (see Store.take_over). None for a
+    # leg a request started.
+    linkedid: str | None = None
+    part: int | None = None
+    follows: str | None = None
 
 
 @dataclass(slots=True)
@@ -144,7 +163,12 @@ class LegChange:
     """A change to a leg that exists: ``pause``, ``resume``, or ``end`` (with ``state``
     stopped, ended or lost). ``by`` says who or what: a login, ``dialplan``, ``hangup``,
     ``sweeper``. A pause has its ``method`` (mute or restart); a resume by restart carries the
-    new MixMonitor's id. Applying a change twice is harmless (replays do)."""
+    new MixMonitor's id.
+
+    ``key`` names this change once and for all (made where it was decided): the store applies
+    a key once, so a journal replayed twice (a crash in the middle of a replay) changes
+    nothing the second time. A change older than the leg's last change is not applied over it
+    (see Store._change). Changes journaled by an older version have no key."""
 
     leg_id: str
     unique_id: str
@@ -154,6 +178,7 @@ class LegChange:
     by: str | None = None
     method: str | None = None
     mixmonitor_id: str | None = None
+    key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +225,10 @@ class LegView:
     purge_reason: str | None = None
     purged_at: datetime | None = None
     state_before_purge: str | None = None
+    # A leg of a followed call: its Linkedid, its part and the leg it took over from (see NewLeg).
+    linkedid: str | None = None
+    part: int | None = None
+    follows: str | None = None
 
     @property
     def held(self) -> bool:
@@ -260,6 +289,9 @@ class LegView:
             "purgeStarted": _iso(self.purge_started_at),
             "purgedAt": _iso(self.purged_at),
             "purgeReason": self.purge_reason,
+            "linkedid": self.linkedid,
+            "part": self.part,
+            "follows": self.follows,
         }
 
 

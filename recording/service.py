@@ -36,13 +36,15 @@ from .domain import (
 )
 from .errors import AsteriskFailure, AsteriskUnavailable, Denied, Invalid, StorageRefused, StorageUnavailable
 from .storage.persist import Pending, Persister
+from .storage.reads import Reads
 from .storage.store import Store
 
 log = logging.getLogger("recording.service")
 
 MAX_TAG = 255
 MAX_LOGIN = 128
-# How many calls the service remembers legs of; past it the database constraint still holds.
+# How many calls the service remembers legs of. Memory is a cache: what a route answers is read
+# from the database (see _find_active), and memory stands in only while the database is away.
 REMEMBERED_CALLS = 100_000
 APPEND = "a"  # MixMonitor's option to append to the file instead of overwriting it
 
@@ -66,6 +68,21 @@ class ActiveLeg:
         method = view.pauses[-1].method if view.state == "paused" and view.pauses else None
         return cls(view.id, view.leg, view.file, view.external_reference, view.channel, view.mixmonitor_id,
                    view.owner_id, view.state, method)
+
+
+class _ActiveLegs(OrderedDict):
+    """The active legs remembered, by unique id, each kept as a plain tuple of its fields and
+    handed out as an :class:`ActiveLeg`. The garbage collector stops tracking a tuple of
+    strings, numbers and None, so the legs remembered (up to REMEMBERED_CALLS, one per call
+    that never said it hung up) are not walked by every full collection on the event loop: as
+    objects, 100,000 of them added 10 ms to each (bench/README.md, "What stalled the loop")."""
+
+    def __setitem__(self, unique_id: str, leg: ActiveLeg) -> None:
+        super().__setitem__(unique_id, tuple(getattr(leg, name) for name in ActiveLeg.__slots__))
+
+    def get(self, unique_id: str, default=None) -> ActiveLeg | None:
+        fields = super().get(unique_id)
+        return default if fields is None else ActiveLeg(*fields)
 
 
 @dataclass(slots=True)
@@ -98,6 +115,20 @@ class Muter(Protocol):
     def connected(self) -> bool: ...
 
     async def mute(self, channel: str, mixmonitor_id: str, state: bool) -> None: ...
+
+
+class CallDirectory(Protocol):
+    """The calls as AMI tells them (doors/follower.py): the anchor of a channel's call (the
+    caller's channel, where a followed call's recordings run), and a live channel to act on."""
+
+    def anchor_of(self, unique_id: str) -> tuple[str, str] | None:
+        """``(unique id, channel name)`` of the anchor of the call ``unique_id`` is on; None
+        when the call is not known."""
+
+    def call_of(self, unique_id: str) -> str | None:
+        """The Linkedid of the call ``unique_id`` is on; None when the channel is not known."""
+
+    def channel(self, unique_id: str, name: str) -> Channel: ...
 
 
 class _CallTurn:
@@ -154,6 +185,8 @@ class RecordingService:
         *,
         executor: Executor | None = None,
         muter: Muter | None = None,
+        reads: Reads | None = None,
+        calls: "CallDirectory | None" = None,
     ):
         self.settings = settings
         self.directory = directory
@@ -161,7 +194,12 @@ class RecordingService:
         self.store = store
         self.muter = muter
         self._executor = executor
-        self._active: OrderedDict[str, ActiveLeg] = OrderedDict()
+        # The call path's reads: their own threads, each within the database budget.
+        self.reads = reads or Reads(settings.database_budget)
+        # The calls followed over AMI (doors/follower.py), when there is a manager: which
+        # channel of a call its recordings run on.
+        self.calls = calls
+        self._active = _ActiveLegs()
         self._last_leg: OrderedDict[str, int] = OrderedDict()
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
@@ -228,21 +266,43 @@ class RecordingService:
         return _CallTurn(self._locks, unique_id)
 
     async def read(self, function, *args):
-        """Runs a blocking store read in a worker thread."""
+        """Runs a blocking store read in a worker thread (for what is not on a call's path:
+        retrieval, downloads, holds)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
-    async def _find_active(self, unique_id: str) -> ActiveLeg | None:
-        """The active leg of the call: from memory, else from the database (a leg started
-        before a restart, or by another process)."""
-        found = self._active.get(unique_id)
-        if found is not None:
-            return found
-        views = await self.read(self.store.active_legs, unique_id)
-        if not views:
+    async def _find_active(self, unique_id: str, *, ask: bool = True) -> ActiveLeg | None:
+        """The active leg of the call, as the database has it: a leg another process (or this
+        one before a restart) started, stopped, paused or resumed is seen as it is now.
+
+        Memory answers instead while writes are being journaled (this process's own latest
+        changes may not have reached the database yet) and when the database does not answer
+        within the budget; with nothing in memory the database's silence is raised
+        (StorageUnavailable). ``ask=False``: when memory knows no active leg, the database is
+        not asked (a start, whose write itself finds out).
+        """
+        remembered = self._active.get(unique_id)
+        if remembered is None and not ask:
             return None
-        active = ActiveLeg.of(views[0])
-        self.remember(unique_id, views[0].leg, active)
-        return active
+        if remembered is not None and self.persister.journaling:
+            return remembered
+        try:
+            views = await self.reads(self.store.active_legs, unique_id)
+        except StorageUnavailable:
+            if remembered is None:
+                raise
+            log.info("the database did not say whether %s records; answering from memory", unique_id)
+            return remembered
+        if not views:
+            if remembered is not None:
+                self.remember(unique_id, remembered.leg, None)
+            return None
+        found = ActiveLeg.of(views[0])
+        if not found.mixmonitor_id and remembered is not None and remembered.leg_id == found.leg_id:
+            # NOTE: a start's MixMonitor id is not written to the database (the channel keeps
+            # it); the one this process started is still the running one.
+            found = replace(found, mixmonitor_id=remembered.mixmonitor_id)
+        self.remember(unique_id, found.leg, found)
+        return found
 
     # -- checks ---------------------------------------------------------------------------
 
@@ -289,10 +349,27 @@ class RecordingService:
         tag = check_text("tag", request.tag, MAX_TAG) or None
         agent = await self.agent(request.agent_login)
         async with self._call(request.unique_id):
-            active = self._active.get(request.unique_id)
+            active = await self._find_active(request.unique_id, ask=False)
             if active is not None:
                 return await self._already(request.unique_id, active, tag)
+            on_call = await self._recorded_call(request.unique_id)
+            if on_call is not None:
+                return await self._already(*on_call, tag)
             return await self._start_new(request, channel, agent, tag)
+
+    async def _recorded_call(self, unique_id: str) -> tuple[str, ActiveLeg] | None:
+        """The active leg of the call ``unique_id`` is on, when the calls are followed and it
+        runs on another channel (the CRM names the agent of a call whose caller is recorded):
+        the call is recorded already. None when it is not, or the database cannot say (a
+        recording started twice beats none)."""
+        anchor = self.calls.anchor_of(unique_id) if self.calls is not None else None
+        if anchor is None or anchor[0] == unique_id:
+            return None
+        try:
+            active = await self._find_active(anchor[0])
+        except StorageUnavailable:
+            return None
+        return None if active is None else (anchor[0], active)
 
     async def _already(self, unique_id: str, active: ActiveLeg, tag: str | None) -> StartOutcome:
         deferred = False
@@ -304,16 +381,22 @@ class RecordingService:
     async def _start_new(
         self, request: StartRequest, channel: Channel, agent: tuple[UserRef | None, str | None], tag: str | None
     ) -> StartOutcome:
+        # NOTE: the number is proposed here and decided by the database, which gives the next
+        # free one if another process (or this one before a restart) numbered a leg of the call;
+        # the file name holds the leg's id, so it is the leg's own whatever its number.
         number = self._last_leg.get(request.unique_id, 0) + 1
         started = utcnow()
         extension = channel_extension(request.channel)
+        leg_id = new_leg_id()
         file = render_file(
-            self.settings.monitor_template, uniqueid=request.unique_id, leg=number, extension=extension, when=started
+            self.settings.file_template, uniqueid=request.unique_id, leg=number, extension=extension, when=started,
+            leg_id=leg_id,
         )
         leg = NewLeg(
-            id=new_leg_id(), unique_id=request.unique_id, leg=number, channel=request.channel, extension=extension,
+            id=leg_id, unique_id=request.unique_id, leg=number, channel=request.channel, extension=extension,
             file=file, mixmonitor_id=None, tag=tag, agent=agent[0], agent_login=agent[1], source=request.source,
             state="recording", started_at=started,
+            linkedid=self.calls.call_of(request.unique_id) if self.calls is not None else None,
         )
         # NOTE: held: once MixMonitor has been asked for, its leg is settled even if the
         # session's deadline comes meanwhile (each reply keeps its own deadline).
@@ -372,7 +455,7 @@ class RecordingService:
                 return False
             if persisted.result is not None and persisted.result.status == "ALREADY_RECORDING":
                 return False
-        change = LegChange(leg.id, leg.unique_id, "end", utcnow(), state=state, by=by)
+        change = LegChange(leg.id, leg.unique_id, "end", utcnow(), state=state, by=by, key=new_leg_id())
         try:
             return (await self.persister.write(change)).deferred
         except (StorageRefused, StorageUnavailable) as exc:
@@ -402,6 +485,7 @@ class RecordingService:
     async def stop(self, request: LegRequest, channel: Channel) -> LegOutcome:
         """Stops the call's active leg (its own MixMonitor, by id) and closes it as stopped.
         NOT_RECORDING when this service records nothing on that call."""
+        request, channel = await self._on_the_call(request, channel)
         async with self._call(request.unique_id):
             leg = await self._find_active(request.unique_id)
             if leg is None:
@@ -412,8 +496,9 @@ class RecordingService:
                 leg = await self._with_id(leg, channel)
                 if leg.mixmonitor_id:
                     await channel.stop_mixmonitor(leg.mixmonitor_id)
-            change = LegChange(leg.leg_id, request.unique_id, "end", utcnow(), state="stopped", by=request.by)
-            deferred = (await self.persister.write(change)).deferred
+            change = LegChange(leg.leg_id, request.unique_id, "end", utcnow(), state="stopped", by=request.by,
+                               key=new_leg_id())
+            deferred = await self._apply(change)
             self.remember(request.unique_id, leg.leg, None)
             return LegOutcome("STOPPED", leg.leg_id, leg.file, leg.leg, deferred)
 
@@ -421,6 +506,7 @@ class RecordingService:
         """Pauses the call's active leg: muted over AMI when the manager is connected (the file
         keeps its timeline, silence while paused), else stopped, to be restarted appending to
         the same file. Pausing a paused leg changes nothing."""
+        request, channel = await self._on_the_call(request, channel)
         async with self._call(request.unique_id):
             leg = await self._find_active(request.unique_id)
             if leg is None:
@@ -430,8 +516,9 @@ class RecordingService:
                 return LegOutcome("PAUSED", leg.leg_id, leg.file, leg.leg)
             leg = await self._with_id(leg, channel)
             method = await self._silence(leg, channel)
-            change = LegChange(leg.leg_id, request.unique_id, "pause", utcnow(), by=request.by, method=method)
-            deferred = (await self.persister.write(change)).deferred
+            change = LegChange(leg.leg_id, request.unique_id, "pause", utcnow(), by=request.by, method=method,
+                               key=new_leg_id())
+            deferred = await self._apply(change)
             self.remember(request.unique_id, leg.leg, replace(leg, state="paused", pause_method=method))
             return LegOutcome("PAUSED", leg.leg_id, leg.file, leg.leg, deferred)
 
@@ -440,6 +527,7 @@ class RecordingService:
         the file). If a muted leg cannot be unmuted because the manager is away, its muted
         MixMonitor is stopped and a new one appends instead. Resuming a recording leg changes
         nothing."""
+        request, channel = await self._on_the_call(request, channel)
         async with self._call(request.unique_id):
             leg = await self._find_active(request.unique_id)
             if leg is None:
@@ -448,11 +536,51 @@ class RecordingService:
             if leg.state != "paused":
                 return LegOutcome("RESUMED", leg.leg_id, leg.file, leg.leg)
             new_id = await self._sound(leg, channel)
-            change = LegChange(leg.leg_id, request.unique_id, "resume", utcnow(), by=request.by, mixmonitor_id=new_id)
-            deferred = (await self.persister.write(change)).deferred
+            change = LegChange(leg.leg_id, request.unique_id, "resume", utcnow(), by=request.by,
+                               mixmonitor_id=new_id, key=new_leg_id())
+            deferred = await self._apply(change)
             resumed = replace(leg, state="recording", pause_method=None, mixmonitor_id=new_id or leg.mixmonitor_id)
             self.remember(request.unique_id, leg.leg, resumed)
             return LegOutcome("RESUMED", leg.leg_id, leg.file, leg.leg, deferred)
+
+    async def _on_the_call(self, request: LegRequest, channel: Channel) -> tuple[LegRequest, Channel]:
+        """Where a stop, pause or resume acts when the calls are followed: the named channel's
+        own leg if it has one (a request recorded an agent's channel), else the leg of its
+        call, which runs on the call's anchor, whichever channel of the call was named (the
+        caller's, the old or the new agent's)."""
+        if self.calls is None:
+            return request, channel
+        anchor = self.calls.anchor_of(request.unique_id)
+        if anchor is None or anchor[0] == request.unique_id:
+            return request, channel
+        if await self._find_active(request.unique_id) is not None:
+            return request, channel
+        return replace(request, unique_id=anchor[0], channel=anchor[1]), self.calls.channel(*anchor)
+
+    def proposed_number(self, unique_id: str) -> int:
+        """The number a new leg of this unique id is written with; the database gives the
+        next free one if it is taken."""
+        return self._last_leg.get(unique_id, 0) + 1
+
+    def call_turn(self, unique_id: str) -> "_CallTurn":
+        """``async with``: one operation at a time on the legs of ``unique_id`` in this process."""
+        return self._call(unique_id)
+
+    async def settle_failed(self, leg: NewLeg) -> None:
+        """Ends a leg written as recording whose MixMonitor did not start, as failed."""
+        await self._settle(None, leg, "failed", by="mixmonitor")
+
+    async def _apply(self, change: LegChange) -> bool:
+        """Writes a change decided on what the database said a moment ago; True when it went to
+        the journal. The database applies it only if the leg is still in the state it was read
+        in: one that another process changed in between is left as that process made it, and
+        said in the log."""
+        persisted = await self.persister.write(change)
+        result = persisted.result
+        if result is not None and result.status != "CHANGED":
+            log.warning("%s of leg %s of %s not applied (%s): another process changed the leg meanwhile",
+                        change.action, change.leg_id, change.unique_id, result.status)
+        return persisted.deferred
 
     async def _with_id(self, leg: ActiveLeg, channel: Channel) -> ActiveLeg:
         """``leg`` with the id of its running MixMonitor: a leg this process did not start (or
@@ -510,7 +638,7 @@ class RecordingService:
             leg = self._active.get(unique_id) if known_only else await self._find_active(unique_id)
             if leg is None:
                 return LegOutcome("NOT_RECORDING")
-            change = LegChange(leg.leg_id, unique_id, "end", utcnow(), state="ended", by=by)
+            change = LegChange(leg.leg_id, unique_id, "end", utcnow(), state="ended", by=by, key=new_leg_id())
             deferred = (await self.persister.write(change)).deferred
             self.remember(unique_id, leg.leg, None)
             return LegOutcome("ENDED", leg.leg_id, leg.file, leg.leg, deferred)
@@ -519,7 +647,7 @@ class RecordingService:
         """Closes a leg whose channel no longer exists as ``lost``, at the last time it was
         known alive. False if it had been closed meanwhile (by a hangup, another process)."""
         async with self._call(leg.unique_id):
-            change = LegChange(leg.id, leg.unique_id, "end", last_seen, state="lost", by="sweeper")
+            change = LegChange(leg.id, leg.unique_id, "end", last_seen, state="lost", by="sweeper", key=new_leg_id())
             persisted = await self.persister.write(change)
             remembered = self._active.get(leg.unique_id)
             if remembered is not None and remembered.leg_id == leg.id:

@@ -6,7 +6,7 @@ app_mixmonitor.c / manager.c answer: the banner ``Asterisk Call Manager/11.0.0``
 ``Authentication failed`` and the connection closed, as Asterisk does, optionally after its
 one-second sleep); actions before Login get ``Permission denied``. Known actions: Login, Logoff,
 Ping, CoreSettings, CoreShowChannels, MixMonitor (``i(VAR)`` sets VAR and answers
-``MixMonitorID``), StopMixMonitor (by id, or the latest), MixMonitorMute, Getvar; anything else
+``MixMonitorID``), StopMixMonitor (by id, or the latest), MixMonitorMute (by id, or all), Getvar; anything else
 gets ``Invalid/unknown command: X. Use Action: ListCommands to show available commands.``
 
 The test drives it from its own thread: channels to add and hang up, events to send to the
@@ -14,6 +14,13 @@ sessions that logged in with events on, stalls (actions recorded, never answered
 random order, dropped connections, and stop()/start()/restart() on the same port. Everything it
 received is recorded, so tests assert from the peer's side of the socket. It runs on its own
 asyncio loop in a background thread and imports nothing from the project.
+
+It also replays a captured scenario (``../shared/asterisk/transfers``, read by
+tests/capture_files.py): ``replay(events)`` gives the events new unique ids, Linkedids, bridge
+ids and channel names (``rewrite_ids``), so that several replays, or the same one twice, are
+calls of their own; sends them in order to every session with events on; and keeps its channel
+table as the events say (Newchannel adds, BridgeEnter/Leave set the bridge, Hangup removes), so
+MixMonitor, Getvar and CoreShowChannels find the replayed channels mid-call.
 """
 
 from __future__ import annotations
@@ -38,6 +45,10 @@ _unique = itertools.count(20)
 _ids_lock = threading.Lock()
 
 Pairs = list[tuple[str, str]]
+_replays = itertools.count(1)
+# The fields that name a channel, a call or a bridge (their values are rewritten by rewrite_ids).
+_ID_SUFFIXES = ("Uniqueid", "Linkedid", "Channel")
+_ID_KEYS = ("Newname", "DestUniqueId", "SwapUniqueid")
 
 
 def new_unique_id() -> str:
@@ -87,6 +98,15 @@ class FakeChannel:
 
     def __post_init__(self) -> None:
         self.linkedid = self.linkedid or self.uniqueid
+
+    def event_fields(self) -> list[tuple[str, str]]:
+        """The channel's fields as every channel event carries them."""
+        return [("Channel", self.name), ("ChannelState", str(self.state)), ("ChannelStateDesc", self.state_desc),
+                ("CallerIDNum", self.caller_id_num), ("CallerIDName", self.caller_id_name),
+                ("ConnectedLineNum", self.connected_line_num), ("ConnectedLineName", self.connected_line_name),
+                ("Language", self.language), ("AccountCode", self.account_code), ("Context", self.context),
+                ("Exten", self.exten), ("Priority", str(self.priority)), ("Uniqueid", self.uniqueid),
+                ("Linkedid", self.linkedid)]
 
     @property
     def running(self) -> list[FakeMixMonitor]:
@@ -144,6 +164,8 @@ class FakeAMI:
         host: str = "127.0.0.1",
     ) -> None:
         self.username, self.secret, self.banner = username, secret, banner
+        # asterisk.conf's systemname, as CoreSettings tells it ('' when none is set).
+        self.system_name = ""
         # NOTE: real Asterisk sleeps 1 s before refusing a login; 0 keeps tests fast.
         self.login_failure_delay = login_failure_delay
         self.host, self.port = host, 0
@@ -244,6 +266,56 @@ class FakeAMI:
         pairs = list(fields.items()) if isinstance(fields, dict) else list(fields)
         pairs = [("Event", name), ("Privilege", privilege)] + pairs
         return self._in_loop(lambda: self._broadcast(pairs))
+
+    def replay(self, events: Iterable[tuple[float, dict[str, str]] | dict[str, str]], *,
+               tag: str | None = None) -> Replay:
+        """A replay of ``events`` (``(time, event)`` pairs as tests/capture_files.py reads
+        them, or bare event dicts) with its ids rewritten by ``rewrite_ids`` under ``tag``
+        (a fresh ``r<N>`` by default). Nothing is sent until its ``play()``."""
+        tag = tag or f"r{next(_replays)}"
+        timed = [item if isinstance(item, tuple) else (0.0, item) for item in events]
+        mapping = id_mapping([event for _, event in timed], tag)
+        return Replay(self, [(at, rewrite_event(event, mapping)) for at, event in timed], mapping)
+
+    def _play(self, events: list[dict[str, str]]) -> int:
+        """Sends the events in order (one loop turn, so nothing of the test's comes between
+        two of them) and keeps the channel table; returns how many sessions got them."""
+
+        def send() -> int:
+            sessions = 0
+            for event in events:
+                with self._lock:
+                    self._follow(event)
+                pairs = [(key, line) for key, value in event.items() for line in value.split("\n")]
+                sessions = self._broadcast(pairs)
+            return sessions
+
+        return self._in_loop(send)
+
+    def _follow(self, event: dict[str, str]) -> None:
+        """The channel table as a replayed event leaves it (called under the lock)."""
+        name, uniqueid = event.get("Channel", ""), event.get("Uniqueid", "")
+        kind = event.get("Event")
+        channel = self.channels.get(name)
+        if kind == "Newchannel" and name and channel is None:
+            self.channels[name] = FakeChannel(name, uniqueid=uniqueid, linkedid=event.get("Linkedid", ""),
+                                              context=event.get("Context", ""), exten=event.get("Exten", ""))
+        elif channel is None:
+            return
+        elif kind == "Hangup":
+            del self.channels[name]
+        elif kind == "Rename" and event.get("Newname"):
+            self.channels[event["Newname"]] = self.channels.pop(name)
+            self.channels[event["Newname"]].name = event["Newname"]
+        elif kind == "BridgeEnter":
+            channel.bridge_id = event.get("BridgeUniqueid", "")
+        elif kind == "BridgeLeave":
+            channel.bridge_id = ""
+        elif kind == "Newexten":
+            channel.context, channel.exten = event.get("Context", ""), event.get("Exten", "")
+            channel.application, channel.application_data = event.get("Application", ""), event.get("AppData", "")
+        if channel is not None and event.get("Linkedid") and kind != "Hangup":
+            self.channels.get(name, channel).linkedid = event["Linkedid"]
 
     def drop_connections(self) -> int:
         """Closes every client connection but keeps listening (a network drop)."""
@@ -417,7 +489,7 @@ class FakeAMI:
 
     def _action_coresettings(self, session: _Session, message: dict[str, str], aid: str | None) -> None:
         self._respond(session, aid, "Success", None, [
-            ("AMIversion", self.banner.rpartition("/")[2]), ("AsteriskVersion", "22.10.1"), ("SystemName", ""),
+            ("AMIversion", self.banner.rpartition("/")[2]), ("AsteriskVersion", "22.10.1"), ("SystemName", self.system_name),
             ("CoreMaxCalls", "0"), ("CoreMaxLoadAvg", "0.000000"), ("CoreRunUser", "root"),
             ("CoreRunGroup", "root"), ("CoreMaxFilehandles", "0"), ("CoreRealTimeEnabled", "No"),
             ("CoreCDRenabled", "Yes"), ("CoreHTTPenabled", "No"), ("SoundsSearchCustomDir", "No"),
@@ -438,7 +510,12 @@ class FakeAMI:
         if channel is None:
             return
         options = message.get("Options", "")
-        monitor = FakeMixMonitor(_new_mixmonitor_id(), message.get("File", ""), options)
+        # NOTE: manager_mixmonitor joins File, Options and Command with commas and MixMonitor
+        # parses that as its data (app_mixmonitor.c): the file comes back unescaped.
+        from tests.fake_asterisk import separate_args
+
+        joined = f"{message.get('File', '')},{options},{message.get('Command', '')}"
+        monitor = FakeMixMonitor(_new_mixmonitor_id(), separate_args(joined, ",", 3)[0], options)
         variable = _UID_OPTION.search(options)
         with self._lock:
             channel.mixmonitors.append(monitor)
@@ -446,6 +523,13 @@ class FakeAMI:
                 channel.variables[variable.group(1)] = monitor.id
         extra = [("MixMonitorID", monitor.id)] if variable and variable.group(1) else []
         self._respond(session, aid, "Success", None, extra)
+        # NOTE: then what every session with events hears (ami-events-mixmonitor-ext393): the
+        # VarSets of MIXMONITOR_FILENAME and of the i() variable, and MixMonitorStart.
+        sets = [("MIXMONITOR_FILENAME", monitor.file)] + ([(variable.group(1), monitor.id)] if extra else [])
+        for name, value in sets:
+            self._broadcast([("Event", "VarSet"), ("Privilege", "dialplan,all"), *channel.event_fields(),
+                             ("Variable", name), ("Value", value)])
+        self._broadcast([("Event", "MixMonitorStart"), ("Privilege", "call,all"), *channel.event_fields()])
 
     def _action_stopmixmonitor(self, session: _Session, message: dict[str, str], aid: str | None) -> None:
         channel = self._find_channel(session, message, aid)
@@ -478,14 +562,15 @@ class FakeAMI:
         if channel is None:
             return None
         muted = state.strip().lower() not in _FALSE
+        wanted = message.get("MixMonitorID", "")
         with self._lock:
-            # NOTE: app_mixmonitor.c reads no MixMonitorID here; ast_audiohook_set_mute()
-            # acts on the first MixMonitor audiohook of the channel, the oldest running one.
-            target = (channel.running or [None])[0]
-            if target is not None:
+            # NOTE: as Asterisk 22 does (tests/real_asterisk/test_asterisk_facts.py): with a
+            # MixMonitorID exactly that MixMonitor, without one every MixMonitor of the channel.
+            targets = [m for m in channel.running if m.id == wanted] if wanted else list(channel.running)
+            for target in targets:
                 target.muted_read = muted if direction in ("read", "both") else target.muted_read
                 target.muted_write = muted if direction in ("write", "both") else target.muted_write
-        if target is None:
+        if not targets:
             return self._respond(session, aid, "Error", "Cannot set mute flag")
         return self._respond(session, aid, "Success")
 
@@ -529,6 +614,88 @@ class FakeAMI:
     def _send(self, session: _Session, pairs: Pairs) -> None:
         data = "".join(f"{key}: {value}\r\n" for key, value in pairs) + "\r\n"
         session.writer.write(data.encode())
+
+
+@dataclass
+class Replay:
+    """A scenario being replayed by a FakeAMI (see FakeAMI.replay). ``events`` are the
+    rewritten ``(time, event)`` pairs, ``ids`` maps each original id and channel name to its
+    rewritten one (``replay.ids["Local/s1@capx-in-00000082;2"]``), ``position`` counts the
+    events sent so far."""
+
+    fake: FakeAMI
+    events: list[tuple[float, dict[str, str]]]
+    ids: dict[str, str]
+    position: int = 0
+
+    def play(self, until: float | None = None) -> int:
+        """Sends the events not sent yet whose time is at most ``until`` (all of them by
+        default), in order; returns how many were sent."""
+        end = self.position
+        while end < len(self.events) and (until is None or self.events[end][0] <= until):
+            end += 1
+        batch = [event for _, event in self.events[self.position:end]]
+        if batch:
+            self.fake._play(batch)
+        self.position = end
+        return len(batch)
+
+    @property
+    def done(self) -> bool:
+        return self.position >= len(self.events)
+
+
+def id_mapping(events: Iterable[dict[str, str]], tag: str) -> dict[str, str]:
+    """New names for every id the events carry, so that a replay under ``tag`` is a call of
+    its own: a unique id or Linkedid ``1796434729.260`` becomes ``<tag>-1796434729.260`` (the
+    ``system-epoch.sequence`` form Asterisk gives them when a system name is set), a bridge id
+    is prefixed the same way, and a channel name gets the tag before its sequence number
+    (``Local/410@capx-agents-00000083;1`` becomes ``Local/410@capx-agents-<tag>00000083;1``),
+    so its extension is unchanged. ``tag`` must be letters and digits."""
+    if not tag.isalnum():
+        raise ValueError("a replay tag is letters and digits only")
+    mapping: dict[str, str] = {}
+    for event in events:
+        for key, value in event.items():
+            if not value or key in ("Event", "Privilege"):
+                continue
+            if key.endswith("Channel") or key == "Newname":
+                if "-" in value:
+                    head, _, tail = value.rpartition("-")
+                    mapping[value] = f"{head}-{tag}{tail}"
+            elif key.endswith(_ID_SUFFIXES) or key in _ID_KEYS:
+                mapping[value] = f"{tag}-{value}"
+    return mapping
+
+
+def rewrite_event(event: dict[str, str], mapping: dict[str, str]) -> dict[str, str]:
+    """The event with every known id or channel name in its values replaced (whole tokens
+    only, also inside other values such as a VarSet of BRIDGEPEER)."""
+    if not mapping:
+        return dict(event)
+    pattern = _token_pattern(tuple(sorted(mapping, key=len, reverse=True)))
+    return {key: value if key in ("Event", "Privilege") else pattern.sub(lambda m: mapping[m.group(0)], value)
+            for key, value in event.items()}
+
+
+def rewrite_ids(events: Iterable[tuple[float, dict[str, str]]], tag: str) -> list[tuple[float, dict[str, str]]]:
+    """``(time, event)`` pairs with their ids rewritten under ``tag`` (see id_mapping)."""
+    timed = list(events)
+    mapping = id_mapping([event for _, event in timed], tag)
+    return [(at, rewrite_event(event, mapping)) for at, event in timed]
+
+
+_patterns: dict[tuple[str, ...], re.Pattern] = {}
+
+
+def _token_pattern(tokens: tuple[str, ...]) -> re.Pattern:
+    pattern = _patterns.get(tokens)
+    if pattern is None:
+        alternatives = "|".join(re.escape(token) for token in tokens)
+        pattern = _patterns[tokens] = re.compile(rf"(?<![\w.])(?:{alternatives})(?![\w.])")
+        if len(_patterns) > 64:
+            _patterns.pop(next(iter(_patterns)))
+    return pattern
 
 
 def _with_id(pairs: Pairs, aid: str | None) -> Pairs:

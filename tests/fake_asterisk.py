@@ -395,7 +395,8 @@ class FakeAsterisk:
                 return "200 result=-2"
             if mixmonitor_result is not None:
                 return f"200 result={mixmonitor_result}"
-            file, _, options = data.partition(",")
+            # NOTE: AST_STANDARD_APP_ARGS(filename, options, post_process), as app_mixmonitor.c.
+            file, options = (separate_args(data, ",", 3) + ["", ""])[:2]
             with _lock:
                 monitor = MixMonitor(hex(next(_ids)), file, options, data)
             call.mixmonitors.append(monitor)

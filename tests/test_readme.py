@@ -3,6 +3,7 @@ table lists every setting with its real default."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from recording.ops.config import describe
@@ -26,3 +27,15 @@ def test_ci_runs_the_readme_test_command():
 
 def test_readme_run_command_uses_the_console_script():
     assert "    python3 -m venv .venv && .venv/bin/pip install . && .venv/bin/recording-agi serve\n" in README
+
+
+def test_each_asterisk_fact_names_a_real_asterisk_test_that_exists():
+    section = README.split("### Asterisk facts, and the tests that prove them", 1)[1].split("\n### ", 1)[0]
+    files = {"facts": "test_asterisk_facts.py", "dialplan": "test_service_dialplan.py",
+             "http": "test_service_http.py", "load": "test_service_load.py"}
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| fact")]
+    named = [(kind, name) for row in rows for kind, name in re.findall(r"(facts|dialplan|http|load) `(test_\w+)`", row)]
+    assert len(rows) >= 10 and all(re.search(r"`test_\w+`", row) for row in rows)
+    for kind, name in named:
+        source = (ROOT / "tests" / "real_asterisk" / files[kind]).read_text()
+        assert f"def {name}(" in source, f"{name} is not in {files[kind]}"

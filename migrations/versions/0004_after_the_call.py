@@ -61,10 +61,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # NOTE: a purged leg goes back to the state it had ended in; that its audio was deleted
-    # leaves with the columns (the file is gone either way).
+    # NOTE: a purged leg has no audio left, and the one state 0003 has for a leg without audio
+    # is "failed"; going back to the state it had ended in would make it look as if its file
+    # were still there to play, hold or verify. Who ended it stays in ended_by.
     op.execute(
-        "UPDATE recording_legs SET state = state_before_purge, purged_at = NULL, state_before_purge = NULL"
+        "UPDATE recording_legs SET state = 'failed', purged_at = NULL, state_before_purge = NULL"
         " WHERE state = 'purged'"
     )
     with op.batch_alter_table("recording_legs") as batch:

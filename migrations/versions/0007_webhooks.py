@@ -20,7 +20,7 @@ SQLite must create these triggers again (tests/recording/test_webhooks_outbox.py
 are there at head).
 
 Revision ID: 0007
-Revises: 0004
+Revises: 0006
 Create Date: 2026-12-05
 """
 
@@ -30,7 +30,7 @@ from alembic import op
 from recording.storage.models import UTCDateTime
 
 revision = "0007"
-down_revision = "0004"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
+from agi import app_argument
+
 from ..errors import ConfigError
 
 log = logging.getLogger("recording.ami")
@@ -380,6 +382,11 @@ class AMIClient:
         ``action_timeout``. Raises as :meth:`action` does."""
         return await self._request(name, fields, is_list=True)
 
+    async def system_name(self) -> str:
+        """The Asterisk's ``systemname`` (asterisk.conf), '' when it has none (CoreSettings)."""
+        reply = await self.action("CoreSettings")
+        return reply.get("SystemName", "")
+
     async def core_show_channels(self) -> list[Message]:
         """Every live channel, one ``CoreShowChannel`` event each (Channel, Uniqueid,
         Linkedid, BridgeId, Application, ...)."""
@@ -394,7 +401,10 @@ class AMIClient:
         channel`` if the channel is gone."""
         if "i(" in options:
             raise ValueError("MixMonitor options must not carry i(); the client adds its own")
-        reply = await self.action("MixMonitor", Channel=channel, File=file, Options=f"{options}i({id_variable})")
+        # NOTE: Asterisk joins File, Options and Command with commas and parses them as the
+        # application's data (manager_mixmonitor), so the file name is escaped as one argument.
+        reply = await self.action("MixMonitor", Channel=channel, File=app_argument(file),
+                                  Options=f"{options}i({id_variable})")
         return reply.get("MixMonitorID") or None
 
     async def stop_mixmonitor(self, channel: str, mixmonitor_id: str) -> None:
@@ -417,10 +427,11 @@ class AMIClient:
         """Mutes (``state`` True) or unmutes a MixMonitor's ``read``, ``write`` or ``both``
         directions.
 
-        NOTE: app_mixmonitor.c's MixMonitorMute reads only Channel, Direction and State, and
-        mutes the first MixMonitor it finds on the channel. MixMonitorID is sent as well (AMI
-        ignores headers an action does not read) so that an Asterisk that honours it mutes
-        exactly this one. AMIError ``No such channel`` or ``Cannot set mute flag``.
+        NOTE: Asterisk 22's MixMonitorMute reads a MixMonitorID header (its documentation does
+        not list it): with one it mutes exactly that MixMonitor, without one every MixMonitor of
+        the channel (tests/real_asterisk/test_asterisk_facts.py). So it is always sent: another
+        recording of the channel (a supervisor's) keeps its audio. AMIError ``No such channel``,
+        or ``Cannot set mute flag`` when no MixMonitor with that id runs there.
         """
         if direction not in MUTE_DIRECTIONS:
             raise ValueError(f"direction must be one of {', '.join(MUTE_DIRECTIONS)}, not {direction!r}")

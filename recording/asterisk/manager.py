@@ -83,6 +83,13 @@ class Manager:
         except AMIFailure as exc:
             raise _unavailable(exc) from exc
 
+    async def system_name(self) -> str:
+        """The Asterisk's system name ('' without one); raises AsteriskUnavailable."""
+        try:
+            return await self.client.system_name()
+        except AMIFailure as exc:
+            raise _unavailable(exc) from exc
+
     async def channels(self) -> list[LiveChannel]:
         """Every live channel; raises AsteriskUnavailable."""
         try:

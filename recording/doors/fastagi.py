@@ -23,6 +23,7 @@ from agi import (
     Router,
     Session,
     UnknownRoute,
+    app_argument,
     is_clean_text,
     quote,
 )
@@ -86,7 +87,7 @@ class AGIChannel:
         self.name = session.env.channel
 
     async def start_mixmonitor(self, file: str, options: str, id_variable: str) -> MixMonitorStart:
-        data = f"{file},{options}i({id_variable})"
+        data = f"{app_argument(file)},{options}i({id_variable})"
         session = self._session
         try:
             (started,) = await session.send(f"EXEC MixMonitor {quote(data)}")
@@ -282,6 +283,9 @@ async def run(session: Session, name: str, route: Route, api_key, hooks: Hooks) 
     env = session.env
     try:
         args = parse_arguments(env)
+        if hooks.gate is not None:
+            # NOTE: before the key is hashed: an address sending wrong keys waits first.
+            await hooks.gate.hold_back(session.peer_address)
         await api_key(session, args)
         if hooks.gate is not None:
             hooks.gate.right_key(session.peer_address)

@@ -7,19 +7,17 @@ one line, without its query string (it carries the apiKey).
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import socket
 import time
 from datetime import datetime, timezone
 from typing import Awaitable, Callable
-from urllib.parse import quote
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from ..domain import ACTIVE_STATES, StartRequest, UserRef
+from ..domain import StartRequest
 from ..errors import (
     AmbiguousChannel,
     AsteriskFailure,
@@ -41,9 +39,13 @@ from ..ops.metrics import ServiceMetrics
 from .arguments import FORM, MULTIPART, HTTPFailure, form_pairs, multipart_pairs, resolve, urlencoded_pairs
 from .openapi import KEY, MAX_BODY, OPERATIONS, Operation, spec
 from ..service import LegRequest, RecordingService
-from ..storage.audio import MonitorDirectory, content_type
+from ..storage import audit as audit_table
+from ..storage.audio import MonitorDirectory
+from ..storage.people import People
 from ..storage.retention import audit_hold
 from ..storage.store import Store
+from .asker import Asker
+from .files import AudioFile, audio_response, continues, leg_file
 
 log = logging.getLogger("recording.http")
 
@@ -53,6 +55,15 @@ STATUS = [
     (MonitorUnavailable, 503),
 ]
 RECORDING_PATH = next(op.path for op in OPERATIONS if op.handler == "recording")
+
+
+def request_key(name: str, kind: type):
+    """A key of a request's own storage (aiohttp's typed RequestKey where it has one)."""
+    return web.RequestKey(name, kind) if hasattr(web, "RequestKey") else name
+
+
+# Set on a request by a part mounted on the API's listener that logs its requests itself.
+OWN_LOG = request_key("recording.own_log", bool)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -131,12 +142,6 @@ def answer(outcome, channel) -> web.Response:
     })
 
 
-class AudioFile(web.FileResponse):
-    """A recording, sent by aiohttp from the disk; ``started`` is when its request came in."""
-
-    started: float | None = None
-
-
 def plain(status: int, message: str, **headers: str) -> web.Response:
     return web.Response(status=status, text=message + "\n", content_type="text/plain", headers=headers)
 
@@ -152,6 +157,8 @@ class RecordingAPI:
         self.gate = gate
         self.metrics = metrics
         self.health = health
+        self.people = People(store)
+        self.asker = Asker(service, self.people, gate)
 
     # Served beside the described operations: the description itself and the probes.
     SERVICE_ROUTES = (
@@ -194,6 +201,8 @@ class RecordingAPI:
             if self.gate is not None and not self.gate.admits(self.gate.http, request.remote, "HTTP"):
                 raise HTTPFailure(403, f"{request.remote} is not on this service's list of allowed clients")
             response = await handler(request)
+            if request.get(OWN_LOG):
+                return response  # the recordings pages, mounted here, log their own requests
         except HTTPFailure as exc:
             sentence = str(exc)
             response = plain(exc.status, sentence)
@@ -241,9 +250,7 @@ class RecordingAPI:
     # -- calls ----------------------------------------------------------------------------
 
     async def _authorize(self, request: web.Request, key: str | None) -> None:
-        await self.service.authorize(key)
-        if self.gate is not None:
-            self.gate.right_key(request.remote)
+        await self.asker.authorize(request, key)
 
     async def _target(self, request: web.Request, args: dict[str, str]):
         await self._authorize(request, args.get(KEY))
@@ -283,11 +290,10 @@ class RecordingAPI:
     # -- retrieval ------------------------------------------------------------------------
 
     async def _retrieve(self, request: web.Request, args: dict[str, str], key: str) -> web.Response:
-        await self._authorize(request, args.get(KEY))
+        user = await self.asker.user(request, args)
         value = args.get(key)
         if not value:
             raise HTTPFailure(400, f"{key} is required")
-        user = await self._asker(args.get("loginName"))
         legs = await self.service.read(
             lambda: self.store.find_legs(**{"tag" if key == "tag" else "unique_id": value})
         )
@@ -300,24 +306,14 @@ class RecordingAPI:
     async def by_unique_id(self, request: web.Request, args: dict[str, str]) -> web.Response:
         return await self._retrieve(request, args, "uniqueId")
 
-    async def _asker(self, login: str | None) -> UserRef:
-        """The user named by loginName: who asks to see legs."""
-        if not login:
-            raise HTTPFailure(400, "loginName is required: legs are shown to their owner or a Recording Manager")
-        user = await self.service.directory.user(login)
-        if user is None:
-            raise Denied(f"unknown user {login!r}")
-        return user
-
     # -- after the call -------------------------------------------------------------------
 
     async def _leg_for(self, request: web.Request, args: dict[str, str]):
-        """The user who asks and the leg named by recordingId, after the apiKey check."""
-        await self._authorize(request, args.get(KEY))
+        """The user who asks (by token, or the apiKey's loginName) and the leg named by recordingId."""
+        user = await self.asker.user(request, args)
         leg_id = args.get("recordingId")
         if not leg_id:
             raise HTTPFailure(400, "recordingId is required: a leg's RecordingId, as retrieveMetaData gives it")
-        user = await self._asker(args.get("loginName"))
         # Leg ids are 32 characters; a longer one is nobody's, and is not looked up.
         leg = await self.service.read(self.store.leg, leg_id) if len(leg_id) <= 32 else None
         if leg is None:
@@ -329,37 +325,15 @@ class RecordingAPI:
         user, leg = await self._leg_for(request, args)
         if not leg.visible_to(user):
             raise Denied(f"{user.login} may not play leg {leg.id}: only its owner or a Recording Manager may")
-        if leg.state in ACTIVE_STATES:
-            raise Conflict(f"leg {leg.id} is still recording ({leg.state}); its file can be fetched once it has ended")
-        if leg.state == "failed":
-            raise NotFound(f"leg {leg.id} recorded nothing: its MixMonitor did not start")
-        if leg.state == "purged":
-            raise NotFound(f"the audio of leg {leg.id} was purged at {leg.purged_at.isoformat(timespec='seconds')} "
-                           f"({leg.purge_reason}); it was {leg.file}")
-        if leg.purge_started_at is not None:
-            raise NotFound(f"the audio of leg {leg.id} is being purged (since "
-                           f"{leg.purge_started_at.isoformat(timespec='seconds')}: {leg.purge_reason})")
-        monitor = MonitorDirectory.of(self.service.settings)
-        problem = await self.service.read(monitor.problem)
-        if problem is not None:
-            raise MonitorUnavailable(f"the file of leg {leg.id} cannot be read here: {problem}")
-        look = await self.service.read(monitor.look, leg.file)
-        if look.status == "gone":
-            raise NotFound(f"the file of leg {leg.id} is gone: {look.why}")
-        if look.status != "present":
-            raise NotFound(f"the file of leg {leg.id} is not served: {look.why}")
-        unsatisfiable = _unsatisfiable(request, look.size)
-        if unsatisfiable:
-            return plain(416, unsatisfiable, **{"Content-Range": f"bytes */{look.size}"})
-        headers = {
-            "Content-Type": content_type(look.path),
-            "Content-Disposition": disposition(look.path.name),
-            "Cache-Control": "private, no-store",
-        }
-        if leg.file_sha256:
-            # RFC 9530: the digest of the whole file, whatever range this answer carries.
-            headers["Repr-Digest"] = f"sha-256=:{base64.b64encode(bytes.fromhex(leg.file_sha256)).decode()}:"
-        return AudioFile(look.path, headers=headers)
+        look = await leg_file(leg, MonitorDirectory.of(self.service.settings), self.service.read)
+        # A request without a Range, or from the start, is a download or a play beginning; the
+        # rest (a seek, a resumed download) belongs to it and is not written again.
+        if not continues(request):
+            event = audit_table.Event.of("play" if "Range" in request.headers else "download", leg, user.login,
+                                         "http", request.remote)
+            audit = audit_table.Audit(self.store)
+            await self.service.read(audit.record_play if event.action == "play" else audit.record, event)
+        return audio_response(request, leg, look)
 
     async def hold(self, request: web.Request, args: dict[str, str]) -> web.Response:
         """Places or releases (release=true) a legal hold on a leg: a Recording Manager's act."""
@@ -371,9 +345,13 @@ class RecordingAPI:
             raise HTTPFailure(400, "release must be true or false")
         held = release == "false"
         reason = args.get("reason") or None
-        leg, changed = await self.service.read(
-            lambda: self.store.set_hold(leg.id, held=held, by=user.login, at=datetime.now(timezone.utc), reason=reason)
-        )
+
+        def audited(conn, view, changed) -> None:
+            audit_table.write(conn, [audit_table.hold_event(view, held, changed, user.login, "http", request.remote,
+                                                            reason)])
+
+        leg, changed = await self.service.read(lambda: self.store.set_hold(
+            leg.id, held=held, by=user.login, at=datetime.now(timezone.utc), reason=reason, then=audited))
         audit_hold(leg, held, changed, user.login)
         status = ("HELD" if changed else "ALREADY_HELD") if held else ("RELEASED" if changed else "NOT_HELD")
         return web.json_response({"status": status, **vendor_fields(leg, datetime.now(timezone.utc))})
@@ -382,19 +360,19 @@ class RecordingAPI:
         return web.Response(text=json.dumps(spec(), indent=2), content_type="application/json")
 
     async def scrape(self, request: web.Request) -> web.Response:
-        return metrics_response(self.metrics, request)
+        return await metrics_response(self.metrics, request)
 
     async def healthz(self, request: web.Request) -> web.Response:
         return health_response(self.health)
 
 
-def metrics_response(metrics: ServiceMetrics | None, request: web.Request) -> web.Response:
+async def metrics_response(metrics: ServiceMetrics | None, request: web.Request) -> web.Response:
     """The scrape, in the format the ``Accept`` header asks for (OpenMetrics or the text
     format 0.0.4, the default); under ``serve --workers``, the service's totals."""
     if metrics is None:
         return plain(404, "metrics are not kept by this process")
     try:
-        body, content_type = metrics.exposition(request.headers.get("Accept", ""))
+        body, content_type = await metrics.scrape(request.headers.get("Accept", ""))
     except ValueError as exc:
         return plain(406, str(exc))
     return web.Response(body=body, headers={"Content-Type": content_type})
@@ -411,7 +389,7 @@ def probe_application(metrics: ServiceMetrics | None, health) -> web.Application
     """/metrics and /healthz alone, for RECORDING_METRICS_LISTEN."""
 
     async def scrape(request: web.Request) -> web.Response:
-        return metrics_response(metrics, request)
+        return await metrics_response(metrics, request)
 
     async def healthz(request: web.Request) -> web.Response:
         return health_response(health)
@@ -420,28 +398,6 @@ def probe_application(metrics: ServiceMetrics | None, health) -> web.Application
     app.router.add_get("/metrics", scrape)
     app.router.add_get("/healthz", healthz)
     return app
-
-
-def _unsatisfiable(request: web.Request, size: int) -> str | None:
-    """Why the request's Range cannot be served from a file of ``size`` bytes (416), or None.
-    Told here in a sentence, as every error is; aiohttp's file sending would answer 416 too,
-    without one. (With If-Range, aiohttp decides whether the Range applies at all.)"""
-    if "Range" not in request.headers or request.if_range is not None:
-        return None
-    try:
-        wanted = request.http_range
-    except ValueError:
-        return (f"the Range {request.headers['Range'][:60]!r} cannot be served: one range, bytes=START-END, "
-                f"bytes=START- or bytes=-LENGTH, within the file's {size} bytes")
-    if wanted.start is not None and wanted.start >= 0 and wanted.start >= size:
-        return f"the Range starts at byte {wanted.start}, past the end of the file ({size} bytes)"
-    return None
-
-
-def disposition(name: str) -> str:
-    """A Content-Disposition that names the file for a browser's "save as"."""
-    plain_name = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in name)
-    return f"inline; filename=\"{plain_name}\"; filename*=UTF-8''{quote(name)}"
 
 
 def vendor_fields(leg, now: datetime) -> dict:

@@ -22,6 +22,9 @@ MAX_REASON = 255
 # The 1.0 authentication's fields: old integrations still send them; the apiKey replaced them.
 LEGACY = ("timeStamp", "hash")
 KEY = "apiKey"
+# A user's own token (recording-agi users token LOGIN), as the security scheme of the operations
+# that show or change recordings: it names the user, so loginName is not needed with it.
+TOKEN = "userToken"
 # What check_text() accepts: no C0 control character and no DEL (ECMA-262 syntax, for JSON Schema).
 CLEAN_TEXT = "^[^\\u0000-\\u001f\\u007f]*$"
 
@@ -90,6 +93,8 @@ class Operation:
     answers: dict[str, Answer]
     form: bool = False
     parameters: tuple[dict, ...] = ()
+    # Who asks is proven: by a user's token, or the apiKey with loginName where the CRM is trusted.
+    token: bool = False
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -109,8 +114,9 @@ def _call_arguments(tag: bool) -> tuple[Argument, ...]:
 
 
 # Who asks, in retrieval and after the call: the access rule is the same for both.
-_ASKER = Argument("loginName", "who asks: owners see their own legs, Recording Manager members every leg",
-                  MAX_LOGIN, required=True, example="boss")
+_ASKER = Argument("loginName", "who asks, with the apiKey where RECORDING_TRUST_CRM_LOGIN_NAME trusts the CRM to say "
+                  "so (required then); not needed with a user's token, which names its user. Owners see their own "
+                  "legs, Recording Manager members every leg", MAX_LOGIN, example="boss")
 
 
 def _retrieval_arguments(key: Argument) -> tuple[Argument, ...]:
@@ -145,6 +151,7 @@ _PLAY = Operation(
     },
     parameters=({"name": "Range", "in": "header", "required": False, "schema": {"type": "string"},
                  "description": "bytes=START-END, bytes=START- or bytes=-LENGTH: only that part of the file"},),
+    token=True,
 )
 _HOLDING = Operation(
     "POST", f"{RETRIEVAL}/holdRecording", "hold",
@@ -161,6 +168,7 @@ _HOLDING = Operation(
         "503": Answer("the database cannot be reached"),
     },
     form=True,
+    token=True,
 )
 _CALL_ANSWERS = {
     "404": Answer("no live channel has that extension or unique id"),
@@ -188,12 +196,14 @@ OPERATIONS = (
         _retrieval_arguments(Argument("tag", "the leg's tag, or its call's External Reference", MAX_TAG,
                                       required=True, example="CRM-1")),
         {"200": Answer("one entry per leg the asking user may see (none: an empty list)", _LEGS)},
+        token=True,
     ),
     Operation(
         "GET", f"{RETRIEVAL}/retrieveMetaDataByUniqueId", "by_unique_id", "Recording legs by unique call id",
         _retrieval_arguments(Argument("uniqueId", "the call's unique id", MAX_TARGET, required=True,
                                       example="1795825765.3")),
         {"200": Answer("one entry per leg the asking user may see (none: an empty list)", _LEGS)},
+        token=True,
     ),
     _PLAY,
     _HOLDING,
@@ -201,9 +211,11 @@ OPERATIONS = (
 
 COMMON = {
     "400": Answer("a bad, missing, unknown or repeated argument (given twice with different values), an "
-                  "unknown agent, or a query string or body that cannot be read"),
-    "403": Answer("a missing or wrong apiKey, a user who may not do this (or an unknown loginName), or a "
-                  "client that is not on the service's allow list"),
+                  "unknown agent, loginName missing with the apiKey, an Authorization header that is not Bearer, "
+                  "or a query string or body that cannot be read"),
+    "403": Answer("a missing or wrong apiKey or token, a user who may not do this (or an unknown loginName), the "
+                  "apiKey without a token where the CRM is not trusted to name the user, or a client that is not "
+                  "on the service's allow list"),
     "405": Answer("this method is not served here (the Allow header names the one that is)",
                   headers={"Allow": {"required": True, "schema": {"type": "string"}}}),
     "500": Answer("the database refused the write, or an internal error (the service's log says which)"),
@@ -253,6 +265,8 @@ def _describe(operation: Operation) -> dict:
         "parameters": _parameters(operation),
         "responses": {status: answers[status].describe() for status in sorted(answers)},
     }
+    if operation.token:
+        described["security"] = [{TOKEN: []}, {KEY: []}]
     if operation.form:
         described["requestBody"] = {
             "required": False,
@@ -315,9 +329,15 @@ def spec() -> dict:
         "security": [{KEY: []}],
         "paths": paths,
         "components": {
-            "securitySchemes": {KEY: {"type": "apiKey", "in": "query", "name": KEY,
-                                      "description": "the service's apiKey (recording-agi apikey generate); "
-                                                     "a form body may carry it instead"}},
+            "securitySchemes": {
+                KEY: {"type": "apiKey", "in": "query", "name": KEY,
+                      "description": "the service's apiKey (recording-agi apikey generate); a form body may carry "
+                                     "it instead. For retrieval, play and holds it says who asks only with loginName "
+                                     "and where RECORDING_TRUST_CRM_LOGIN_NAME trusts the CRM"},
+                TOKEN: {"type": "http", "scheme": "bearer",
+                        "description": "a user's own token (recording-agi users token LOGIN): it names the user, "
+                                       "so no apiKey or loginName is needed"},
+            },
             "schemas": _schemas(),
         },
     }

@@ -8,6 +8,7 @@ import asyncio
 import logging
 from datetime import timedelta
 
+from ..domain import ACTIVE_STATES, LegView, system_of
 from ..errors import AsteriskUnavailable, StorageUnavailable
 from ..asterisk.manager import Manager
 from ..service import RecordingService, utcnow
@@ -68,25 +69,41 @@ class Sweeper:
                 self.sweeps += 1
 
     async def _sweep(self) -> int:
+        # NOTE: the legs are read from the database, not from this process's memory: the
+        # processes sharing it (serve --workers, other hosts) sweep each other's legs too, so a
+        # leg whose process died is closed by another.
         store = self.service.store
         asked = utcnow()
         if self.manager is not None and self.manager.connected:
             # NOTE: legs first, channels second: a leg's channel existed when the leg was
-            # written, so if it is missing from a later list it is really gone.
-            legs = await self.service.read(store.active_legs)
+            # written, so if it is missing from a later list it is really gone. Only this
+            # Asterisk's legs: another one sharing the database (its own systemname, so its
+            # unique ids differ) has its channels elsewhere, and its own service sweeps them.
+            legs = await self.service.read(store.active_leg_keys)
+            if not legs:
+                # No leg records, in any process: a channel list (every channel of the PBX,
+                # one event each) could close nothing.
+                return 0
+            system = await self.manager.system_name()
+            legs = [(leg_id, call, start) for leg_id, call, start in legs if system_of(call) == system]
             live = {channel.unique_id for channel in await self.manager.channels()}
-            await self.service.read(store.touch, [leg.id for leg in legs if leg.unique_id in live], asked)
-            gone = [leg for leg in legs if leg.unique_id not in live and leg.start < asked - GRACE]
+            await self.service.read(store.touch, [leg_id for leg_id, call, _ in legs if call in live], asked)
+            gone = [leg_id for leg_id, call, start in legs if call not in live and start < asked - GRACE]
         else:
-            legs = await self.service.read(store.active_legs)
-            gone = [leg for leg in legs if leg.start < asked - self.max_age]
+            gone = [leg_id for leg_id, _, _ in await self.service.read(store.active_leg_keys, asked - self.max_age)]
         if not gone:
             return 0
-        seen = await self.service.read(store.last_seen, [leg.id for leg in gone])
+        legs = await self.service.read(self._still_active, gone)
+        seen = await self.service.read(store.last_seen, [leg.id for leg in legs])
         closed = 0
-        for leg in gone:
+        for leg in legs:
             closed += await self.service.close_lost(leg, seen.get(leg.id, leg.start))
         if closed:
             log.warning("closed %d legs whose channel is gone as lost", closed)
         self.closed += closed
         return closed
+
+    def _still_active(self, leg_ids: list[str]) -> list[LegView]:
+        """The legs of ``leg_ids`` that are still active, read whole (in a worker thread)."""
+        legs = (self.service.store.leg(leg_id) for leg_id in leg_ids)
+        return [leg for leg in legs if leg is not None and leg.state in ACTIVE_STATES]

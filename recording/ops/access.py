@@ -155,6 +155,8 @@ class FailureLimiter:
     def delay(self, address: str | None) -> float:
         """Seconds to wait before answering ``address`` next: 0 below the threshold, then
         ``first_delay`` doubling per failure beyond it, at most ``max_delay``."""
+        if not self._records:  # NOTE: asked before every key check; usually nobody is slowed
+            return 0.0
         record = self._current(_key(address))
         if record is None or record.failures < self.threshold:
             return 0.0

@@ -25,7 +25,7 @@ from typing import Any, Awaitable, Callable
 from sqlalchemy.engine import make_url
 
 from ..asterisk.ami import AMIClient, AMILoginRefused, AMIUnavailable, parse_ami_url
-from .config import Settings, parse_listen, render_file
+from .config import Settings, has_id, parse_listen, render_file
 from ..errors import StorageUnavailable
 from ..storage import snapshot as snapshots
 from ..storage.audio import MonitorDirectory
@@ -277,15 +277,18 @@ async def _webhooks(store: Store, timeout: float) -> Finding | None:
 
 
 async def _monitor_template(settings: Settings) -> Finding:
-    example = render_file(settings.monitor_template, uniqueid="1795825765.3", leg=1, extension="410",
-                          when=datetime.now(timezone.utc))
+    example = render_file(settings.file_template, uniqueid="1795825765.3", leg=1, extension="410",
+                          when=datetime.now(timezone.utc), leg_id="5f0c2a9b1d2e4f6a8b9c0d1e2f3a4b5c")
     if not PurePosixPath(example).parent.is_absolute():
         return Finding("monitor template", False, (
             f"{settings.monitor_template!r} gives {example!r}, not an absolute path: MixMonitor would put it "
             "under its own monitor directory, and the stored file name would not say where it is "
             "(set RECORDING_MONITOR_TEMPLATE to an absolute path)"
         ))
-    return Finding("monitor template", True, f"renders, e.g. {example} (a path on the Asterisk host)")
+    added = "" if has_id(settings.monitor_template) else (
+        "; it has no {id}, so the leg's id is added before the suffix (no two legs may share a file)"
+    )
+    return Finding("monitor template", True, f"renders, e.g. {example} (a path on the Asterisk host){added}")
 
 
 async def _files(settings: Settings, timeout: float) -> Finding:
@@ -296,6 +299,16 @@ async def _files(settings: Settings, timeout: float) -> Finding:
         problem = await _in_thread(monitor.problem, timeout)
     except TimeoutError:
         problem = f"{monitor.local_root} gave no answer within {timeout:g} s (a share that hangs?)"
+    if problem is None and settings.retention:
+        try:
+            await _in_thread(lambda: _probe_writable(monitor.local_root), timeout)
+        except (OSError, TimeoutError) as exc:
+            reason = exc.strerror or str(exc) if isinstance(exc, OSError) else f"no answer within {timeout:g} s"
+            return Finding("recordings' files", False, (
+                f"RECORDING_RETENTION is {settings.retention} but {monitor.local_root} is not writable by this "
+                f"service ({reason}), so no file can be purged: under systemd list it in ReadWritePaths= and give "
+                "the service Asterisk's group (SupplementaryGroups=; see contrib/recording-agi.service)"
+            ))
     if problem is None:
         return Finding("recordings' files", True, f"{monitor.local_root} is visible: recordings can be played, "
                                                   "hashed and purged")
@@ -314,6 +327,13 @@ async def _journal(settings: Settings, timeout: float) -> Finding:
     except OSError as exc:
         return Finding("journal", False, f"{directory} cannot be used: {exc.strerror or exc} ({exc.filename or directory})")
     return Finding("journal", True, f"{directory} {state}")
+
+
+def _probe_writable(directory: Path) -> None:
+    """Makes and removes a file in ``directory``, as a purge deletes one; raises OSError."""
+    fd, name = tempfile.mkstemp(prefix=".recording-agi-check-", dir=directory)
+    os.close(fd)
+    os.unlink(name)
 
 
 def _probe_directory(directory: Path) -> str:
@@ -352,7 +372,8 @@ def _probe_directory(directory: Path) -> str:
 
 async def _ami(settings: Settings, timeout: float) -> Finding:
     if not settings.ami_url:
-        return Finding("ami", True, "not configured (RECORDING_AMI_URL is empty): the HTTP API answers 503")
+        return Finding("ami", True, "not configured (RECORDING_AMI_URL is empty): the HTTP API answers 503, and "
+                                    "calls are not followed through transfers and queues")
     client = AMIClient.from_url(settings.ami_url, action_timeout=min(settings.ami_timeout, timeout),
                                 connect_timeout=timeout)
     where = f"{client.address} as {client.username!r}"
@@ -372,7 +393,8 @@ async def _ami(settings: Settings, timeout: float) -> Finding:
             ))
         finally:
             await client.stop()
-    return Finding("ami", True, f"logged in at {where} (manager {client.version})")
+    return Finding("ami", True, f"logged in at {where} (manager {client.version}); calls are followed through "
+                                "transfers and queues (the user must read call and dialplan events)")
 
 
 async def _reach(host: str, port: int, timeout: float) -> str | None:
@@ -409,6 +431,8 @@ def _listen_addresses(settings: Settings) -> list[tuple[str, str]]:
     found = [("agi listen", settings.agi_listen)]
     if settings.http_listen:
         found.append(("http listen", settings.http_listen))
+    if settings.pages_address is not None:
+        found.append(("pages listen", settings.pages_listen))
     return found
 
 

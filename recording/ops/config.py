@@ -4,8 +4,10 @@ and what it means. The CLI, the README's table and ``recording-agi check`` read 
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import string
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Mapping
@@ -13,7 +15,9 @@ from typing import Any, Mapping
 from ..errors import ConfigError
 
 DEFAULT_DATABASE_URL = "sqlite:///recording.sqlite3"
-DEFAULT_MONITOR_TEMPLATE = "/var/spool/asterisk/monitor/{date:%Y/%m/%d}/{uniqueid}-{leg}.wav"
+DEFAULT_MONITOR_TEMPLATE = "/var/spool/asterisk/monitor/{date:%Y/%m/%d}/{uniqueid}-{leg}-{id:.8}.wav"
+# What makes every leg's file name its own when a template does not place {id} itself.
+ID_FIELD = "-{id:.8}"
 _OPTIONS = re.compile(r"^[A-Za-z0-9()_.:/-]*$")
 _VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PERIOD = re.compile(r"^\s*(\d{1,9})\s*([hdwy])\s*$", re.IGNORECASE)
@@ -65,8 +69,9 @@ class Settings:
     )
     monitor_template: str = _setting(
         "RECORDING_MONITOR_TEMPLATE",
-        "file MixMonitor writes, on the Asterisk host; fields {uniqueid} {leg} {extension} "
-        "{date:strftime} (UTC); MixMonitor creates missing directories",
+        "file MixMonitor writes, on the Asterisk host; fields {uniqueid} {leg} {extension} {id} "
+        "(the leg's id; {id:.8} its first 8 characters; added before the suffix when missing, so "
+        "that no two legs share a file) {date:strftime} (UTC); MixMonitor creates missing directories",
         DEFAULT_MONITOR_TEMPLATE,
     )
     mixmonitor_options: str = _setting(
@@ -87,7 +92,8 @@ class Settings:
     )
     database_budget: float = _setting(
         "RECORDING_DATABASE_BUDGET",
-        "seconds a session waits for its database write before journaling it instead",
+        "seconds a session waits for the database: for a write before journaling it instead, for a "
+        "read before answering from memory (or ERROR)",
         0.25,
     )
     shutdown_grace: float = _setting(
@@ -219,6 +225,51 @@ class Settings:
         "networks exempted from RECORDING_WEBHOOK_DENY (your CRM's own address inside a denied range)",
         "",
     )
+    # -- the recordings pages, and who the HTTP API takes the word of (README, "Recordings in a browser") --
+    pages_listen: str = _setting(
+        "RECORDING_PAGES_LISTEN",
+        "where the recordings pages are served: HOST:PORT for a listener of their own, http for the HTTP API's "
+        "listener (under /recordings/); empty: off",
+        "",
+    )
+    pages_allow: str = _setting(
+        "RECORDING_PAGES_ALLOW",
+        "addresses or CIDR networks of the browsers (or the proxy) that may use the recordings pages; empty: any "
+        "host that can reach the listener (on the HTTP API's listener RECORDING_HTTP_ALLOW applies too)",
+        "",
+    )
+    pages_idle_timeout: float = _setting(
+        "RECORDING_PAGES_IDLE_TIMEOUT", "seconds without a request after which a pages session ends", 1800.0
+    )
+    pages_session_max_age: float = _setting(
+        "RECORDING_PAGES_SESSION_MAX_AGE", "seconds after signing in at which a pages session ends, used or not",
+        43200.0,
+    )
+    pages_trusted_proxies: str = _setting(
+        "RECORDING_PAGES_TRUSTED_PROXIES",
+        "addresses or CIDR networks of the reverse proxies in front of the pages, whose X-Forwarded-For, "
+        "X-Forwarded-Proto and single-sign-on header are believed; empty: none",
+        "",
+    )
+    pages_sso_header: str = _setting(
+        "RECORDING_PAGES_SSO_HEADER",
+        "a header by which a trusted proxy names the signed-in user (single sign-on), e.g. X-Remote-User; empty: "
+        "off (passwords only)",
+        "",
+    )
+    pages_https: bool = _setting(
+        "RECORDING_PAGES_HTTPS",
+        "the pages are reached over HTTPS (a TLS proxy in front): session cookies are Secure; a trusted proxy's "
+        "X-Forwarded-Proto: https says so per request",
+        False,
+    )
+    trust_crm_login_name: str = _setting(
+        "RECORDING_TRUST_CRM_LOGIN_NAME",
+        "true: the HTTP API takes apiKey and loginName as proof of who asks (the CRM is trusted with every user's "
+        "rights); false: retrieval, play and holds need the user's own token; empty: as the database says (true "
+        "on a database in use before this version, false on a new one)",
+        "",
+    )
     log_format: str = _setting("RECORDING_LOG_FORMAT", "text (one line per event) or json (for log shippers)", "text")
     log_level: str = _setting("RECORDING_LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", "INFO")
 
@@ -247,8 +298,8 @@ class Settings:
             )
         if not _VARIABLE.match(self.api_key_variable):
             raise ConfigError(f"RECORDING_API_KEY_VARIABLE {self.api_key_variable!r} is not a variable name")
-        render_file(self.monitor_template, uniqueid="1795825765.3", leg=1, extension="100",
-                    when=datetime(2026, 1, 1, tzinfo=timezone.utc))
+        render_file(self.file_template, uniqueid="1795825765.3", leg=1, extension="100",
+                    when=datetime(2026, 1, 1, tzinfo=timezone.utc), leg_id="5f0c2a9b" * 4)
         for spec in fields(self):
             value = getattr(self, spec.name)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
@@ -260,6 +311,24 @@ class Settings:
         from .destinations import Destinations
 
         Destinations(self.webhook_deny, self.webhook_allow)
+        self._check_pages()
+
+    def _check_pages(self) -> None:
+        if self.pages_listen and self.pages_listen != "http":
+            parse_listen(self.pages_listen, "RECORDING_PAGES_LISTEN")
+        if self.pages_listen == "http" and not self.http_listen:
+            raise ConfigError("RECORDING_PAGES_LISTEN=http serves the pages on the HTTP API's listener: set "
+                              "RECORDING_HTTP_LISTEN too (or give the pages a HOST:PORT of their own)")
+        from .access import AddressAllowList
+
+        AddressAllowList(self.pages_allow, "RECORDING_PAGES_ALLOW")
+        AddressAllowList(self.pages_trusted_proxies, "RECORDING_PAGES_TRUSTED_PROXIES")
+        if self.pages_sso_header and not _VARIABLE.match(self.pages_sso_header.replace("-", "_")):
+            raise ConfigError(f"RECORDING_PAGES_SSO_HEADER {self.pages_sso_header!r} is not a header name")
+        if self.pages_sso_header and not self.pages_trusted_proxies:
+            raise ConfigError("RECORDING_PAGES_SSO_HEADER is honoured only from the proxies that "
+                              "RECORDING_PAGES_TRUSTED_PROXIES lists: list them")
+        self.crm_trust  # noqa: B018 (checks the value)
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -278,6 +347,12 @@ class Settings:
         return replace(self, **changes)
 
     @property
+    def file_template(self) -> str:
+        """The template every leg's file name is made from: RECORDING_MONITOR_TEMPLATE with the
+        leg's id in it (see unique_template)."""
+        return unique_template(self.monitor_template)
+
+    @property
     def agi_address(self) -> tuple[str, int]:
         return parse_listen(self.agi_listen, "RECORDING_AGI_LISTEN")
 
@@ -288,6 +363,26 @@ class Settings:
     @property
     def http_address(self) -> tuple[str, int] | None:
         return parse_listen(self.http_listen, "RECORDING_HTTP_LISTEN") if self.http_listen else None
+
+    @property
+    def pages_address(self) -> tuple[str, int] | None:
+        """The pages' own listener; None when they are off or on the HTTP API's listener."""
+        if not self.pages_listen or self.pages_listen == "http":
+            return None
+        return parse_listen(self.pages_listen, "RECORDING_PAGES_LISTEN")
+
+    @property
+    def crm_trust(self) -> bool | None:
+        """RECORDING_TRUST_CRM_LOGIN_NAME as True or False; None: the database decides."""
+        value = self.trust_crm_login_name.strip().lower()
+        if not value:
+            return None
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"RECORDING_TRUST_CRM_LOGIN_NAME {self.trust_crm_login_name!r}: true, false, or empty "
+                          "(as the database says)")
 
     @property
     def retention_period(self) -> timedelta | None:
@@ -362,28 +457,53 @@ class _Second:
         return made
 
 
-def render_file(template: str, *, uniqueid: str, leg: int, extension: str, when: datetime) -> str:
+def has_id(template: str) -> bool:
+    """Whether the template places the leg's id ({id}, {id:.8}...) in the file name."""
+    try:
+        return any(name == "id" for _, name, _, _ in string.Formatter().parse(template))
+    except ValueError:
+        return False
+
+
+@functools.lru_cache(maxsize=8)
+def unique_template(template: str) -> str:
+    """``template`` with the leg's id in its file name: as it is when it places ``{id}``, else
+    with ``-{id:.8}`` added before the file name's suffix. The leg's number alone cannot keep
+    two legs apart: it is proposed before the leg is written, and a call's legs may be started
+    by different processes, or before and after a restart (MixMonitor without ``a`` would
+    truncate the other leg's file)."""
+    if has_id(template):
+        return template
+    folder, slash, name = template.rpartition("/")
+    stem, dot, suffix = name.rpartition(".")
+    if not dot or not stem or "}" in suffix:
+        return template + ID_FIELD
+    return f"{folder}{slash}{stem}{ID_FIELD}.{suffix}"
+
+
+def render_file(template: str, *, uniqueid: str, leg: int, extension: str, when: datetime, leg_id: str) -> str:
     """The recording's file name from the template. Raises ConfigError for a template that
     cannot be rendered, or that would leave ``${...}`` for Asterisk (which does not expand it)."""
     try:
         # NOTE: the hot path; the template itself was checked when the settings were made.
-        path = template.format(uniqueid=uniqueid, leg=leg, extension=extension, date=_Second(when))
+        path = template.format(uniqueid=uniqueid, leg=leg, extension=extension, date=_Second(when), id=leg_id)
     except (KeyError, IndexError, ValueError, AttributeError):
         path = ""
-    if path and "," not in path and "${" not in path:
+    # NOTE: commas and brackets are fine: the doors escape the file name as one argument of
+    # MixMonitor's data (agi.protocol.app_argument).
+    if path and "${" not in path:
         return path
     if "${" in template:
         raise ConfigError(
             f"RECORDING_MONITOR_TEMPLATE {template!r}: Asterisk would not expand ${{...}} in EXEC data; "
-            "use {uniqueid}, {leg}, {extension} and {date:%Y/%m/%d}"
+            "use {uniqueid}, {leg}, {extension}, {id} and {date:%Y/%m/%d}"
         )
     try:
-        path = template.format(uniqueid=uniqueid, leg=leg, extension=extension, date=when)
+        path = template.format(uniqueid=uniqueid, leg=leg, extension=extension, date=when, id=leg_id)
     except (KeyError, IndexError, ValueError, AttributeError) as exc:
         raise ConfigError(f"RECORDING_MONITOR_TEMPLATE {template!r} cannot be rendered: {exc}") from None
-    if "${" in path or "," in path or not path.strip():
+    if "${" in path or not path.strip():
         raise ConfigError(
-            f"RECORDING_MONITOR_TEMPLATE {template!r} gives {path!r}: Asterisk would not expand "
-            "${...}, and a comma would end MixMonitor's file argument"
+            f"RECORDING_MONITOR_TEMPLATE {template!r} gives {path!r}: Asterisk would not expand ${{...}}"
         )
     return path

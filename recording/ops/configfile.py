@@ -59,6 +59,14 @@ RELOADABLE = frozenset({
     "webhook_timeout",
     "webhook_deny",
     "webhook_allow",
+    # the recordings pages: read on each request (their listener needs a restart)
+    "pages_allow",
+    "pages_idle_timeout",
+    "pages_session_max_age",
+    "pages_trusted_proxies",
+    "pages_sso_header",
+    "pages_https",
+    "trust_crm_login_name",
 })
 
 

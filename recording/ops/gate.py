@@ -29,6 +29,8 @@ class Gate:
         if getattr(self, "_limits", None) != limits:
             self._limits = limits
             self.limiter = FailureLimiter(*limits)
+            # Wrong passwords at the recordings pages' sign-in, counted apart, with the same limits.
+            self.passwords = FailureLimiter(*limits)
         self._refused_logged.clear()
 
     def admits(self, allow_list: AddressAllowList, address: str | None, door: str) -> bool:
@@ -42,9 +44,18 @@ class Gate:
             audit.warning("%s connection from %s refused: not on its allow list (%s)", door, address, allow_list)
         return False
 
+    async def hold_back(self, address: str | None, limiter: FailureLimiter | None = None) -> None:
+        """Waits as long as the limiter says for ``address`` (0 below its threshold): before a
+        presented key, token or password is checked, so that an address guessing them costs no
+        hashing until its wait is over."""
+        limiter = limiter or self.limiter
+        delay = limiter.delay(address) if len(limiter) else 0.0  # NOTE: on every session; usually none
+        if delay:
+            await asyncio.sleep(delay)
+
     async def wrong_key(self, address: str | None, door: str) -> None:
-        """Counts a wrong or missing apiKey from ``address`` and holds the answer back as long
-        as the limiter says; logs once per window when the address crosses the threshold."""
+        """Counts a wrong or missing apiKey (or API token) from ``address``; logs once per window
+        when the address crosses the threshold. Its next requests wait (:meth:`hold_back`)."""
         if self._on_failure is not None:
             self._on_failure()
         if self.limiter.record_failure(address):
@@ -52,9 +63,14 @@ class Gate:
                 "%s: %d wrong apiKeys from %s within %gs; its answers are slowed down (up to %gs)",
                 door, self.limiter.threshold, address, self.limiter.window, self.limiter.max_delay,
             )
-        delay = self.limiter.delay(address)
-        if delay:
-            await asyncio.sleep(delay)
+
+    def wrong_password(self, address: str | None, login: str) -> None:
+        """Counts a wrong password from ``address`` and logs it (the login, never the password);
+        once per window, that the address's sign-ins are slowed down."""
+        audit.warning("pages: wrong password for %r from %s", login[:128], address)
+        if self.passwords.record_failure(address):
+            audit.warning("pages: %d wrong passwords from %s within %gs; its sign-ins are slowed down (up to %gs)",
+                          self.passwords.threshold, address, self.passwords.window, self.passwords.max_delay)
 
     def right_key(self, address: str | None) -> None:
         self.limiter.record_success(address)

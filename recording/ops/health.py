@@ -78,7 +78,7 @@ def combine(entries: Iterable[tuple[int, dict]]) -> dict:
     """The service's report from its workers' ``(number, report)``: the fields of one
     worker's report, over them all (``ok`` when any worker can start a recording; ``status``
     ``ok`` when every worker says so, ``unavailable`` when none can, else ``degraded``;
-    ``database`` away and ``ami`` down when so for any; ``journalBacklog`` the sum; each problem
+    ``database`` away (else slow) and ``ami`` down when so for any; ``journalBacklog`` the sum; each problem
     once, with the workers that have it), and ``workers``: each one's own report."""
     entries = sorted(entries, key=lambda entry: entry[0])
     reports = [report for _, report in entries]
@@ -109,8 +109,8 @@ def _over_workers(key: str, values: list[tuple[int, object]]):
     seen = [value for _, value in values]
     if key == "journalBacklog":
         return sum(seen)
-    if key == "database" and "away" in seen:
-        return "away"
+    if key == "database" and ("away" in seen or "slow" in seen):
+        return "away" if "away" in seen else "slow"
     if key == "ami" and "down" in seen:
         return "down"
     if all(value == seen[0] for value in seen):

@@ -1,8 +1,12 @@
-"""Logging set-up, with the apiKey taken out of every line.
+"""Logging set-up, with the apiKey taken out of every line and every line the service's own.
 
 Asterisk puts the whole AGI URL, apiKey included, in ``agi_request``; whatever part of the
 service ends up quoting it (an exception message, a malformed line), the key must not reach a
-log. The filter sits on the handlers, so it also covers other libraries' records.
+log. And text from outside (a URL path, an argument, an AGI environment line, an AMI field) may
+hold a newline followed by what looks like a log line of ours: control characters in a message
+are escaped, and a traceback's lines after its first are indented, so no line of the log that
+begins with a time was written by anyone but the service. The filter sits on the handlers, so
+it also covers other libraries' records.
 """
 
 from __future__ import annotations
@@ -18,18 +22,37 @@ _KEY = re.compile(r"(?i)(api_?key\s*[=:]\s*\"?)[^&\s,\"')]+")
 REDACTED = r"\1[redacted]"
 
 
+# C0 and C1 controls, DEL, and the characters some viewers take for a line end.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# In the text log, the lines of a record after its first (a traceback's) begin with this, so
+# none can pass for a record of its own.
+CONTINUATION = "\n    | "
+
+
 def redact(text: str) -> str:
     return _KEY.sub(REDACTED, text)
 
 
+def escape_controls(text: str) -> str:
+    """``text`` with each control character written as an escape (``\\n``, ``\\x1b``,
+    ``\\u2028``): one message, one line."""
+    if not _CONTROL.search(text):
+        return text
+    return _CONTROL.sub(lambda m: _NAMED.get(m.group(), m.group().encode("unicode_escape").decode("ascii")), text)
+
+
 class RedactingFilter(logging.Filter):
+    """Takes the apiKey out of a record and escapes the control characters of its message (a
+    traceback keeps its line ends; the text formatter indents its lines, see CONTINUATION)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        clean = redact(message)
+        clean = escape_controls(redact(message))
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = redact(record.exc_text)
+            record.exc_text = "\n".join(escape_controls(line) for line in redact(record.exc_text).split("\n"))
         if clean != message or record.args:
             record.msg, record.args = clean, None
         return True
@@ -52,6 +75,12 @@ class TextFormatter(logging.Formatter):
     line (every session logs a line)."""
 
     _second: tuple[int, str] = (-1, "")
+
+    def format(self, record: logging.LogRecord) -> str:
+        # NOTE: a message has no line end left (the filter escaped it); what follows one is a
+        # traceback or a stack, each of whose lines is indented.
+        text = super().format(record)
+        return text.replace("\n", CONTINUATION) if "\n" in text else text
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         second = int(record.created)

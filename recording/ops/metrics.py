@@ -11,10 +11,14 @@ nor counts them twice).
 The two gauges are set, not computed by a callback at scrape time (multiprocess mode cannot run
 another process's callback): :meth:`ServiceMetrics.refresh` sets them from their sources, before
 each scrape in the process that answers it and, under ``--workers``, every second in each worker.
+
+A scrape is answered off the event loop (:meth:`ServiceMetrics.scrape`): under ``--workers`` it
+reads and merges every worker's files, and that must not hold up the calls in flight.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from typing import Callable, Iterable
@@ -176,6 +180,11 @@ class ServiceMetrics:
                 gauge.set(convert(source()))
             except Exception:
                 log.exception("metric %s: its source failed; it keeps its last value", name)
+
+    async def scrape(self, accept: str = "") -> tuple[bytes, str]:
+        """:meth:`exposition` in a worker thread (the event loop's default executor), so that
+        reading and merging the workers' files never stalls the sessions on the loop."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.exposition, accept)
 
     def exposition(self, accept: str = "") -> tuple[bytes, str]:
         """The scrape's body and content type: the text format 0.0.4, or OpenMetrics when the

@@ -89,6 +89,7 @@ def _role(sock: socket.socket, settings: Settings, taken: Mapping[str, socket.so
         ("agi", "RECORDING_AGI_LISTEN", settings.agi_listen, settings.agi_address),
         ("http", "RECORDING_HTTP_LISTEN", settings.http_listen, settings.http_address),
         ("metrics", "RECORDING_METRICS_LISTEN", settings.metrics_listen, settings.metrics_address),
+        ("pages", "RECORDING_PAGES_LISTEN", settings.pages_listen, settings.pages_address),
     ]
     for role, _, _, address in named:
         if address is not None and address[1] == port and role not in taken:

@@ -70,6 +70,8 @@ def check_shareable(settings: Settings) -> None:
     addresses = [("RECORDING_AGI_LISTEN (--listen)", settings.agi_listen, settings.agi_address)]
     if settings.http_address is not None:
         addresses.append(("RECORDING_HTTP_LISTEN (--http)", settings.http_listen, settings.http_address))
+    if settings.pages_address is not None:
+        addresses.append(("RECORDING_PAGES_LISTEN", settings.pages_listen, settings.pages_address))
     for name, value, (_, port) in addresses:
         if port == 0:
             raise ConfigError(

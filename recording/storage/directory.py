@@ -11,26 +11,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import replace
 
 from .. import apikey
 from ..domain import DirectorySnapshot, UserRef
 from ..errors import StorageUnavailable, WrongKey
 from . import snapshot as snapshots
+from .reads import Reads
 from .store import Store, redact_url
 
 log = logging.getLogger("recording.directory")
+# How many apiKey hashes (scrypt) may be computed at once.
+HASHING_THREADS = 2
 
 
 class Directory:
     """``keep_in``: the folder the snapshot file is written to on each read (None: none)."""
 
     def __init__(self, store: Store, *, refresh: float, executor: Executor | None = None,
-                 keep_in: str | os.PathLike | None = None):
+                 keep_in: str | os.PathLike | None = None, reads: Reads | None = None):
         self._store = store
         self.refresh = refresh
         self._executor = executor
+        # What a session waits for (a login not in memory, the hash after a key that did not
+        # match) within the database budget; the refresh runs on ``executor``.
+        self._reads = reads or Reads(0.25)
+        # NOTE: scrypt on threads of its own, at most HASHING_THREADS at a time: a burst of
+        # wrong keys cannot take the threads that replay the journal or read for calls.
+        self._hashing = ThreadPoolExecutor(max_workers=HASHING_THREADS, thread_name_prefix="recording-scrypt")
         self._keep_in = keep_in
         self._keep_failed = False
         self._snapshot = DirectorySnapshot(None, {})
@@ -82,6 +91,7 @@ class Directory:
             self._task = asyncio.create_task(self._refresher(), name="directory-refresh")
 
     async def stop(self) -> None:
+        self._hashing.shutdown(wait=False, cancel_futures=True)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -110,7 +120,7 @@ class Directory:
             # The database has not answered since the start: no fresher hash to ask for.
             raise WrongKey("the apiKey is not valid")
         try:
-            fresh = await self._call(self._store.api_key_hash)
+            fresh = await self._reads(self._store.api_key_hash)
         except StorageUnavailable:
             if stored is None:
                 raise
@@ -135,7 +145,7 @@ class Directory:
         pending = self._checking.get(ask)
         if pending is None:
             self.key_checks += 1
-            pending = asyncio.ensure_future(self._call(apikey.verify, presented, stored))
+            pending = asyncio.get_running_loop().run_in_executor(self._hashing, apikey.verify, presented, stored)
             self._checking[ask] = pending
             pending.add_done_callback(lambda _: self._checking.pop(ask, None))
         verdict = await asyncio.shield(pending)
@@ -150,7 +160,7 @@ class Directory:
             if self.served_from is not None:
                 raise StorageUnavailable(f"{login!r} is not in the directory snapshot of {self.served_from.when} "
                                          "and the database has not answered since the start")
-            found = await self._call(self._store.find_user, login)
+            found = await self._reads(self._store.find_user, login)
         return found
 
     def attached(self, extension: str) -> int | None:

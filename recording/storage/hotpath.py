@@ -32,13 +32,17 @@ Batch = Callable[..., ContextManager[Connection]]
 
 _LEG_COLUMNS = (
     "id, call_record_id, leg, unique_id, channel, extension, file, mixmonitor_id, tag, owner_id, ownership, "
-    "source, state, started_at, ended_at"
+    "source, state, started_at, ended_at, linkedid"
 )
-# NOTE: a start without a tag keeps the reference an earlier start wrote.
+# NOTE: a start without a tag keeps the reference an earlier start wrote, and a write older
+# than the call record's last one (a journal replayed after a newer direct write) does not
+# replace its tag. The row is updated either way, so that RETURNING gives it to the legs.
 _CALL_UPSERT = (
     "ON CONFLICT (unique_id) DO UPDATE SET "
-    "external_reference = COALESCE(excluded.external_reference, call_records.external_reference), "
-    "updated_at = excluded.updated_at"
+    "external_reference = CASE WHEN excluded.updated_at >= call_records.updated_at "
+    "THEN COALESCE(excluded.external_reference, call_records.external_reference) "
+    "ELSE COALESCE(call_records.external_reference, excluded.external_reference) END, "
+    "updated_at = {latest}(excluded.updated_at, call_records.updated_at)"
 )
 _OWNERSHIP = (
     "CASE WHEN {agent} IS NOT NULL THEN 'AGENT' WHEN a.user_id IS NOT NULL THEN 'EXTENSION' ELSE 'DEFAULT' END"
@@ -54,7 +58,7 @@ PG_START = (
     "WITH c AS ("
     "INSERT INTO call_records (unique_id, external_reference, created_at, updated_at) "
     "SELECT r->>0, r->>1, (r->>2)::timestamptz, (r->>3)::timestamptz FROM json_array_elements(%s::json) r "
-    + _CALL_UPSERT + " "
+    + _CALL_UPSERT.format(latest="GREATEST") + " "
     # NOTE: the FK of recording_legs is checked at the end of the statement, so a leg may point
     # at the call record this CTE inserts; RETURNING of ON CONFLICT DO UPDATE gives the rows
     # updated as well as those inserted, so every leg finds its call.
@@ -62,10 +66,11 @@ PG_START = (
     f"INSERT INTO recording_legs ({_LEG_COLUMNS}) "
     "SELECT v.id, c.id, v.leg, v.unique_id, v.channel, v.extension, v.file, v.mixmonitor_id, "
     "v.tag, COALESCE(v.agent_id, a.user_id), " + _OWNERSHIP.format(agent="v.agent_id") + ", "
-    "v.source, v.state, v.started_at, v.ended_at "
+    "v.source, v.state, v.started_at, v.ended_at, v.linkedid "
     "FROM (SELECT r->>0 AS id, (r->>1)::integer AS leg, r->>2 AS unique_id, r->>3 AS channel, "
     "r->>4 AS extension, r->>5 AS file, r->>6 AS mixmonitor_id, r->>7 AS tag, (r->>8)::integer AS agent_id, "
-    "r->>9 AS source, r->>10 AS state, (r->>11)::timestamptz AS started_at, (r->>12)::timestamptz AS ended_at "
+    "r->>9 AS source, r->>10 AS state, (r->>11)::timestamptz AS started_at, (r->>12)::timestamptz AS ended_at, "
+    "r->>13 AS linkedid "
     "FROM json_array_elements(%s::json) r) v "
     "JOIN c ON c.unique_id = v.unique_id "
     "LEFT JOIN extension_attachments a ON v.agent_id IS NULL AND a.extension = v.extension "
@@ -84,20 +89,20 @@ def _sqlite_calls(rows: int) -> str:
     values = ", ".join(["(?, ?, ?, ?)"] * rows)
     return (
         f"INSERT INTO call_records (unique_id, external_reference, created_at, updated_at) VALUES {values} "
-        + _CALL_UPSERT
+        + _CALL_UPSERT.format(latest="MAX")
     )
 
 
 @lru_cache(maxsize=512)
 def _sqlite_legs(rows: int) -> str:
-    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
     # NOTE: SQLite names VALUES columns column1..columnN, and needs a WHERE before ON CONFLICT
     # in INSERT ... SELECT to tell the upsert clause from a join's ON.
     return (
         f"INSERT INTO recording_legs ({_LEG_COLUMNS}) "
         "SELECT v.column1, c.id, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, v.column8, "
         "COALESCE(v.column9, a.user_id), " + _OWNERSHIP.format(agent="v.column9") + ", "
-        "v.column10, v.column11, v.column12, v.column13 "
+        "v.column10, v.column11, v.column12, v.column13, v.column14 "
         f"FROM (VALUES {values}) AS v "
         "JOIN call_records c ON c.unique_id = v.column3 "
         "LEFT JOIN extension_attachments a ON v.column9 IS NULL AND a.extension = v.column5 "
@@ -106,9 +111,9 @@ def _sqlite_legs(rows: int) -> str:
 
 
 def takes(write) -> bool:
-    """True for a write this path can do: a tag update, or a leg without an agent login still
-    to resolve."""
-    return type(write) is TagUpdate or (type(write) is NewLeg and write.agent_login is None)
+    """True for a write this path can do: a tag update, or a leg a request started without an
+    agent login still to resolve (a followed call's next leg is Store.take_over's)."""
+    return type(write) is TagUpdate or (type(write) is NewLeg and write.agent_login is None and write.follows is None)
 
 
 class HotPath:
@@ -172,7 +177,7 @@ def _rows(writes: Sequence[NewLeg | TagUpdate], time) -> tuple[list[tuple], list
             leg_rows.append((
                 write.id, write.leg, write.unique_id, write.channel, write.extension, write.file, write.mixmonitor_id,
                 write.tag, write.agent.id if write.agent is not None else None, write.source, write.state, at,
-                time(write.ended_at) if write.ended_at is not None else None,
+                time(write.ended_at) if write.ended_at is not None else None, write.linkedid,
             ))
         entry = calls.get(write.unique_id)
         if entry is None:

@@ -126,11 +126,12 @@ class VerifyReport:
                 f"{c['vanished']} vanished, {c['unreadable']} unreadable, {c['unhashed']} never hashed")
 
 
-def verify(store: Store, monitor: MonitorDirectory, since: datetime | None, report: VerifyReport
-           ) -> Iterator[Finding]:
+def verify(store: Store, monitor: MonitorDirectory, since: datetime | None, report: VerifyReport,
+           keep: Callable[[list[tuple[str, datetime, str, str | None]]], None] | None = None) -> Iterator[Finding]:
     """Recomputes the digest of every ended leg started at ``since`` or later whose audio is
     kept, yielding each leg whose file changed, vanished, cannot be read or was never hashed;
-    ``report`` counts them all."""
+    ``report`` counts them all. ``keep``, when given, is handed what was found of each hashed
+    leg, a page at a time, as (leg id, when, outcome, detail): the leg's last verification."""
     report.problem = monitor.problem()
     if report.problem is not None:
         return
@@ -140,14 +141,20 @@ def verify(store: Store, monitor: MonitorDirectory, since: datetime | None, repo
         if not page:
             return
         after = (page[-1].start, page[-1].id)
+        kept = []
         for leg in page:
             report.checked += 1
             finding = _check(leg, monitor)
+            if finding is None or finding.kind != "unhashed":
+                kept.append((leg.id, utcnow(), finding.kind if finding else "unchanged",
+                             finding.detail if finding else None))
             if finding is None:
                 report.unchanged += 1
                 continue
             report.counts[finding.kind] += 1
             yield finding
+        if keep is not None:
+            keep(kept)
 
 
 def _check(leg: LegView, monitor: MonitorDirectory) -> Finding | None:

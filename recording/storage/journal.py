@@ -3,7 +3,9 @@
 Append-only files of JSON lines (``journal-<time>.jsonl``) in one directory. An entry is
 flushed and fsynced before the session that wrote it reports STARTED, so a crash right after
 loses nothing. Replay reads sealed files in order and deletes a file only once every entry in it
-is in the database; replaying an entry twice is harmless (the store answers APPLIED).
+is in the database. Replaying an entry twice changes nothing: a leg is known by its id, and a
+pause, resume or end by its key (see LegChange). A line that cannot be read is set aside in
+``rejected.jsonl`` with where it was, and replay goes on with the next.
 
 One process per directory: ``open`` takes an exclusive lock (``journal.lock``, flock) held
 until ``close``, and refuses a directory another process holds. Several processes (``serve
@@ -30,6 +32,11 @@ from typing import Sequence
 from ..domain import LegChange, NewLeg, TagUpdate, UserRef
 from ..errors import StorageUnavailable
 
+
+class JournalError(StorageUnavailable):
+    """The journal's own files cannot be written, read or removed: a local disk's failure, not
+    the database's (the log must not blame the database for it)."""
+
 log = logging.getLogger("recording.journal")
 
 PREFIX, SUFFIX = "journal-", ".jsonl"
@@ -46,11 +53,11 @@ def encode(write: NewLeg | TagUpdate | LegChange) -> dict:
         return {"kind": "tag", "unique_id": write.unique_id, "tag": write.tag, "at": write.at.isoformat()}
     if isinstance(write, LegChange):
         entry = {k: getattr(write, k) for k in ("leg_id", "unique_id", "action", "state", "by", "method",
-                                                 "mixmonitor_id")}
+                                                 "mixmonitor_id", "key")}
         return entry | {"kind": "change", "at": write.at.isoformat()}
     entry = {k: getattr(write, k) for k in (
         "id", "unique_id", "leg", "channel", "extension", "file", "mixmonitor_id", "tag", "agent_login",
-        "source", "state",
+        "source", "state", "linkedid", "part", "follows",
     )}
     entry["kind"] = "leg"
     entry["agent"] = None if write.agent is None else {"id": write.agent.id, "login": write.agent.login}
@@ -63,9 +70,9 @@ def decode(entry: dict) -> NewLeg | TagUpdate | LegChange:
     if entry["kind"] == "tag":
         return TagUpdate(entry["unique_id"], entry["tag"], datetime.fromisoformat(entry["at"]))
     if entry["kind"] == "change":
-        fields = {k: v for k, v in entry.items() if k not in ("kind", "at")}
+        fields = {k: v for k, v in entry.items() if k not in ("kind", "at", "rejected")}
         return LegChange(**fields, at=datetime.fromisoformat(entry["at"]))
-    fields = {k: v for k, v in entry.items() if k not in ("kind", "agent", "started_at", "ended_at")}
+    fields = {k: v for k, v in entry.items() if k not in ("kind", "agent", "started_at", "ended_at", "rejected")}
     agent = entry.get("agent")
     return NewLeg(
         **fields,
@@ -95,6 +102,8 @@ class Journal:
         self._lock_fd: int | None = None
         self.appended = 0
         self.adopted = 0
+        # Lines that could not be read and were set aside in rejected.jsonl (for the metrics).
+        self.set_aside = 0
 
     def open(self) -> None:
         """Creates the directory (owner-only: it holds tags and file names) if needed, locks
@@ -106,13 +115,13 @@ class Journal:
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
-            raise StorageUnavailable(f"journal directory {self.directory} cannot be created: {exc}") from exc
+            raise JournalError(f"journal directory {self.directory} cannot be created: {exc}") from exc
         try:
             self._lock_fd = _lock(self.directory, wait=LOCK_WAIT)
         except OSError as exc:
-            raise StorageUnavailable(f"journal directory {self.directory} cannot be locked: {exc}") from exc
+            raise JournalError(f"journal directory {self.directory} cannot be locked: {exc}") from exc
         if self._lock_fd is None:
-            raise StorageUnavailable(
+            raise JournalError(
                 f"journal directory {self.directory} is in use by another process (it holds "
                 f"{self.directory / LOCK_NAME}); each process needs a journal directory of its own "
                 "(RECORDING_JOURNAL_DIR)"
@@ -159,10 +168,12 @@ class Journal:
                     target = self.directory / f"{segment.stem}-{copy}{SUFFIX}"
                 os.rename(segment, target)
             if rejected.exists():
-                with open(self.directory / REJECTED, "ab") as file:
-                    file.write(rejected.read_bytes())
-                    file.flush()
-                    os.fsync(file.fileno())
+                fd = os.open(self.directory / REJECTED, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    _write_all(fd, rejected.read_bytes())
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
                 rejected.unlink()
             fsync_directory(self.directory)
             fsync_directory(source)
@@ -175,20 +186,34 @@ class Journal:
         return len(segments)
 
     def append(self, writes: Sequence[NewLeg | TagUpdate]) -> list[None]:
-        """Writes the entries and fsyncs them, all in one write; raises StorageUnavailable if
-        the disk refuses (then none of them may be reported as stored)."""
+        """Writes the entries and fsyncs them; raises JournalError if the disk refuses (then none
+        of them may be reported as stored, and none is left in the file to be replayed)."""
         payload = "".join(json.dumps(encode(w), separators=(",", ":")) + "\n" for w in writes).encode()
         with self._lock:
+            offset = None
             try:
                 if self._fd is None:
                     self._open_segment()
-                os.write(self._fd, payload)
+                offset = os.lseek(self._fd, 0, os.SEEK_END)
+                _write_all(self._fd, payload)
                 os.fsync(self._fd)
             except OSError as exc:
-                self._close_current()
-                raise StorageUnavailable(f"the journal in {self.directory} cannot be written: {exc}") from exc
+                self._undo(offset)
+                raise JournalError(f"the journal in {self.directory} cannot be written: {exc}") from exc
             self.appended += len(writes)
         return [None] * len(writes)
+
+    def _undo(self, offset: int | None) -> None:
+        """Takes a failed append back out of the file (it may have been written in part: a
+        full disk writes what fits), then closes it: the next append starts a new file."""
+        try:
+            if offset is not None and self._fd is not None:
+                os.ftruncate(self._fd, offset)
+                os.fsync(self._fd)
+        except OSError as exc:
+            log.error("a failed journal write could not be taken back out of %s (%s): its entries, which no "
+                      "session was told are stored, may be replayed", self._current, exc)
+        self._close_current()
 
     def _open_segment(self) -> None:
         path = self.directory / f"{PREFIX}{time.time_ns():020d}{SUFFIX}"
@@ -219,34 +244,61 @@ class Journal:
 
     def read(self, segment: Path) -> list[NewLeg | TagUpdate]:
         """The entries of a sealed file. A last line cut short by a crash was never fsynced,
-        so nobody was told it was stored: it is dropped with a warning."""
+        so nobody was told it was stored: it is dropped with a warning. Any other line that
+        cannot be read is set aside in ``rejected.jsonl`` (logged, counted in
+        :attr:`set_aside`), and the lines after it are read: one damaged line must not hold
+        back every later write. Raises JournalError when the file cannot be read."""
         writes = []
-        lines = segment.read_bytes().split(b"\n")
+        try:
+            lines = segment.read_bytes().split(b"\n")
+        except OSError as exc:
+            raise JournalError(f"the journal file {segment} cannot be read: {exc}") from exc
         for number, line in enumerate(lines, 1):
             if not line:
                 continue
             try:
                 writes.append(decode(json.loads(line)))
             except (ValueError, KeyError, TypeError) as exc:
-                if number >= len(lines) - 1:
+                if number >= len(lines) - 1 and not line.endswith(b"}"):
                     log.warning("%s: dropping an unfinished last entry (%s)", segment.name, exc)
                     continue
-                raise StorageUnavailable(f"{segment} line {number} is damaged: {exc}") from exc
+                self._set_aside(segment, number, line, exc)
         return writes
+
+    def _set_aside(self, segment: Path, number: int, line: bytes, exc: Exception) -> None:
+        reason = f"line {number} of {segment.name} cannot be read: {type(exc).__name__}: {exc}"
+        self._keep_rejected({"damaged": line.decode("utf-8", "backslashreplace"), "rejected": reason})
+        self.set_aside += 1
+        log.error("journal %s set aside in %s; replay goes on with the next line", reason,
+                  self.directory / REJECTED)
 
     def reject(self, write: NewLeg | TagUpdate, reason: str) -> None:
         """Keeps a write the database refused at replay in ``rejected.jsonl`` for a person to
         look at, and says so in the log: it is neither retried forever nor dropped."""
         entry = encode(write) | {"rejected": reason}
-        with open(self.directory / REJECTED, "a", encoding="utf-8") as file:
-            file.write(json.dumps(entry) + "\n")
-            file.flush()
-            os.fsync(file.fileno())
+        self._keep_rejected(entry)
         log.error("journaled %s for %s refused by the database and kept in %s: %s",
                   entry["kind"], write.unique_id, self.directory / REJECTED, reason)
 
+    def _keep_rejected(self, entry: dict) -> None:
+        """Appends to ``rejected.jsonl``, owner-only like the journal (it holds tags and file
+        names). Raises JournalError."""
+        try:
+            fd = os.open(self.directory / REJECTED, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                _write_all(fd, (json.dumps(entry) + "\n").encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise JournalError(f"{self.directory / REJECTED} cannot be written: {exc}") from exc
+
     def remove(self, segment: Path) -> None:
-        segment.unlink(missing_ok=True)
+        """Deletes a segment whose every entry reached the database; raises JournalError."""
+        try:
+            segment.unlink(missing_ok=True)
+        except OSError as exc:
+            raise JournalError(f"the replayed journal file {segment} cannot be removed: {exc}") from exc
 
     def pending(self) -> int:
         """How many entries wait for replay (counted from the files)."""
@@ -309,6 +361,17 @@ def fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Writes all of ``data``: os.write may write less than it is given (a full disk, a
+    signal), and says so only in what it returns. Raises OSError."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(f"the disk took none of the {len(view)} bytes left to write")
+        view = view[written:]
 
 
 def _count_lines(path: Path) -> int:

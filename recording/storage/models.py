@@ -149,6 +149,10 @@ class RecordingLeg(Base):
     __tablename__ = "recording_legs"
     __table_args__ = (
         UniqueConstraint("call_record_id", "leg"),
+        # A part of a followed call is recorded once, and a leg taken over once, whichever
+        # process heard the change first (unique indexes: migration 0008 adds them in place).
+        Index("uq_recording_legs_linkedid_part", "linkedid", "part", unique=True),
+        Index("uq_recording_legs_follows", "follows", unique=True),
         CheckConstraint(_one_of("ownership", OWNERSHIP_RULES), name="ownership_rule"),
         CheckConstraint(_one_of("state", LEG_STATES), name="state"),
         CheckConstraint("(ownership = 'DEFAULT') = (owner_id IS NULL)", name="owner_matches_rule"),
@@ -184,6 +188,15 @@ class RecordingLeg(Base):
     ended_by: Mapped[str | None] = mapped_column(String(128))
     # When the channel was last known to be alive; a lost leg ends there.
     seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When its state last changed (a pause, resume or end; None: never since its start). A
+    # change older than this is not applied over it (a journal replayed late).
+    changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A leg of a followed call (one leg per part of a call through transfers and queues): the
+    # call's Linkedid, and the leg this one took over from (each leg is taken over at most once:
+    # the database decides which process starts the next part's recording).
+    linkedid: Mapped[str | None] = mapped_column(String(150), index=True)
+    part: Mapped[int | None] = mapped_column(Integer)
+    follows: Mapped[str | None] = mapped_column(String(32))
     # The file once complete (the leg ended and the file stopped changing).
     file_size: Mapped[int | None] = mapped_column(BigInteger)
     file_sha256: Mapped[str | None] = mapped_column(String(64))
@@ -226,6 +239,109 @@ class RecordingPause(Base):
     method: Mapped[str] = mapped_column(String(8))
     paused_by: Mapped[str | None] = mapped_column(String(128))
     resumed_by: Mapped[str | None] = mapped_column(String(128))
+    # The keys of the pause and of the resume that made this row (LegChange.key): each is
+    # applied once, however often a journal is replayed. None for rows older than 0005.
+    pause_key: Mapped[str | None] = mapped_column(String(32), unique=True)
+    resume_key: Mapped[str | None] = mapped_column(String(32), unique=True)
+
+
+# -- the recordings pages, per-user credentials and the audit (migration 0006) ---------------------
+
+# The system variable that says the HTTP API takes the apiKey's word for who asks (loginName):
+# written by migration 0006 on a database that was in use before it, so an upgrade keeps its CRM
+# working; RECORDING_TRUST_CRM_LOGIN_NAME overrides it either way.
+TRUST_CRM_VARIABLE = "trustCrmLoginName"
+AUDIT_ACTIONS = ("play", "download", "hold", "release", "purge")
+AUDIT_DOORS = ("pages", "http", "cli", "service")
+CHECK_OUTCOMES = ("unchanged", "changed", "vanished", "unreadable")
+
+
+class Password(Base):
+    """A user's password for the recordings pages, as a slow salted hash (argon2id, PHC string)."""
+
+    __tablename__ = "passwords"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    hash: Mapped[str] = mapped_column(String(255))
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class PageSession(Base):
+    """A signed-in browser: the SHA-256 of its cookie's random value (never the value), whose
+    user, and its times. Deleted on sign-out, on a password change, and once idle or expired."""
+
+    __tablename__ = "page_sessions"
+    __table_args__ = (CheckConstraint("via IN ('password', 'sso')", name="via"),)
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    address: Mapped[str | None] = mapped_column(String(64))
+    via: Mapped[str] = mapped_column(String(8))
+
+
+class ApiToken(Base):
+    """A per-user credential for the HTTP API (Authorization: Bearer): the SHA-256 of the token,
+    whose user, and whether it was revoked (kept, so the list shows it)."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    label: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AuditEvent(Base):
+    """Who played, downloaded, held, released or purged which leg, when, from where, through
+    which door. NOTE: no foreign key to the leg or the user, so nothing that happens to either
+    (a purge, a user removed) takes the audit with it."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        CheckConstraint(_one_of("action", AUDIT_ACTIONS), name="action"),
+        CheckConstraint(_one_of("door", AUDIT_DOORS), name="door"),
+        Index("ix_audit_events_leg_id_at", "leg_id", "at"),
+        Index("ix_audit_events_login_at", "login", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    action: Mapped[str] = mapped_column(String(16))
+    leg_id: Mapped[str] = mapped_column(String(32))
+    unique_id: Mapped[str | None] = mapped_column(String(150))
+    login: Mapped[str] = mapped_column(String(128))
+    address: Mapped[str | None] = mapped_column(String(64))
+    door: Mapped[str] = mapped_column(String(8))
+    detail: Mapped[str | None] = mapped_column(String(255))
+
+
+class LegCheck(Base):
+    """The last time ``recordings verify`` read a leg's file again, and what it found."""
+
+    __tablename__ = "leg_checks"
+    __table_args__ = (CheckConstraint(_one_of("outcome", CHECK_OUTCOMES), name="outcome"),)
+
+    leg_id: Mapped[str] = mapped_column(ForeignKey("recording_legs.id", ondelete="CASCADE"), primary_key=True)
+    checked_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    outcome: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(String(255))
+
+
+# The list of the recordings pages, newest first (keyset pagination on (started_at, id)): for
+# everyone, by owner (an agent's own legs; a manager's owner filter) and by extension.
+Index("ix_recording_legs_started_at_id", RecordingLeg.started_at, RecordingLeg.id)
+Index("ix_recording_legs_owner_id_started_at_id", RecordingLeg.owner_id, RecordingLeg.started_at, RecordingLeg.id)
+Index("ix_recording_legs_extension_started_at_id", RecordingLeg.extension, RecordingLeg.started_at,
+      RecordingLeg.id)
+# Held legs are few: a partial index finds them without scanning the list's index.
+Index("ix_recording_legs_held", RecordingLeg.started_at, RecordingLeg.id,
+      postgresql_where=RecordingLeg.held_at.is_not(None), sqlite_where=RecordingLeg.held_at.is_not(None))
 
 
 # -- webhooks (migration 0007): subscriptions, the outbox of leg events, one delivery per

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from .batching import BatchThread
 from ..domain import CommitResult, LegChange, NewLeg, TagUpdate
 from ..errors import StorageRefused, StorageUnavailable
-from .journal import Journal
+from .journal import Journal, JournalError
 from .hotpath import takes
 from .pgwriter import LoopWriter
 from .store import Store
@@ -227,6 +227,13 @@ class Persister:
             while self._journaling:
                 try:
                     replayed = await self._run(self._replay_sealed)
+                except JournalError as exc:
+                    # NOTE: the journal's own disk, not the database: said as it is, and tried
+                    # again (a disk made writable again, a file put back).
+                    log.error("journal replay stopped by the journal's own files, not the database: %s", exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_MAX)
+                    continue
                 except StorageUnavailable as exc:
                     self._went_away(exc)
                     await asyncio.sleep(delay)

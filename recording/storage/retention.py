@@ -34,6 +34,7 @@ from typing import Callable
 
 from ..domain import LegView, utcnow
 from . import audio
+from . import audit as audit_table
 from .audio import MonitorDirectory
 from .journal import fsync_directory
 from .store import Store
@@ -89,8 +90,11 @@ class Purger:
     by the next run."""
 
     def __init__(self, store: Store, monitor: MonitorDirectory, *, stop: threading.Event | None = None,
-                 now: Callable[[], datetime] = utcnow, batch: int = BATCH):
+                 now: Callable[[], datetime] = utcnow, batch: int = BATCH, by: str = "retention",
+                 door: str = "service"):
         self.store = store
+        # Who purges, in the audit table: the service's retention, or a system user at the command line.
+        self.by, self.door = by, door
         self.monitor = monitor
         self.stop = stop or threading.Event()
         self.now = now
@@ -228,7 +232,13 @@ class Purger:
                     done.pop(leg_id)
                 log.warning("the deletions in %s could not be synced (%s): %d legs left to finish later",
                             folder, exc.strerror or exc, len(ids))
-        finished = self.store.finish_purges(list(done), self.now())
+        def audited(conn, finished: set[str]) -> None:
+            audit_table.write(conn, [
+                audit_table.Event.of("purge", leg, self.by, self.door, detail=leg.purge_reason)
+                for leg in legs if leg.id in finished
+            ])
+
+        finished = self.store.finish_purges(list(done), self.now(), then=audited)
         for leg in legs:
             if leg.id in finished:
                 report.purged.append((leg, done[leg.id]))

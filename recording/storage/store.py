@@ -8,13 +8,16 @@ Every method is synchronous and thread-safe; the asyncio side calls them from wo
 from __future__ import annotations
 
 import logging
+import re
 import threading
+import time
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from sqlalchemy import Engine, create_engine, delete, event, func, or_, select, update
+from sqlalchemy import Engine, case, create_engine, delete, event, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import (
@@ -78,11 +81,16 @@ def normalize_url(url: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password hidden, for messages and logs."""
+    """The URL with its password hidden, for messages and logs; one that does not parse with
+    whatever stands between ``user:`` and ``@`` hidden (a typo must not echo the password)."""
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
-        return "<unparseable database URL>"
+        return _LOOSE_PASSWORD.sub(r"\1***@", url)
+
+
+# user:password@ in something that is not quite a URL; the password is everything to the last @.
+_LOOSE_PASSWORD = re.compile(r"^([^:/]*://[^:/@]*:).*@")
 
 
 # NOTE: keepalives and a TCP user timeout notice a database host that vanished from the network,
@@ -99,17 +107,14 @@ def make_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
     except Exception:
-        raise ConfigError(f"RECORDING_DATABASE_URL {url!r} is not a database URL") from None
+        raise ConfigError(f"RECORDING_DATABASE_URL {redact_url(url)!r} is not a database URL") from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         if parsed.database in (None, "", ":memory:"):
             raise ConfigError("RECORDING_DATABASE_URL: an in-memory SQLite database cannot be shared; name a file")
         engine = create_engine(parsed, connect_args={"timeout": 10}, isolation_level=None)
         event.listen(engine, "connect", _sqlite_connect)
-        # NOTE: pysqlite's own BEGIN is deferred, so a transaction that reads before it writes
-        # can fail with SQLITE_BUSY when another process wrote meanwhile; take the write lock
-        # up front instead (readers are not blocked in WAL mode).
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     if backend == "postgresql":
         if parsed.get_driver_name() != "psycopg":
@@ -123,6 +128,18 @@ def make_engine(url: str) -> Engine:
             connect_args=POSTGRES_CONNECT_ARGS,
         )
     raise ConfigError(f"RECORDING_DATABASE_URL: {backend} is not supported (SQLite or PostgreSQL)")
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    """Begins a SQLite transaction. A write takes the write lock up front: pysqlite's own BEGIN
+    is deferred, so a transaction that reads before it writes could fail with SQLITE_BUSY when
+    another process wrote meanwhile. A read (Store._read) does not: in WAL mode it sees a
+    snapshot and neither waits for writers nor makes them wait."""
+    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
+
+
+# The execution option that marks a connection as reading only (see _sqlite_begin).
+READ_ONLY = "recording_read_only"
 
 
 def _sqlite_connect(dbapi_connection, _record) -> None:
@@ -197,9 +214,42 @@ class Store:
         """Applies the migrations up to ``revision``: the only way the schema is made."""
         from alembic import command
 
+        with self.migrating() as conn:
+            command.upgrade(self._alembic(conn), revision)
+
+    def downgrade(self, revision: str) -> None:
+        """Takes the migrations back down to ``revision``."""
+        from alembic import command
+
+        with self.migrating() as conn:
+            command.downgrade(self._alembic(conn), revision)
+
+    @contextmanager
+    def migrating(self) -> Iterator[Connection]:
+        """A transaction to migrate in. On SQLite, with foreign keys not enforced meanwhile:
+        batch mode rebuilds a table by copying it and dropping the old one, and with
+        enforcement on, dropping recording_legs deletes every row that refers to it by an ON
+        DELETE CASCADE (each leg's pauses). The keys are checked before the commit instead.
+
+        NOTE: SQLite ignores PRAGMA foreign_keys inside a transaction, so it is set on the
+        driver's connection before SQLAlchemy begins one."""
+        sqlite = self.dialect == "sqlite"
         try:
-            with self.engine.begin() as conn:
-                command.upgrade(self._alembic(conn), revision)
+            with self.engine.connect() as conn:
+                driver = conn.connection.dbapi_connection
+                if sqlite:
+                    driver.execute("PRAGMA foreign_keys=OFF")
+                try:
+                    with conn.begin():
+                        yield conn
+                        if sqlite:
+                            broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                            if broken:
+                                raise StorageRefused(f"the migration would break {len(broken)} foreign keys, "
+                                                     f"e.g. {tuple(broken[0])}: nothing was changed")
+                finally:
+                    if sqlite:
+                        driver.execute("PRAGMA foreign_keys=ON")
         except SQLAlchemyError as exc:
             raise self._failure(exc) from exc
 
@@ -372,12 +422,18 @@ class Store:
             for uid in tags
         ]
         stmt = self._insert(_calls).values(rows)
-        # NOTE: a start without a tag keeps the reference a previous start wrote.
+        # NOTE: as the hot path's (hotpath._CALL_UPSERT): a start without a tag keeps the
+        # reference a previous start wrote, and an older write does not replace a newer tag.
+        newer = stmt.excluded.updated_at >= _calls.c.updated_at
+        latest = func.greatest if self.dialect == "postgresql" else func.max
         stmt = stmt.on_conflict_do_update(
             index_elements=["unique_id"],
             set_={
-                "external_reference": func.coalesce(stmt.excluded.external_reference, _calls.c.external_reference),
-                "updated_at": stmt.excluded.updated_at,
+                "external_reference": case(
+                    (newer, func.coalesce(stmt.excluded.external_reference, _calls.c.external_reference)),
+                    else_=func.coalesce(_calls.c.external_reference, stmt.excluded.external_reference),
+                ),
+                "updated_at": latest(stmt.excluded.updated_at, _calls.c.updated_at),
             },
         ).returning(_calls.c.id, _calls.c.unique_id)
         return {uid: call_id for call_id, uid in conn.execute(stmt)}
@@ -430,6 +486,9 @@ class Store:
             "state": leg.state,
             "started_at": leg.started_at,
             "ended_at": leg.ended_at,
+            "linkedid": leg.linkedid,
+            "part": leg.part,
+            "follows": leg.follows,
         }
 
     def leg_row(self, conn: Connection, leg: NewLeg) -> dict:
@@ -468,35 +527,150 @@ class Store:
         raise StorageUnavailable(f"could not find a free leg number for {leg.unique_id}")
 
     def _change(self, conn: Connection, change: LegChange) -> CommitResult:
-        """Applies a pause, resume or end to a leg. Changes that no longer apply (a pause of an
-        ended leg, a second end) change nothing and say UNCHANGED, so replays are harmless."""
-        leg = conn.execute(select(_legs.c.state, _legs.c.ended_at).where(_legs.c.id == change.leg_id)).first()
+        """Applies a pause, resume or end to a leg, as the database decides it: each step is an
+        UPDATE whose condition is the state it changes from, so of two processes changing one
+        leg at once exactly one does, and a change that no longer applies (a pause of an ended
+        leg, a second end) says UNCHANGED.
+
+        A change whose key was applied before (a journal replayed twice) says UNCHANGED too. A
+        pause or resume older than the leg's last change is not applied over it (STALE: a
+        journaled change replayed after a newer direct one); an end older than that is applied
+        at the time of the last change, never before it (the channel did end).
+        """
+        leg = conn.execute(
+            select(_legs.c.state, func.coalesce(_legs.c.changed_at, _legs.c.started_at).label("last"))
+            .where(_legs.c.id == change.leg_id)
+        ).first()
         if leg is None:
             return CommitResult("UNKNOWN_LEG", change.unique_id, leg_id=change.leg_id)
+        unchanged = CommitResult("UNCHANGED", change.unique_id, leg_id=change.leg_id)
+        if change.key and change.action in ("pause", "resume"):
+            column = _pauses.c.pause_key if change.action == "pause" else _pauses.c.resume_key
+            if conn.scalar(select(_pauses.c.id).where(column == change.key)) is not None:
+                return unchanged
         if leg.state not in ACTIVE_STATES:
-            return CommitResult("UNCHANGED", change.unique_id, leg_id=change.leg_id)
-        open_pause = (_pauses.c.leg_id == change.leg_id) & _pauses.c.resumed_at.is_(None)
+            return unchanged
+        at = change.at
+        if at < leg.last:
+            if change.action != "end":
+                log.warning("%s of leg %s at %s not applied: the leg changed later, at %s", change.action,
+                            change.leg_id, at.isoformat(), leg.last.isoformat())
+                return CommitResult("STALE", change.unique_id, leg_id=change.leg_id)
+            at = leg.last
         if change.action == "pause":
-            if leg.state == "paused":
-                return CommitResult("UNCHANGED", change.unique_id, leg_id=change.leg_id)
-            conn.execute(_pauses.insert().values(
-                leg_id=change.leg_id, paused_at=change.at, method=change.method, paused_by=change.by
-            ))
-            values = {"state": "paused"}
+            values, before = {"state": "paused"}, ("recording",)
         elif change.action == "resume":
-            if leg.state != "paused":
-                return CommitResult("UNCHANGED", change.unique_id, leg_id=change.leg_id)
-            conn.execute(update(_pauses).where(open_pause).values(resumed_at=change.at, resumed_by=change.by))
-            values = {"state": "recording"}
+            values, before = {"state": "recording"}, ("paused",)
         elif change.action == "end":
-            conn.execute(update(_pauses).where(open_pause).values(resumed_at=change.at, resumed_by=change.by))
-            values = {"state": change.state, "ended_at": change.at, "ended_by": change.by}
+            values, before = {"state": change.state, "ended_at": at, "ended_by": change.by}, ACTIVE_STATES
         else:
             raise ValueError(f"unknown leg change {change.action!r}")
         if change.mixmonitor_id:
             values["mixmonitor_id"] = change.mixmonitor_id
-        conn.execute(update(_legs).where(_legs.c.id == change.leg_id).values(seen_at=change.at, **values))
+        changed = conn.execute(
+            update(_legs).where(_legs.c.id == change.leg_id, _legs.c.state.in_(before))
+            .values(seen_at=at, changed_at=at, **values)
+        ).rowcount
+        if changed != 1:
+            return unchanged
+        open_pause = (_pauses.c.leg_id == change.leg_id) & _pauses.c.resumed_at.is_(None)
+        if change.action == "pause":
+            conn.execute(_pauses.insert().values(
+                leg_id=change.leg_id, paused_at=at, method=change.method, paused_by=change.by, pause_key=change.key,
+            ))
+        else:
+            resumed = {"resumed_at": at, "resumed_by": change.by}
+            if change.action == "resume":
+                resumed["resume_key"] = change.key
+            conn.execute(update(_pauses).where(open_pause).values(**resumed))
         return CommitResult("CHANGED", change.unique_id, leg_id=change.leg_id)
+
+    def take_over(self, channels: Sequence[str], leg: NewLeg, *, cause: str, key: str,
+                  from_agent: str | None = None) -> tuple[LegView, CommitResult | None] | None:
+        """The next part of a followed call, as the database decides it, in one transaction.
+
+        The call's active leg is the one on one of the unique ids ``channels`` (its anchor, or
+        the agent's channel a request recorded) or of the call ``leg.linkedid``. When the new
+        part has the same owner as that leg (the user attached to the new agent's extension,
+        or nobody for both), or the leg was given an agentLoginName before the call's first
+        agent answered (``from_agent`` None, cause ``answer``: the agent it was given for),
+        or the agent hung up and left the caller alone (cause ``hangup``, no new agent: the caller
+        most often hangs up too), and it runs on the anchor, it goes on, now covering the new
+        part: the result is ``(leg, None)``. Otherwise it is ended by ``cause`` at ``leg``'s start, and ``leg`` is
+        written as taking over from it, with its tag, paused (method ``restart``: nothing
+        records until a resume) when that leg was paused: ``(leg taken over, as it was, the
+        new leg's CommitResult)``. ``key`` names the pause the new leg starts with.
+
+        None when no leg is active there (the call is not followed: never recorded, or a stop
+        was asked for it), or it records this part or a later one already (``leg.part``): the
+        change was another process's to record (the database lets exactly one).
+        """
+        at = leg.started_at
+        try:
+            with self._write() as conn:
+                mine = _legs.c.unique_id.in_(channels)
+                if leg.linkedid:
+                    mine = or_(mine, _legs.c.linkedid == leg.linkedid)
+                views = self._views(conn, conn.execute(
+                    self._leg_query().where(mine, _legs.c.state.in_(ACTIVE_STATES))
+                    .order_by(_legs.c.started_at.desc()).limit(1)
+                ))
+                if not views or (views[0].part is not None and leg.part is not None and views[0].part >= leg.part):
+                    return None
+                before = views[0]
+                owner = self._attached_owners(conn, [leg.extension]).get(leg.extension) if leg.extension else None
+                given = (cause == "answer" and from_agent is None and before.ownership == "AGENT"
+                         and before.source != "follow")
+                # NOTE: the agent hung up and the caller is alone, most often hanging up too: a
+                # leg for that moment would be an empty one on nearly every call.
+                left_alone = cause == "hangup" and not leg.extension
+                if before.unique_id == leg.unique_id and (before.owner_id == owner or given or left_alone):
+                    kept = conn.execute(
+                        update(_legs).where(_legs.c.id == before.id, _legs.c.state.in_(ACTIVE_STATES))
+                        .values(linkedid=leg.linkedid, part=leg.part)
+                    ).rowcount
+                    return (before, None) if kept == 1 else None
+                return self._hand_over(conn, before, leg, cause, key)
+        except IntegrityError:
+            return None  # that part was recorded by another process at the same moment
+
+    def _hand_over(self, conn: Connection, before: LegView, leg: NewLeg, cause: str, key: str
+                   ) -> tuple[LegView, CommitResult] | None:
+        """take_over's second half: ``before`` ends, ``leg`` follows it."""
+        at = leg.started_at
+        ended = conn.execute(
+            update(_legs).where(_legs.c.id == before.id, _legs.c.state.in_(ACTIVE_STATES))
+            .values(state="ended", ended_at=at, ended_by=cause[:128], changed_at=at, seen_at=at)
+        ).rowcount
+        if ended != 1:
+            return None
+        conn.execute(update(_pauses).where(_pauses.c.leg_id == before.id, _pauses.c.resumed_at.is_(None))
+                     .values(resumed_at=at, resumed_by=cause[:128]))
+        paused = before.state == "paused"
+        leg = replace(leg, follows=before.id, tag=leg.tag or before.external_reference or before.tag,
+                      state="paused" if paused else leg.state)
+        (result,) = self._commit(conn, [leg], replay=False)
+        if paused and result.status == "STARTED":
+            conn.execute(_pauses.insert().values(leg_id=leg.id, paused_at=at, method="restart",
+                                                 paused_by=cause[:128], pause_key=key))
+        return before, result
+
+    def last_parts(self, linkedids: Sequence[str]) -> dict[str, tuple[int, str | None]]:
+        """For each of these calls that has a followed leg, the part of its newest one and that
+        part's agent extension (None: no agent): where a process that starts in the middle of
+        the calls goes on numbering them (calls.rebuild)."""
+        if not linkedids:
+            return {}
+        found: dict[str, tuple[int, str | None]] = {}
+        with self._read() as conn:
+            for start in range(0, len(linkedids), 500):
+                chunk = list(linkedids)[start:start + 500]
+                rows = conn.execute(select(_legs.c.linkedid, _legs.c.part, _legs.c.extension)
+                                    .where(_legs.c.linkedid.in_(chunk), _legs.c.part.is_not(None)))
+                for linkedid, part, extension in rows:
+                    if linkedid not in found or part > found[linkedid][0]:
+                        found[linkedid] = (part, extension or None)
+        return found
 
     def touch(self, leg_ids: Sequence[str], at: datetime) -> None:
         """Notes that these legs' channels were seen alive at ``at``."""
@@ -535,7 +709,8 @@ class Store:
                 file_size=row.file_size, file_sha256=row.file_sha256, hashed_at=row.hashed_at,
                 held_at=row.held_at, held_by=row.held_by, hold_reason=row.hold_reason,
                 purge_started_at=row.purge_started_at, purge_reason=row.purge_reason, purged_at=row.purged_at,
-                state_before_purge=row.state_before_purge,
+                state_before_purge=row.state_before_purge, linkedid=row.linkedid, part=row.part,
+                follows=row.follows,
             )
             for row in rows
         ]
@@ -559,6 +734,18 @@ class Store:
             query = query.where(_legs.c.unique_id == unique_id)
         with self._read() as conn:
             return self._views(conn, conn.execute(query))
+
+    def active_leg_keys(self, started_before: datetime | None = None) -> list[tuple[str, str, datetime]]:
+        """``(leg id, unique id, start)`` of each leg still recording or paused, whichever
+        process started it (of those started before ``started_before``, if given): what the
+        sweeper compares with Asterisk's channels. Three columns of one table, not whole legs:
+        it runs every minute over every call being recorded, in a thread that shares the GIL
+        with the event loop."""
+        query = select(_legs.c.id, _legs.c.unique_id, _legs.c.started_at).where(_legs.c.state.in_(ACTIVE_STATES))
+        if started_before is not None:
+            query = query.where(_legs.c.started_at < started_before)
+        with self._read() as conn:
+            return [tuple(row) for row in conn.execute(query)]
 
     def last_seen(self, leg_ids: Sequence[str]) -> dict[str, datetime]:
         """When each leg's channel was last known alive (its start if never checked since)."""
@@ -617,29 +804,33 @@ class Store:
             )
             return changed.rowcount == 1
 
-    def finish_purges(self, leg_ids: Sequence[str], at: datetime) -> set[str]:
+    def finish_purges(self, leg_ids: Sequence[str], at: datetime, then=None) -> set[str]:
         """The last step, once the files are gone: the legs become ``purged``, keeping the state
         they had ended in. Returns the ids finished now (not those never begun, or finished
-        already)."""
+        already). ``then(conn, finished)`` runs in the same transaction (the audit's rows)."""
         if not leg_ids:
             return set()
         with self._write() as conn:
-            return set(conn.scalars(
+            finished = set(conn.scalars(
                 update(_legs)
                 .where(_legs.c.id.in_(leg_ids), _legs.c.purge_started_at.is_not(None),
                        _legs.c.state.in_(ENDED_STATES))
                 .values(state="purged", purged_at=at, state_before_purge=_legs.c.state)
                 .returning(_legs.c.id)
             ))
+            if then is not None:
+                then(conn, finished)
+            return finished
 
     def finish_purge(self, leg_id: str, at: datetime) -> bool:
         return leg_id in self.finish_purges([leg_id], at)
 
-    def set_hold(self, leg_id: str, *, held: bool, by: str, at: datetime, reason: str | None = None
+    def set_hold(self, leg_id: str, *, held: bool, by: str, at: datetime, reason: str | None = None, then=None
                  ) -> tuple[LegView, bool]:
         """Places (``held``) or releases a legal hold. Returns the leg and whether anything
         changed (holding a held leg, or releasing one that is not, changes nothing). Raises
-        NotFound for an unknown leg and Conflict for a leg with no audio left to hold."""
+        NotFound for an unknown leg and Conflict for a leg with no audio left to hold.
+        ``then(conn, leg, changed)`` runs in the same transaction (the audit's row)."""
         with self._write() as conn:
             row = conn.execute(select(_legs).where(_legs.c.id == leg_id)).first()
             if row is None:
@@ -667,6 +858,8 @@ class Store:
                              .values(held_at=None, held_by=None, hold_reason=None))
                 changed = True
             view = self._views(conn, conn.execute(self._leg_query().where(_legs.c.id == leg_id)))[0]
+            if then is not None:
+                then(conn, view, changed)
         return view, changed
 
     def unhashed_legs(self, since: datetime, limit: int) -> list[LegView]:
@@ -768,7 +961,16 @@ class Store:
         except SQLAlchemyError as exc:
             raise self._failure(exc) from exc
 
-    _read = _write
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A transaction that only reads: on SQLite it does not take the write lock."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(**{READ_ONLY: True})
+                with conn.begin():
+                    yield conn
+        except SQLAlchemyError as exc:
+            raise self._failure(exc) from exc
 
     @contextmanager
     def _batch(self, autocommit: bool = False) -> Iterator[Connection]:
@@ -781,6 +983,12 @@ class Store:
         slot = "auto" if autocommit else "conn"
         try:
             conn = getattr(self._kept, slot, None)
+            now = time.monotonic()
+            used, self._kept.__dict__[f"{slot}_used"] = self._kept.__dict__.get(f"{slot}_used"), now
+            if (conn is not None and not (conn.closed or conn.invalidated) and used is not None
+                    and now - used >= KEPT_IDLE and self._stale(conn, now - used)):
+                self._drop_kept(slot)
+                conn = None
             if conn is None or conn.closed or conn.invalidated:
                 conn = self.engine.connect()
                 if autocommit:
@@ -798,6 +1006,23 @@ class Store:
         except SQLAlchemyError as exc:
             self._drop_kept(slot)
             raise self._failure(exc) from exc
+
+    def _stale(self, conn: Connection, idle: float) -> bool:
+        """True when a kept connection that sat unused for ``idle`` seconds no longer answers
+        (the server restarted meanwhile): checked before it is used again, so the first batch
+        after a restart does not fail (and journal) for a connection nobody was using. One round
+        trip, only after KEPT_IDLE seconds without a batch: a busy writer never pays it."""
+        if self.dialect != "postgresql":
+            return False
+        try:
+            conn.exec_driver_sql("SELECT 1")
+            if not autocommitting(conn):
+                conn.rollback()
+            return False
+        except SQLAlchemyError as exc:
+            log.info("a kept database connection idle for %.0fs no longer answers (%s); opening a new one",
+                     idle, first_line(exc))
+            return True
 
     def _drop_kept(self, slot: str) -> None:
         conn = getattr(self._kept, slot, None)
@@ -840,6 +1065,12 @@ def _is_outage(exc: Exception) -> bool:
 
 
 STAMP_WIDTH = len("2026-11-30T10:00:00.000000Z")
+# Seconds a kept connection may sit unused before it is checked before its next batch.
+KEPT_IDLE = 5.0
+
+
+def autocommitting(conn: Connection) -> bool:
+    return conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
 
 
 def _stamp(when: datetime) -> str:

@@ -24,8 +24,10 @@ from tests.service_runner import RunningService
 BACKENDS = [b.strip() for b in os.environ.get("RECORDING_TEST_BACKENDS", "sqlite,postgresql").split(",") if b.strip()]
 POSTGRES = os.environ.get("RECORDING_TEST_POSTGRES", "postgresql://root@127.0.0.1:5432/postgres")
 API_KEY = "k1-test-key"
-TABLES = ("webhook_deliveries", "webhook_events", "webhook_subscriptions", "recording_pauses", "recording_legs", "call_records", "extension_attachments", "user_groups", "groups", "users",
-          "system_variables")
+TABLES = ("webhook_deliveries", "webhook_events", "webhook_subscriptions", "recording_pauses", "recording_legs",
+          "call_records", "extension_attachments", "user_groups", "groups", "users", "system_variables",
+          # issue 22: the pages, tokens and the audit
+          "leg_checks", "audit_events", "api_tokens", "page_sessions", "passwords")
 
 
 @pytest.fixture(scope="session")
@@ -102,7 +104,7 @@ def settings(database_url, tmp_path) -> Settings:
         journal_dir=str(tmp_path / "journal"),
         database_budget=5.0,
         agi_listen="127.0.0.1:0",
-        monitor_template="/var/spool/asterisk/monitor/{date:%Y/%m/%d}/{uniqueid}-{leg}.wav",
+        monitor_template="/var/spool/asterisk/monitor/{date:%Y/%m/%d}/{uniqueid}-{leg}-{id:.8}.wav",
         environment_timeout=2.0,
         reply_timeout=2.0,
         session_timeout=10.0,
@@ -136,7 +138,9 @@ def fake_ami():
 @pytest.fixture
 def ami_service(store, settings, fake_ami):
     """The service with the HTTP API on and AMI pointed at the fake manager."""
-    configured = settings.with_(http_listen="127.0.0.1:0", ami_url=fake_ami.url, ami_timeout=1.0)
+    # The vendor's form (apiKey and loginName) is what these tests use: the CRM is trusted here.
+    configured = settings.with_(http_listen="127.0.0.1:0", ami_url=fake_ami.url, ami_timeout=1.0,
+                                trust_crm_login_name="true")
     with RunningService(configured) as running:
         running.run(running.app.manager.client.wait_connected(5))
         yield running
@@ -160,8 +164,10 @@ def files_settings(settings, monitor_dir) -> Settings:
     """The service's settings with recordings in ``monitor_dir``, counted complete after 0.3 s
     without a change, and looked for every 0.1 s."""
     return settings.with_(
-        monitor_template=f"{monitor_dir}/{{date:%Y/%m/%d}}/{{uniqueid}}-{{leg}}.wav", file_quiet=0.3,
+        monitor_template=f"{monitor_dir}/{{date:%Y/%m/%d}}/{{uniqueid}}-{{leg}}-{{id:.8}}.wav", file_quiet=0.3,
         hash_interval=0.1,
+        # The vendor's form (apiKey and loginName) is what these tests use: the CRM is trusted here.
+        trust_crm_login_name="true",
     )
 
 

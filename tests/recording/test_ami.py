@@ -288,6 +288,31 @@ def test_mixmonitor_mute_sends_the_fields_app_mixmonitor_reads(fake):
         "Channel": CHANNEL, "Direction": "both", "State": "1", "MixMonitorID": mixmonitor_id}
 
 
+def test_fake_mixmonitor_mute_by_id_mutes_that_one_and_without_id_all(fake):
+    # As the real Asterisk 22 does (test_mixmonitormute_with_an_id_mutes_only_that_one_and_
+    # without_one_mutes_all in tests/real_asterisk/test_asterisk_facts.py); the fake used to mute
+    # the oldest MixMonitor whatever the id.
+    fake.add_channel(CHANNEL)
+
+    async def scenario():
+        client = client_for(fake)
+        await client.start()
+        await client.wait_connected(2)
+        ids = [await client.mixmonitor(CHANNEL, f"/tmp/{n}.wav", "", f"V{n}") for n in range(2)]
+        await client.mixmonitor_mute(CHANNEL, ids[1], True)
+        by_id = [(m.muted_read, m.muted_write) for m in fake.channel(CHANNEL).mixmonitors]
+        await client.action("MixMonitorMute", Channel=CHANNEL, Direction="both", State="1")
+        all_of_them = [(m.muted_read, m.muted_write) for m in fake.channel(CHANNEL).mixmonitors]
+        with pytest.raises(AMIError, match="^Cannot set mute flag$"):
+            await client.mixmonitor_mute(CHANNEL, "0x7f00deadbeef", False)
+        await client.stop()
+        return by_id, all_of_them
+
+    by_id, all_of_them = run(scenario)
+    assert by_id == [(False, False), (True, True)]
+    assert all_of_them == [(True, True), (True, True)]
+
+
 def test_error_answers_become_ami_errors_with_the_message(fake):
     async def scenario():
         client = client_for(fake)

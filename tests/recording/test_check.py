@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import configparser
+import os
 import socket
 import time
 from pathlib import Path
@@ -180,6 +181,7 @@ def test_ami_good_and_wrong_secret(good):
         findings = run(good.with_(ami_url=fake.url))
         assert failed(findings) == set(), findings["ami"].detail
         assert findings["ami"].detail.startswith(f"logged in at 127.0.0.1:{fake.port} as 'recording'")
+        assert "calls are followed through transfers and queues" in findings["ami"].detail
         findings = run(good.with_(ami_url=fake.url.replace("right-secret", "wrong-secret")))
         assert failed(findings) == {"ami"}
         assert "refused" in findings["ami"].detail and "Authentication failed" in findings["ami"].detail
@@ -242,4 +244,42 @@ def test_the_systemd_unit():
     }
     assert {key: service.get(key) for key in expected} == expected
     assert "DynamicUser" not in service
+    # ProtectSystem=strict makes every folder read-only but those listed: retention deletes
+    # files in the default monitor directory, whose files belong to Asterisk's group.
+    from recording.ops.config import Settings
+    from recording.storage.audio import MonitorDirectory
+
+    assert service["ReadWritePaths"] == f"-{MonitorDirectory.of(Settings()).local_root}"
+    assert service["SupplementaryGroups"] == "asterisk"
     assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_a_monitor_folder_the_service_cannot_write_fails_with_a_retention(store, database_url, tmp_path):
+    """What systemd's ProtectSystem=strict does to a folder not in ReadWritePaths=: the same
+    folder, read-only in the service's own mount namespace. Every purge would fail there."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "-m", "mount", "--bind", str(tmp_path), str(tmp_path)], capture_output=True).returncode:
+        pytest.skip("no private mount namespace here (unshare -m and mount need root)")
+    monitor = tmp_path / "monitor"
+    monitor.mkdir()
+    (monitor / "1795825765.3-1.wav").write_bytes(b"RIFF")
+    env = {**os.environ, "RECORDING_MONITOR_TEMPLATE": f"{monitor}/{{uniqueid}}-{{leg}}.wav",
+           "RECORDING_RETENTION": "90d", "RECORDING_JOURNAL_DIR": str(tmp_path / "journal")}
+    check = [sys.executable, "-m", "recording", "--database-url", database_url, "check", "--listen", "127.0.0.1:0"]
+
+    def line(read_only: bool) -> str:
+        protect = f"mount --bind {monitor} {monitor} && mount -o remount,ro,bind {monitor} && " if read_only else ""
+        done = subprocess.run(["unshare", "-m", "sh", "-c", protect + 'exec "$@"', "sh", *check],
+                              capture_output=True, text=True, env=env, timeout=60)
+        return next(row for row in done.stdout.splitlines() if "recordings' files" in row)
+
+    writable, read_only = line(False), line(True)
+
+    assert writable.startswith("ok") and "is visible" in writable
+    assert read_only.startswith("FAIL") and "not writable by this service (Read-only file system)" in read_only
+    assert "ReadWritePaths=" in read_only
+    assert list(monitor.iterdir()) == [monitor / "1795825765.3-1.wav"]

@@ -52,9 +52,31 @@ def test_ipv6_listen_address():
 
 def test_file_template_fields():
     when = datetime(2026, 3, 4, 5, 6, tzinfo=timezone.utc)
-    path = render_file("/m/{date:%Y/%m/%d}/{extension}/{uniqueid}-{leg}.wav", uniqueid="sys-1.2", leg=3,
-                       extension="410", when=when)
-    assert path == "/m/2026/03/04/410/sys-1.2-3.wav"
+    path = render_file("/m/{date:%Y/%m/%d}/{extension}/{uniqueid}-{leg}-{id}.wav", uniqueid="sys-1.2", leg=3,
+                       extension="410", when=when, leg_id="5f0c2a9b1d2e")
+    assert path == "/m/2026/03/04/410/sys-1.2-3-5f0c2a9b1d2e.wav"
+
+
+@pytest.mark.parametrize(("template", "unique"), [
+    ("/m/{uniqueid}-{leg}.wav", "/m/{uniqueid}-{leg}-{id:.8}.wav"),
+    ("/m/{date:%Y}/{uniqueid}.wav", "/m/{date:%Y}/{uniqueid}-{id:.8}.wav"),
+    ("/m/{uniqueid}", "/m/{uniqueid}-{id:.8}"),
+    ("/m.d/{uniqueid}-{leg}", "/m.d/{uniqueid}-{leg}-{id:.8}"),
+    ("/m/{uniqueid}-{id}.wav", "/m/{uniqueid}-{id}.wav"),
+    ("/m/{id:.12}/{uniqueid}.wav", "/m/{id:.12}/{uniqueid}.wav"),
+])
+def test_every_file_template_names_the_leg(template, unique):
+    """The leg's number alone cannot keep two legs' files apart (it is proposed before the
+    database decides it): a template without the leg's id gets it before the suffix."""
+    settings = Settings.load(environ={"RECORDING_MONITOR_TEMPLATE": template})
+    assert settings.file_template == unique
+
+
+def test_the_default_file_template_names_the_leg():
+    when = datetime(2026, 3, 4, 5, 6, tzinfo=timezone.utc)
+    path = render_file(DEFAULT_MONITOR_TEMPLATE, uniqueid="1.2", leg=1, extension="410", when=when,
+                       leg_id="5f0c2a9b1d2e4f6a8b9c0d1e2f3a4b5c")
+    assert path == "/var/spool/asterisk/monitor/2026/03/04/1.2-1-5f0c2a9b.wav"
 
 
 def test_every_setting_has_an_environment_variable_and_help():

@@ -11,6 +11,8 @@ from urllib.parse import quote as urlquote
 import pytest
 
 from agi.protocol import split_command
+from recording.domain import channel_extension
+from tests.service_runner import RunningService
 from tests.fake_asterisk import FakeAsterisk
 from tests.recording.conftest import API_KEY
 from tests.waiting import wait_until
@@ -29,7 +31,7 @@ def test_start_records_the_channel_and_tells_the_dialplan(asterisk, store):
     assert call.error == ""
     (monitor,) = call.mixmonitors
     assert call.variables["RECORDING_FILE"] == monitor.file
-    assert re.fullmatch(rf"/var/spool/asterisk/monitor/\d{{4}}/\d\d/\d\d/{re.escape(call.uniqueid)}-1\.wav", monitor.file)
+    assert re.fullmatch(rf"/var/spool/asterisk/monitor/\d{{4}}/\d\d/\d\d/{re.escape(call.uniqueid)}-1-[0-9a-f]{{8}}\.wav", monitor.file)
     (leg,) = store.find_legs(tag="CRM-22")
     assert leg.id == call.variables["RECORDING_ID"]
     # The MixMonitor id is kept by the channel, in a variable of the leg's own.
@@ -385,3 +387,19 @@ def test_mixmonitor_sent_but_never_answered_still_leaves_its_leg(store, settings
     (leg,) = store.find_legs(tag="silent")
     assert leg.state == "recording" and leg.mixmonitor_id is None
     assert leg.file == call.mixmonitors[0].file
+
+
+@pytest.mark.parametrize("channel", ["PJSIP/trunk(1-0000001a", "PJSIP/a,b[c-0000001b", 'PJSIP/q"u\\o-0000001c'])
+def test_a_file_name_with_commas_brackets_or_quotes_reaches_mixmonitor_whole(store, settings, channel):
+    """MixMonitor parses its data with Asterisk's argument parser: a file name's comma would end
+    it, an unbalanced bracket would swallow the options and the i() behind it."""
+    template = "/var/spool/asterisk/monitor/{extension}/{uniqueid}-{id:.8}.wav"
+    with RunningService(settings.with_(monitor_template=template)) as running:
+        call = FakeAsterisk(running.port).call(f"recording/start?apiKey={API_KEY}", channel=channel)
+
+    assert call.status == "STARTED", call.error
+    (monitor,) = call.mixmonitors
+    extension = channel_extension(channel)
+    assert monitor.file == call.variables["RECORDING_FILE"]
+    assert monitor.file.startswith(f"/var/spool/asterisk/monitor/{extension}/")
+    assert monitor.options == f"bi(RECORDING_MIXMON_{call.variables['RECORDING_ID']})"

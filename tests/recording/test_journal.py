@@ -4,11 +4,17 @@ and writes the database refuses at replay kept aside rather than lost or retried
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
+import textwrap
 from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
-from recording.domain import TagUpdate, UserRef
+from recording.domain import LegChange, TagUpdate, UserRef
 from recording.errors import StorageUnavailable
 from recording.storage.journal import Journal, decode, encode
 from recording.storage.persist import Persister
@@ -50,15 +56,142 @@ def test_a_last_line_cut_by_a_crash_is_dropped(tmp_path, caplog):
     assert "unfinished last entry" in caplog.text
 
 
-def test_a_damaged_line_in_the_middle_stops_replay(tmp_path):
+def test_a_damaged_line_in_the_middle_is_set_aside_and_the_rest_is_read(tmp_path, caplog):
     journal = Journal(tmp_path)
     journal.open()
-    journal.append([leg("4.1")])
+    journal.append([leg("4.1"), leg("4.2")])
     (segment,) = journal.seal()
-    segment.write_bytes(b"garbage\n" + segment.read_bytes())
+    first, second, _ = segment.read_bytes().split(b"\n")
+    segment.write_bytes(first + b"\n" + b"garb\xffage\n" + second + b"\n")
 
-    with pytest.raises(StorageUnavailable, match="line 1 is damaged"):
-        journal.read(segment)
+    assert [w.unique_id for w in journal.read(segment)] == ["4.1", "4.2"]
+    assert journal.set_aside == 1
+    rejected = tmp_path / "rejected.jsonl"
+    (entry,) = [json.loads(line) for line in rejected.read_text().splitlines()]
+    assert entry["damaged"] == "garb\\xffage" and f"line 2 of {segment.name}" in entry["rejected"]
+    assert oct(rejected.stat().st_mode & 0o777) == "0o600"
+    assert f"set aside in {rejected}" in caplog.text
+
+
+def test_replay_goes_past_a_damaged_line_and_does_not_blame_the_database(store, tmp_path, caplog):
+    journal = Journal(tmp_path / "j")
+    journal.open()
+    journal.append([leg("4.3", tag="before")])
+    (first,) = journal.seal()
+    first.write_bytes(first.read_bytes() + b"{not json}\n")
+    journal.append([leg("4.4", tag="after")])
+
+    persister = asyncio.run(_replay(store, journal))
+
+    assert sorted(v.tag for v in store.find_legs()) == ["after", "before"]
+    assert journal.pending() == 0 and not persister.database_away
+    assert "database unavailable" not in caplog.text
+
+
+def test_a_journal_file_that_cannot_be_read_is_said_to_be_the_journals_fault(store, tmp_path, caplog):
+    journal = Journal(tmp_path / "j")
+    journal.open()
+    journal.append([leg("4.5")])
+    journal.seal()
+    # A "file" that cannot be read, first in replay's order.
+    (tmp_path / "j" / "journal-00000000000000000001.jsonl").mkdir()
+
+    async def scenario():
+        persister = Persister(store, journal, budget=1.0)
+        await persister.start()
+        await asyncio.sleep(0.3)
+        away = persister.database_away
+        await persister.stop()
+        return away
+
+    assert asyncio.run(scenario()) is False
+    assert "journal replay stopped by the journal's own files, not the database" in caplog.text
+    assert "database unavailable" not in caplog.text
+
+
+def test_a_short_write_is_completed_or_fails_loudly_leaving_nothing_to_replay(tmp_path):
+    """A file-size limit makes the kernel write only what fits (a short write), then refuse:
+    as a full disk does. Run in a child, so that the limit binds nothing else."""
+    script = textwrap.dedent(f"""
+        import resource, signal, sys
+        from recording.storage.journal import Journal
+        from recording.errors import StorageUnavailable
+        from tests.recording.test_store import leg
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        journal = Journal({str(tmp_path / "j")!r})
+        journal.open()
+        journal.append([leg("7.1")])
+        size = journal._current.stat().st_size
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size + 100, size + 100))
+        try:
+            journal.append([leg("7.2"), leg("7.3")])
+        except StorageUnavailable as exc:
+            print("refused:", exc)
+        (segment,) = journal.seal()
+        print("entries:", [w.unique_id for w in journal.read(segment)])
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2])
+
+    assert done.returncode == 0, done.stderr
+    assert "refused: the journal in" in done.stdout and "cannot be written" in done.stdout
+    # The entries no session was told are stored are not in the file to be replayed.
+    assert "entries: ['7.1']" in done.stdout
+
+
+def test_a_journal_replayed_twice_applies_each_pause_once(store, tmp_path):
+    """A crash after replaying a file and before removing it replays it again."""
+    started = leg("8.1")
+    store.commit([started])
+    at = started.started_at
+    changes = [
+        LegChange(started.id, "8.1", "pause", at + timedelta(seconds=10), by="fred", method="mute", key="p1"),
+        LegChange(started.id, "8.1", "resume", at + timedelta(seconds=40), by="fred", key="r1"),
+        LegChange(started.id, "8.1", "end", at + timedelta(seconds=60), state="stopped", by="fred", key="e1"),
+    ]
+    for _ in range(2):
+        journal = Journal(tmp_path / "j")
+        journal.open()
+        journal.append(changes)
+        asyncio.run(_replay(store, journal))
+        journal.close()
+
+    (view,) = store.find_legs(unique_id="8.1")
+    assert len(view.pauses) == 1 and view.state == "stopped"
+    assert (view.duration(at), view.recorded(at)) == (60.0, 30.0)
+
+
+def test_a_journaled_change_older_than_the_legs_last_change_is_not_applied_over_it(store, tmp_path):
+    started = leg("9.1")
+    store.commit([started])
+    at = started.started_at
+    # Written directly by another process: paused at +20 s.
+    store.commit([LegChange(started.id, "9.1", "pause", at + timedelta(seconds=20), method="mute", key="p2")])
+    journal = Journal(tmp_path / "j")
+    journal.open()
+    # Journaled here earlier: a resume at +10 s (of no pause it knows), an end at +5 s.
+    journal.append([LegChange(started.id, "9.1", "resume", at + timedelta(seconds=10), key="r2")])
+    journal.append([LegChange(started.id, "9.1", "end", at + timedelta(seconds=5), state="ended", by="hangup",
+                              key="e2")])
+    asyncio.run(_replay(store, journal))
+
+    (view,) = store.find_legs(unique_id="9.1")
+    # The resume is older than the pause: not applied. The end did happen: it is applied, but
+    # not before the leg's last change.
+    assert view.state == "ended" and view.end == at + timedelta(seconds=20)
+    assert [(p.paused_at, p.resumed_at) for p in view.pauses] == [(at + timedelta(seconds=20),) * 2]
+
+
+async def _replay(store, journal):
+    """Replays the journal into the store until it is empty (5 s at most); the persister."""
+    persister = Persister(store, journal, budget=1.0)
+    await persister.start()
+    for _ in range(100):
+        if not persister.journaling:
+            break
+        await asyncio.sleep(0.05)
+    await persister.stop()
+    return persister
 
 
 def test_an_unwritable_journal_is_storage_unavailable(tmp_path):
@@ -77,17 +210,7 @@ def test_replay_writes_everything_once_and_sets_refused_writes_aside(store, tmp_
     journal.append([good[0], refused, good[1]])
     journal.append([good[0]])  # a write that reached the journal twice
 
-    async def replay():
-        persister = Persister(store, journal, budget=1.0)
-        await persister.start()
-        for _ in range(100):
-            if not persister.journaling:
-                break
-            await asyncio.sleep(0.05)
-        await persister.stop()
-        return persister
-
-    persister = asyncio.run(replay())
+    persister = asyncio.run(_replay(store, journal))
 
     assert not persister.journaling and journal.pending() == 0
     assert sorted((v.unique_id, v.tag) for v in store.find_legs()) == [("5.1", "A"), ("5.2", "B")]
@@ -120,3 +243,21 @@ def test_a_write_begun_while_journaling_that_ends_after_the_replay_goes_to_the_d
 
     assert (persisted.deferred, persisted.result.status, backlog) == (False, "STARTED", 0)
     assert [v.tag for v in store.find_legs(unique_id="6.1")] == ["late"]
+
+
+def test_a_journaled_tag_older_than_the_calls_last_write_does_not_replace_its_tag(store, tmp_path):
+    first = leg("10.1", tag="first")
+    store.commit([first])
+    # Written directly by another process, later: a new tag.
+    store.commit([TagUpdate("10.1", "newer", first.started_at + timedelta(seconds=20))])
+    journal = Journal(tmp_path / "j")
+    journal.open()
+    journal.append([TagUpdate("10.1", "older", first.started_at + timedelta(seconds=10))])
+    asyncio.run(_replay(store, journal))
+    (replayed,) = store.find_legs(unique_id="10.1")
+    # A newer one replaces it as before.
+    store.commit([TagUpdate("10.1", "newest", first.started_at + timedelta(seconds=30))])
+    (view,) = store.find_legs(unique_id="10.1")
+
+    assert replayed.external_reference == "newer"
+    assert view.external_reference == "newest"

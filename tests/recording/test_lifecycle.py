@@ -121,7 +121,10 @@ def test_a_new_start_after_a_stop_is_leg_two(asterisk, store):
 
     assert again.status == "STARTED"
     assert [(v.leg, v.state) for v in store.find_legs(unique_id=start.uniqueid)] == [(1, "stopped"), (2, "recording")]
-    assert again.variables["RECORDING_FILE"].endswith("-2.wav")
+    # Each leg has a file of its own: the second start does not overwrite the first's audio.
+    first, second = start.variables["RECORDING_FILE"], again.variables["RECORDING_FILE"]
+    assert first.endswith(f"-1-{start.variables['RECORDING_ID'][:8]}.wav")
+    assert second.endswith(f"-2-{again.variables['RECORDING_ID'][:8]}.wav")
 
 
 @pytest.mark.parametrize("name", ["stop", "pause", "resume"])
@@ -242,6 +245,24 @@ def test_the_sweeper_closes_legs_whose_channel_is_gone(ami_service, fake_ami, st
     assert ami_service.run(ami_service.app.sweeper.sweep()) == 1
     assert ami_service.app.sweeper.closed == 2
     assert only_leg(store, alive.uniqueid).end > hour_ago + timedelta(minutes=59)
+
+
+def test_the_sweeper_leaves_the_legs_of_another_asterisk_alone(ami_service, fake_ami, store):
+    """Two Asterisks sharing one database have a systemname each (their unique ids would
+    collide otherwise): the channels of the other one's legs are not in this one's list."""
+    from tests.recording.test_sweeper import settled
+
+    fake_ami.system_name = "pbx1"
+    settled(ami_service)  # the sweeps of the start and of the connection are over
+    hour_ago = utcnow() - timedelta(hours=1)
+    store.commit([replace(new_leg(uid), started_at=hour_ago)
+                  for uid in ("pbx1-1795825000.4", "pbx2-1795825000.5", "1795825000.6")])
+
+    closed = ami_service.run(ami_service.app.sweeper.sweep())
+
+    assert closed == 1
+    assert [(v.unique_id, v.state) for v in store.find_legs()] == [
+        ("1795825000.6", "recording"), ("pbx1-1795825000.4", "lost"), ("pbx2-1795825000.5", "recording")]
 
 
 def test_without_the_manager_old_legs_are_closed_after_the_maximum_age(store, settings):

@@ -71,3 +71,45 @@ def test_filter_redacts_arguments_and_tracebacks():
     assert "topsecret" not in text and "alsosecret" not in text
     assert "recording/start?apiKey=[redacted]" in text
     assert any(isinstance(f, RedactingFilter) for f in handler.filters)
+
+
+def test_control_characters_from_outside_cannot_forge_a_log_line():
+    stream = io.StringIO()
+    handler = configure("DEBUG", stream=stream)
+    forged = "2026-12-05 02:00:00,000 WARNING recording.audit: legal hold on leg abc released by boss"
+    try:
+        log = logging.getLogger("test.forgery")
+        log.info("HTTP GET %s", f"/x\n{forged}\r\x1b[2K\u2028{forged}")
+        try:
+            raise ValueError(f"bad\n{forged}")
+        except ValueError:
+            log.exception("failed on %s", "y\nz")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    # Every line is a record of ours, begun with its time, or the indented rest of one.
+    assert [line for line in lines if line.startswith("2026-12-05 02:00:00")] == []
+    assert all(line.startswith("    | ") or line[:4].isdigit() and "test.forgery" in line for line in lines)
+    assert "/x\\n2026-12-05 02:00:00,000 WARNING" in lines[0] and "\\r\\x1b[2K\\u2028" in lines[0]
+    assert lines[1].endswith("failed on y\\nz")
+    # The exception's own message keeps its line end, on an indented line.
+    assert lines[-2:] == ["    | ValueError: bad", f"    | {forged}"]
+
+
+def test_an_http_path_with_a_newline_is_one_escaped_log_line(http):
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RedactingFilter())
+    from recording.ops.logs import TextFormatter
+
+    handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    try:
+        answer = http.raw(b"GET /x%0a2026-12-05%2002:00:00,000%20WARNING%20recording.audit:%20forged HTTP/1.1\r\n"
+                          b"Host: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    text = stream.getvalue()
+    assert answer.status == 404
+    assert "/x\\n2026-12-05 02:00:00,000 WARNING recording.audit: forged" in text
+    assert not any(line.startswith("2026-12-05 02:00:00") for line in text.splitlines())

@@ -4,6 +4,7 @@ in processes of their own (the client picks its mode when it is first imported).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import subprocess
@@ -146,6 +147,22 @@ def test_openmetrics_when_the_scraper_asks_for_it():
 def test_an_accept_header_with_an_unreadable_version_is_refused_in_a_sentence():
     with pytest.raises(ValueError, match=r"names a format version that is not a number; ask for text/plain"):
         ServiceMetrics().exposition("application/openmetrics-text; version=garbage")
+
+
+def test_a_scrape_is_answered_off_the_event_loop():
+    # Under serve --workers a scrape reads and merges every worker's files: the sessions on the
+    # loop must not wait for it. The gauges' sources are read by the scrape, so they tell where.
+    readers = []
+    metrics = ServiceMetrics(journal_backlog=lambda: readers.append(threading.get_ident()) or 3)
+
+    async def scrape_on_a_loop():
+        body, _ = await metrics.scrape()
+        return threading.get_ident(), body.decode()
+
+    loop_thread, text = asyncio.run(scrape_on_a_loop())
+
+    assert readers and loop_thread not in readers
+    assert samples(text)[("recording_journal_backlog", labels())] == 3
 
 
 def test_updates_from_many_threads_are_all_counted():

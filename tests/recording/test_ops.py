@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import signal
+import threading
 import time
 
 from sqlalchemy import text
@@ -130,6 +131,29 @@ def test_repeated_wrong_keys_are_slowed_and_logged_once(store, settings, caplog)
     assert warnings == ["FastAGI: 2 wrong apiKeys from 127.0.0.1 within 60s; its answers are slowed down (up to 0.2s)"]
 
 
+def test_an_address_that_keeps_sending_wrong_keys_waits_before_its_key_is_hashed(store, settings):
+    """Hashing a key (scrypt) is what a guesser makes the service pay for: the limiter's delay
+    comes first."""
+    limits = {"apikey_failure_threshold": 1, "apikey_failure_max_delay": 1.0, "apikey_failure_window": 60.0}
+    with RunningService(settings.with_(**limits)) as running:
+        asterisk = FakeAsterisk(running.port)
+        assert asterisk.call("recording/start?apiKey=guess-1").status == "DENIED"
+        hashed = running.app.directory.key_checks
+        delay = running.app.gate.limiter.delay("127.0.0.1")
+        calls = []
+        guess = threading.Thread(target=lambda: calls.append(asterisk.call("recording/start?apiKey=guess-2")))
+        started = time.monotonic()
+        guess.start()
+        time.sleep(delay / 2)
+        during = running.app.directory.key_checks
+        guess.join(10)
+        elapsed = time.monotonic() - started
+
+    assert delay == 0.25 and during == hashed
+    assert calls[0].status == "DENIED" and elapsed >= delay
+    assert running.app.directory.key_checks == hashed + 1
+
+
 def test_json_logs_are_one_object_per_line_and_redacted():
     stream = io.StringIO()
     handler = configure("INFO", stream=stream, fmt="json", prefix="worker 2")
@@ -150,6 +174,8 @@ def test_check_passes_on_a_good_setup_and_fails_on_a_broken_one(store, database_
     out = capsys.readouterr().out
     assert good == 0, out
     assert re.search(r"^ok +database", out, re.M) and re.search(r"^ok +schema", out, re.M)
+    # Without AMI nothing can be followed through a transfer, and check says so.
+    assert re.search(r"^ok +ami: not configured .* calls are not followed through transfers and queues$", out, re.M)
 
     empty = f"sqlite:///{tmp_path}/empty.sqlite3"
     broken = main(["--database-url", empty, "check", "--listen", "127.0.0.1:0"])

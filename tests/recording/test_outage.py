@@ -112,12 +112,16 @@ def test_a_stalled_database_journals_within_the_budget(outage_settings, postgres
             started = time.monotonic()
             stalled = [asterisk.call(f"recording/start?apiKey={API_KEY}&tag=S{n}") for n in range(5)]
             elapsed = time.monotonic() - started
+            # The database answers no write within the budget: not away, but not up either.
+            health = service.app.health()
         finally:
             postgres.resume()
         wait_until(lambda: not service.app.persister.journaling, 30, "journal replayed")
 
     assert [c.status for c in stalled] == ["STARTED"] * 5
     assert [c.variables["RECORDING_DEFERRED"] for c in stalled] == ["1"] * 5
+    assert (health["ok"], health["status"], health["database"]) == (True, "degraded", "slow")
+    assert "slower than RECORDING_DATABASE_BUDGET" in health["problems"][0]
     # One budget for the first session; the rest go to the journal without waiting.
     assert elapsed < 5
     found = legs_by_unique_id(postgres.url)
@@ -170,3 +174,26 @@ def test_journal_status_command_lists_what_waits(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0 and "2 writes wait" in out
     assert datetime(2026, 11, 28, 9, 30, tzinfo=timezone.utc).isoformat() in out
+
+
+def test_a_database_restarted_while_idle_costs_no_write_its_journal(outage_settings, postgres, monkeypatch):
+    """The writer thread keeps its connection between batches; PostgreSQL restarted while the
+    service was idle leaves it dead. It is checked before its next use after a quiet spell, so
+    that write goes to the database, not to the journal."""
+    from recording.storage import store as stores
+
+    monkeypatch.setattr(stores, "KEPT_IDLE", 0.5)
+    with RunningService(outage_settings.with_(database_budget=5.0)) as service:
+        asterisk = FakeAsterisk(service.port)
+        start = asterisk.call(f"recording/start?apiKey={API_KEY}&tag=before")
+        paused = asterisk.call(f"recording/pause?apiKey={API_KEY}", uniqueid=start.uniqueid)
+        postgres.stop()
+        postgres.start()
+        time.sleep(1.0)
+        stopped = asterisk.call(f"recording/stop?apiKey={API_KEY}", uniqueid=start.uniqueid)
+        journaled = service.app.journal.appended
+
+    assert (start.status, paused.status, stopped.status) == ("STARTED", "PAUSED", "STOPPED")
+    assert stopped.variables["RECORDING_DEFERRED"] == "0" and journaled == 0
+    (leg,) = legs_by_unique_id(postgres.url)[start.uniqueid]
+    assert leg.state == "stopped"

@@ -164,6 +164,17 @@ def test_urls_default_to_psycopg_and_hide_passwords():
     assert "secret" not in redact_url("postgresql+psycopg://u:secret@h/db")
 
 
+@pytest.mark.parametrize("url", ["postgresql://u:se@cret@h:port/db", "postgresql://u:secret@h:port/db",
+                                 "postgresql://u:sec/ret@h:x/db"])
+def test_a_database_url_that_does_not_parse_is_refused_without_its_password(url):
+    from recording.errors import ConfigError
+
+    with pytest.raises(ConfigError) as error:
+        Store(url)
+    assert "cret" not in str(error.value) and "not a database URL" in str(error.value)
+    assert "secret" not in redact_url(url) and "cret" not in redact_url(url)
+
+
 def test_an_unreachable_database_is_reported_as_unavailable(tmp_path):
     from recording.errors import StorageUnavailable
 
@@ -179,12 +190,10 @@ def test_user_refs_know_managers():
 
 
 def test_migration_0003_adds_the_failed_state_and_takes_it_back(empty_database_url):
-    from alembic import command
-
     store = Store(empty_database_url)
     try:
         store.upgrade("0002")
-        store.commit([leg(unique_id="1.1")])
+        _leg_by_hand(store, "1.1", state="recording")
         store.upgrade()
         failed = replace(leg(unique_id="1.2"), state="failed", ended_at=NOW)
         (result,) = store.commit([failed])
@@ -192,8 +201,7 @@ def test_migration_0003_adds_the_failed_state_and_takes_it_back(empty_database_u
         with pytest.raises(IntegrityError):
             with store.engine.begin() as conn:
                 conn.execute(text("UPDATE recording_legs SET state = 'bogus' WHERE unique_id = '1.1'"))
-        with store.engine.begin() as conn:
-            command.downgrade(store._alembic(conn), "0002")
+        store.downgrade("0002")
         # Read by hand: the models describe the newest schema, which has columns 0002 lacks.
         with store.engine.connect() as conn:
             states = dict(conn.execute(text("SELECT unique_id, state FROM recording_legs")).all())
@@ -206,15 +214,12 @@ def test_migration_0003_adds_the_failed_state_and_takes_it_back(empty_database_u
 
 
 def test_migration_0004_adds_digest_hold_and_purge_and_takes_them_back(empty_database_url):
-    from alembic import command
-
     store = Store(empty_database_url)
     try:
         store.upgrade("0003")
-        kept = replace(leg(unique_id="1.1"), state="ended", ended_at=NOW)
-        store.commit([kept])
-        store.upgrade("0004")
-        assert store.schema_revision() == "0004"
+        kept = _leg_by_hand(store, "1.1", state="ended")
+        store.upgrade()
+        assert store.schema_revision() == store.head_revision()
         (view,) = store.find_legs(unique_id="1.1")
         assert (view.state, view.file_sha256, view.held, view.purged_at) == ("ended", None, False, None)
         purged = replace(leg(unique_id="1.2"), state="stopped", ended_at=NOW)
@@ -235,19 +240,126 @@ def test_migration_0004_adds_digest_hold_and_purge_and_takes_them_back(empty_dat
             with pytest.raises(IntegrityError):
                 with store.engine.begin() as conn:
                     conn.execute(text(statement))
-        with store.engine.begin() as conn:
-            command.downgrade(store._alembic(conn), "0003")
+        store.downgrade("0003")
         assert store.schema_revision() == "0003"
         with store.engine.connect() as conn:
             rows = dict(conn.execute(text("SELECT unique_id, state FROM recording_legs")).all())
             columns = {c["name"] for c in inspect(conn).get_columns("recording_legs")}
-        # A purged leg goes back to the state it had ended in; the new columns are gone.
-        assert rows == {"1.1": "ended", "1.2": "stopped"}
+        # A purged leg has no audio: 0003's one state for that is "failed" (back in the state it had
+        # ended in, it would look playable); the new columns are gone.
+        assert rows == {"1.1": "ended", "1.2": "failed"}
         assert not columns & {"file_sha256", "held_at", "purge_started_at", "purged_at", "state_before_purge"}
         with pytest.raises(IntegrityError):
             with store.engine.begin() as conn:
                 conn.execute(text("UPDATE recording_legs SET state = 'purged' WHERE unique_id = '1.1'"))
+        store.upgrade()
+        assert store.schema_revision() == store.head_revision()
+    finally:
+        store.close()
+
+
+def _leg_by_hand(store, unique_id: str, *, state: str, leg_id: str = "a"):
+    """A leg in the columns every schema has since 0002 (ended at NOW unless active), written as
+    SQL: the store's own statements write the newest schema's columns, and these tests start
+    from older ones. Returns it as a NewLeg with its id."""
+    ended = None if state in ("recording", "paused") else NOW
+    with store.engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO call_records (unique_id, created_at, updated_at) VALUES (:u, :t, :t)"),
+            {"u": unique_id, "t": NOW})
+        conn.execute(text(
+            "INSERT INTO recording_legs (id, call_record_id, leg, unique_id, channel, extension, file, ownership,"
+            " source, state, started_at, ended_at) SELECT :id, id, 1, unique_id, 'PJSIP/410-1', '410', '/m/a.wav',"
+            " 'DEFAULT', 'agi', :state, :t, :e FROM call_records WHERE unique_id = :u"),
+            {"id": leg_id, "u": unique_id, "state": state, "t": NOW, "e": ended})
+    return replace(leg(unique_id=unique_id), id=leg_id, state=state, ended_at=ended)
+
+
+def _paused_leg_by_hand(store) -> None:
+    """Leg 'a' of call 1.1, paused once (see _leg_by_hand)."""
+    _leg_by_hand(store, "1.1", state="paused")
+    with store.engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO recording_pauses (leg_id, paused_at, method) VALUES ('a', :t, 'mute')"), {"t": NOW})
+
+
+def test_migration_0005_keys_pauses_and_dates_changes_and_takes_them_back(empty_database_url):
+    store = Store(empty_database_url)
+    try:
         store.upgrade("0004")
-        assert store.schema_revision() == "0004"
+        _paused_leg_by_hand(store)
+        store.upgrade("0005")
+        with store.engine.connect() as conn:
+            legs = {c["name"] for c in inspect(conn).get_columns("recording_legs")}
+            pauses = {c["name"] for c in inspect(conn).get_columns("recording_pauses")}
+        assert "changed_at" in legs and {"pause_key", "resume_key"} <= pauses
+        with store.engine.begin() as conn:
+            conn.execute(text("UPDATE recording_pauses SET pause_key = 'k1'"))
+            conn.execute(text(
+                "INSERT INTO recording_pauses (leg_id, paused_at, resumed_at, method, pause_key)"
+                " VALUES ('a', :t, :t, 'mute', 'k2')"), {"t": NOW})
+        # A key is applied once: the database refuses a second row with it.
+        with pytest.raises(IntegrityError):
+            with store.engine.begin() as conn:
+                conn.execute(text(
+                    "INSERT INTO recording_pauses (leg_id, paused_at, method, pause_key) VALUES ('a', :t, 'mute', 'k1')"
+                ), {"t": NOW})
+        store.downgrade("0004")
+        with store.engine.connect() as conn:
+            legs = {c["name"] for c in inspect(conn).get_columns("recording_legs")}
+            pauses = {c["name"] for c in inspect(conn).get_columns("recording_pauses")}
+            count = conn.scalar(text("SELECT count(*) FROM recording_pauses"))
+        assert "changed_at" not in legs and not {"pause_key", "resume_key"} & pauses and count == 2
+        store.upgrade()
+        assert store.schema_revision() == store.head_revision()
+    finally:
+        store.close()
+
+
+def test_migrations_keep_every_pause(empty_database_url):
+    """SQLite rebuilds recording_legs in 0004 (batch mode): with foreign keys enforced, dropping
+    the old table deleted every pause by their ON DELETE CASCADE."""
+    store = Store(empty_database_url)
+    try:
+        store.upgrade("0003")
+        _paused_leg_by_hand(store)
+        store.upgrade()
+        (view,) = store.find_legs(unique_id="1.1")
+        assert [p.method for p in view.pauses] == ["mute"]
+        store.downgrade("0003")
+        with store.engine.connect() as conn:
+            assert conn.scalar(text("SELECT count(*) FROM recording_pauses")) == 1
+    finally:
+        store.close()
+
+
+def test_migration_0008_adds_the_followed_calls_columns_in_place_and_takes_them_back(empty_database_url):
+    store = Store(empty_database_url)
+    try:
+        store.upgrade("0005")
+        _paused_leg_by_hand(store)
+        store.upgrade("0008")
+        with store.engine.connect() as conn:
+            columns = {c["name"] for c in inspect(conn).get_columns("recording_legs")}
+            indexes = {i["name"]: i["unique"] for i in inspect(conn).get_indexes("recording_legs")}
+        assert {"linkedid", "part", "follows"} <= columns
+        assert indexes["uq_recording_legs_linkedid_part"] and indexes["uq_recording_legs_follows"]
+        # A part of a call is recorded once: a second leg of (call, part) is refused.
+        with store.engine.begin() as conn:
+            conn.execute(text("UPDATE recording_legs SET linkedid = 'L', part = 2, follows = 'x' WHERE id = 'a'"))
+        with pytest.raises(IntegrityError):
+            with store.engine.begin() as conn:
+                conn.execute(text(
+                    "INSERT INTO recording_legs (id, call_record_id, leg, unique_id, channel, extension, file,"
+                    " ownership, source, state, started_at, linkedid, part) SELECT 'b', call_record_id, 2, unique_id,"
+                    " channel, extension, '/m/b.wav', ownership, 'follow', 'ended', started_at, 'L', 2"
+                    " FROM recording_legs WHERE id = 'a'"))
+        store.downgrade("0005")
+        with store.engine.connect() as conn:
+            columns = {c["name"] for c in inspect(conn).get_columns("recording_legs")}
+            pauses = conn.scalar(text("SELECT count(*) FROM recording_pauses"))
+        assert not {"linkedid", "part", "follows"} & columns and pauses == 1
+        store.upgrade()
+        assert store.schema_revision() == store.head_revision()
     finally:
         store.close()

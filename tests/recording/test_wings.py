@@ -1,6 +1,7 @@
 """recording/'s wings import in one direction (README, "Design"): storage and asterisk know
-nothing of the doors or of the service; the domain knows none of the wings; and no module
-reaches back to one that reaches it, directly or round a circle."""
+nothing of the doors or of the service; calls (the model of calls that AMI events update)
+knows only the domain; the domain knows none of the wings; and no module reaches back to one
+that reaches it, directly or round a circle."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 import recording
 
 PACKAGE = Path(recording.__file__).parent
-WINGS = ("doors", "storage", "asterisk", "ops")
+WINGS = ("doors", "storage", "asterisk", "ops", "calls")
 
 
 def module_name(path: Path) -> str:
@@ -70,6 +71,16 @@ def test_storage_and_asterisk_import_nothing_from_the_doors_or_the_service(wing)
         for name, targets in GRAPH.items() if name.startswith(f"recording.{wing}")
     }
     assert {name: t for name, t in offending.items() if t} == {}
+
+
+def test_calls_imports_the_domain_only():
+    """The call model is plain data fed by events: no socket, no database, no acting."""
+    outside = {
+        name: sorted(t for t in targets if not t.startswith("recording.calls") and t != "recording.domain")
+        for name, targets in GRAPH.items() if name.startswith("recording.calls")
+    }
+    assert len(outside) >= 5
+    assert {name: t for name, t in outside.items() if t} == {}
 
 
 def test_the_domain_imports_none_of_the_wings():

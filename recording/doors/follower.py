@@ -1,0 +1,199 @@
+"""The door AMI events come in by: every event goes to the call tracker, in the order Asterisk
+sent it, and each part change of a call goes to the following rules (``recording/following``);
+the Hangup of a recorded channel ends its leg.
+
+Every process connected to Asterisk's manager hears every event (``serve --workers``, several
+hosts): each tracks every call, and the database decides which of them records a new part
+(Store.take_over). Events are handled one at a time by one task: a transfer's part change is
+decided before the Hangup of the agent's channel that comes after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from ..asterisk.manager import AMIChannel, LiveChannel, Manager
+from ..calls import CallEnded, CallTracker, NoAnchor, AmbiguousAnchor, PartBegan, PartEnded, find_anchor, rebuild
+from ..errors import RecordingFailure, StorageUnavailable
+from ..following import Following
+from ..service import RecordingService
+
+log = logging.getLogger("recording.follower")
+
+# The variable MixMonitor's i() sets for every leg (domain.mixmonitor_variable): its VarSet
+# event says which channel has a recording, whichever process started it.
+_ID_VARIABLE = "RECORDING_MIXMON_"
+# Seconds after which a call whose caller left its agent with no event saying why is settled.
+SETTLE_AFTER = 1.0
+_REBUILD = object()
+
+
+class Follower:
+    """Starts with :meth:`start`; ``manager`` must be configured."""
+
+    def __init__(self, service: RecordingService, manager: Manager, *, settle_after: float = SETTLE_AFTER):
+        self.service = service
+        self.manager = manager
+        self.tracker = CallTracker()
+        self.following = Following(service, self.channel)
+        self.settle_after = settle_after
+        # The unique ids of channels that have a recording: a leg's MixMonitor id variable was
+        # set on them (every process sees that VarSet), or the database had a leg active on
+        # them at the last connection. Their Hangup ends their leg.
+        self.recorded: set[str] = set()
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._busy = False
+        self._tasks: list[asyncio.Task] = []
+        self._unsubscribe = None
+        self.handled = 0
+
+    # -- what the service asks (service.CallDirectory) -----------------------------------
+
+    def anchor_of(self, unique_id: str) -> tuple[str, str] | None:
+        try:
+            anchor = find_anchor(self.tracker.model, unique_id)
+        except (NoAnchor, AmbiguousAnchor):
+            return None
+        return anchor.uniqueid, anchor.name
+
+    def call_of(self, unique_id: str) -> str | None:
+        channel = self.tracker.model.channels.get(unique_id)
+        return channel.linkedid if channel is not None else None
+
+    def channel(self, unique_id: str, name: str) -> AMIChannel:
+        return AMIChannel(self.manager.client, LiveChannel(name, unique_id))
+
+    # -- running ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._unsubscribe = self.manager.client.subscribe(self._heard)
+        self.manager.client.on_connect(self._connected)
+        self._tasks = [asyncio.create_task(self._consume(), name="call-follower"),
+                       asyncio.create_task(self._settler(), name="call-follower-settle")]
+
+    async def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        # NOTE: cancelled again until they end: a cancellation that lands as an awaited read
+        # completes can be lost in a library's wait, and the task would wait for events for ever.
+        pending = set(self._tasks)
+        while pending:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
+
+    @property
+    def pending(self) -> int:
+        """Events heard and not handled yet."""
+        return self._queue.qsize() + (1 if self._busy else 0)
+
+    def _heard(self, event: dict) -> None:
+        self._queue.put_nowait((event, time.time()))
+
+    def _connected(self) -> None:
+        # NOTE: events may have been missed while the connection was down: the calls are read
+        # again from Asterisk's own listing before the next event is handled.
+        self._queue.put_nowait((_REBUILD, time.time()))
+
+    async def _consume(self) -> None:
+        while True:
+            event, at = await self._queue.get()
+            self._busy = True
+            try:
+                if event is _REBUILD:
+                    await self._rebuild(at)
+                else:
+                    await self._handle(event, at)
+            except Exception:
+                log.exception("an AMI event could not be followed; going on with the next")
+            finally:
+                self._busy = False
+                self.handled += 1
+                self._queue.task_done()
+
+    async def _settler(self) -> None:
+        while True:
+            await asyncio.sleep(self.settle_after / 2)
+            if self.tracker.waiting():
+                self._queue.put_nowait(({"Event": "_Settle"}, time.time()))
+
+    async def _handle(self, event: dict, at: float) -> None:
+        name = event.get("Event")
+        if name == "_Settle":
+            await self._act(self.tracker.settle(at - self.settle_after))
+            return
+        if name == "VarSet" and event.get("Variable", "").startswith(_ID_VARIABLE) and event.get("Value"):
+            self.recorded.add(event.get("Uniqueid", ""))
+        await self._act(self.tracker.feed(event, at))
+        if name == "Hangup":
+            await self._hung_up(event.get("Uniqueid", ""))
+
+    async def _act(self, transitions) -> None:
+        ended = None
+        for transition in transitions:
+            if isinstance(transition, PartEnded):
+                ended = transition
+            elif isinstance(transition, PartBegan) and ended is not None and ended.call == transition.call:
+                await self.following.part_changed(ended, transition)
+                ended = None
+            elif isinstance(transition, CallEnded):
+                await self._hung_up(transition.anchor_uniqueid)
+
+    def _orphans(self, active, live: set, changed: set, at: float) -> list:
+        """For each call still going whose recording ran on a channel that is gone now (an
+        agent's channel a request recorded, which hung up at a transfer nobody heard), the part
+        change that gives the part in progress a leg of its own from now."""
+        out = []
+        for leg in active:
+            call = self.tracker.model.calls.get(leg.linkedid or "")
+            if leg.unique_id in live or call is None or call.linkedid in changed or call.part is None:
+                continue
+            anchor = self.tracker.model.channels.get(call.anchor or "")
+            if anchor is None:
+                continue
+            part = call.part
+            out.append(PartEnded(call.linkedid, part.seq, anchor.uniqueid, anchor.name, leg.unique_id, leg.channel,
+                                 leg.extension or None, "left", at))
+            out.append(PartBegan(call.linkedid, part.seq, anchor.uniqueid, anchor.name, part.peer_uniqueid,
+                                 part.peer_channel, part.extension, "seen", at))
+            changed.add(call.linkedid)
+        return out
+
+    async def _hung_up(self, unique_id: str) -> None:
+        """A recorded channel hung up: its leg ends (decided by the database: of several
+        processes that hear it, one writes the end)."""
+        if unique_id in self.recorded or self.service.active(unique_id) is not None:
+            self.recorded.discard(unique_id)
+            try:
+                await self.service.channel_gone(unique_id, by="hangup")
+            except (RecordingFailure, StorageUnavailable) as exc:
+                log.warning("the leg of %s was not ended at its hangup (%s); the sweeper will", unique_id, exc)
+
+    async def _rebuild(self, at: float) -> None:
+        """Reads every live channel (CoreShowChannels) and makes the model of the calls anew,
+        and the channels that have a recording from the database."""
+        try:
+            listed = await self.manager.client.core_show_channels()
+        except Exception as exc:  # noqa: BLE001 - AMI gone again: the next connection rebuilds
+            log.info("the calls were not read again from Asterisk (%s)", exc)
+            return
+        store = self.service.store
+        try:
+            active = await self.service.reads(store.active_legs)
+            parts = await self.service.reads(store.last_parts, sorted({item.get("Linkedid", "") for item in listed}))
+        except StorageUnavailable as exc:
+            log.info("the recorded calls were not read from the database (%s): following from what Asterisk "
+                     "lists alone", exc)
+            active, parts = [], {}
+        # NOTE: the database's last part of each followed call, so that this process numbers the
+        # parts as the others do; a part whose agent changed while nobody heard goes to a leg of
+        # its own from now (PartEnded "left", PartBegan "seen").
+        self.tracker, changed = rebuild(listed, at=at, parts=parts)
+        live = {item.get("Uniqueid") for item in listed}
+        self.recorded = {leg.unique_id for leg in active if leg.unique_id in live}
+        taken = {t.call for t in changed if isinstance(t, PartEnded)}
+        await self._act(changed + self._orphans(active, live, taken, at))
+        log.info("following %d calls (%d channels with a recording) after connecting to Asterisk",
+                 len(self.tracker.model.calls), len(self.recorded))
