@@ -567,22 +567,28 @@ class Store:
             raise ValueError(f"unknown leg change {change.action!r}")
         if change.mixmonitor_id:
             values["mixmonitor_id"] = change.mixmonitor_id
-        changed = conn.execute(
-            update(_legs).where(_legs.c.id == change.leg_id, _legs.c.state.in_(before))
-            .values(seen_at=at, changed_at=at, **values)
-        ).rowcount
-        if changed != 1:
-            return unchanged
+        # NOTE: the pause row first, then the leg's state, in a savepoint taken back when the
+        # state had changed meanwhile: what the state change sets off (the webhooks' triggers)
+        # reads who paused or resumed, and how, from that row.
         open_pause = (_pauses.c.leg_id == change.leg_id) & _pauses.c.resumed_at.is_(None)
-        if change.action == "pause":
-            conn.execute(_pauses.insert().values(
-                leg_id=change.leg_id, paused_at=at, method=change.method, paused_by=change.by, pause_key=change.key,
-            ))
-        else:
-            resumed = {"resumed_at": at, "resumed_by": change.by}
-            if change.action == "resume":
-                resumed["resume_key"] = change.key
-            conn.execute(update(_pauses).where(open_pause).values(**resumed))
+        with conn.begin_nested() as step:
+            if change.action == "pause":
+                conn.execute(_pauses.insert().values(
+                    leg_id=change.leg_id, paused_at=at, method=change.method, paused_by=change.by,
+                    pause_key=change.key,
+                ))
+            else:
+                resumed = {"resumed_at": at, "resumed_by": change.by}
+                if change.action == "resume":
+                    resumed["resume_key"] = change.key
+                conn.execute(update(_pauses).where(open_pause).values(**resumed))
+            changed = conn.execute(
+                update(_legs).where(_legs.c.id == change.leg_id, _legs.c.state.in_(before))
+                .values(seen_at=at, changed_at=at, **values)
+            ).rowcount
+            if changed != 1:
+                step.rollback()
+                return unchanged
         return CommitResult("CHANGED", change.unique_id, leg_id=change.leg_id)
 
     def take_over(self, channels: Sequence[str], leg: NewLeg, *, cause: str, key: str,
