@@ -283,7 +283,16 @@ class Asterisk:
     def mixmonitors(self, channel: str) -> dict[str, str]:
         """``mixmonitor list <channel>``: each running MixMonitor's id and its file (without
         the extension, as the CLI prints it: columns ID, File, Receive File, Transmit File)."""
-        output = self.cli(f"mixmonitor list {channel}")
+        # NOTE: the answer always has its header line, also for a channel without a MixMonitor
+        # (transfers/README.md); one without it was not a listing (an answer cut short under
+        # load), and is asked again rather than read as "none".
+        for _ in range(5):
+            output = self.cli(f"mixmonitor list {channel}")
+            if "ID" in output:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"mixmonitor list {channel} gave no listing: {output!r}")
         found = {}
         for line in output.splitlines():
             parts = line.split("\t")
