@@ -55,6 +55,7 @@ class Feed:
     server_pid: int | None = None
     frozen: bool = False
     halted: str | None = None  # why the stream no longer runs for this server (a cap reached)
+    frozen_spans: list = field(default_factory=list)  # [from, to] of time.time(): the server frozen
 
     @property
     def url(self) -> str:
@@ -70,6 +71,7 @@ class Feed:
         if self.server_pid and not self.frozen:
             os.killpg(self.server_pid, signal.SIGSTOP)
             self.frozen = True
+            self.frozen_spans.append([time.time(), None])
 
     def thaw(self) -> None:
         if self.server_pid and self.frozen:
@@ -78,6 +80,7 @@ class Feed:
             except ProcessLookupError:
                 pass
             self.frozen = False
+            self.frozen_spans[-1][1] = time.time()
 
     def go(self) -> None:
         """The server goes on, then its stream (a frozen server would not read it)."""
@@ -153,7 +156,7 @@ def idle_phase(feed: Feed, twin_pid: int | None, ramp: float, seconds: float, cp
     figures = feed.pause(rss_cap_mb)
     span = t1 - t0
     out.update(cores=(c1 - c0) / tick / span, stream=figures["interval"], follow=followprobe.summarize(
-        str(feed.probe), t0, t1), load_end=os.getloadavg()[0])
+        str(feed.probe), t0, t1, feed.frozen_spans), load_end=os.getloadavg()[0])
     if d0 is not None:
         out["db_cores"] = (d1 - d0) / tick / span
     sent = figures["interval"]["sent"]

@@ -152,7 +152,8 @@ class Probe:
             oldest = float(found.group(1)) if found else None
         model = follower.tracker.model
         line = {
-            "t": round(mono, 4), "lag_ms": round(1000 * (now - oldest), 2) if oldest is not None else 0.0,
+            "t": round(mono, 4), "now": round(now, 4), "oldest": oldest,
+            "lag_ms": round(1000 * (now - oldest), 2) if oldest is not None else 0.0,
             "pending": follower.pending, "unread": len(buffered) + unread_kernel, "handled": follower.handled,
             "calls": len(model.calls), "channels": len(model.channels), "recorded": len(follower.recorded),
             "changes": self.changes, "taken": self.taken, "change_s": round(self.change_s, 4),
@@ -206,9 +207,10 @@ def load(path: str) -> list[dict]:
         return []
 
 
-def summarize(path: str, start: float, end: float) -> dict | None:
+def summarize(path: str, start: float, end: float, frozen: list | tuple = ()) -> dict | None:
     """The lines between ``start`` and ``end`` (CLOCK_MONOTONIC): how far behind the follower
-    was (``lag_ms`` p50, p99 and max over the samples), the most events pending and bytes
+    was (``lag_ms`` p50, p99 and max over the samples, less the time the server was frozen,
+    ``frozen`` being [from, to] spans of ``time.time()``), the most events pending and bytes
     unread, the events handled and part changes (and those this process recorded) over the
     span, the mean and longest part change, the calls tracked at the end, full collections and
     the longest, and the most resident memory. None without samples."""
@@ -216,7 +218,7 @@ def summarize(path: str, start: float, end: float) -> dict | None:
     if not lines:
         return None
     before = next((x for x in reversed(load(path)) if "t" in x and x["t"] < start), lines[0])
-    lags = sorted(x["lag_ms"] for x in lines)
+    lags = sorted(_active_lag_ms(x, frozen) for x in lines)
     changes = lines[-1]["changes"] - before["changes"]
     spent = lines[-1]["change_s"] - before["change_s"]
     return {
@@ -234,6 +236,17 @@ def summarize(path: str, start: float, end: float) -> dict | None:
         # the loop's thread: share of the span on a CPU, and runnable but waiting for one
         "loop_cpu": _share(lines, "ran_s"), "loop_waited": _share(lines, "waited_s"),
     }
+
+
+def _active_lag_ms(line: dict, frozen) -> float:
+    """A sample's lag without the time the server spent frozen (bench/run.py stops it between its
+    rounds, while its stream is paused: that wait is not the follower's)."""
+    oldest = line.get("oldest")
+    if oldest is None:
+        return line["lag_ms"]
+    now = line["now"]
+    idle = sum(max(0.0, min(now, to if to is not None else now) - max(oldest, since)) for since, to in frozen)
+    return round(1000 * (now - oldest - idle), 2)
 
 
 def _share(lines: list[dict], key: str) -> float | None:

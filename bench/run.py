@@ -797,7 +797,7 @@ def main(argv=None) -> int:
                     if server.feed is not None:
                         row.stream = row_stream
                         row.follow = amifollow.followprobe.summarize(str(server.feed.probe), fed_from,
-                                                                     time.monotonic())
+                                                                     time.monotonic(), server.feed.frozen_spans)
                         if server.feed.halted:
                             row.note = (row.note + "; " if row.note else "") + server.feed.halted
                     row.busy_before, row.round_no = busy_before, round_no
