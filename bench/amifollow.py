@@ -100,24 +100,30 @@ class Feed:
         return figures
 
 
-def read_line(proc: subprocess.Popen, timeout: float) -> dict:
+def read_line(proc: subprocess.Popen, timeout: float, log: Path | None = None) -> dict:
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    if not ready:
-        raise RuntimeError(f"the AMI stream (pid {proc.pid}) did not answer within {timeout:g}s")
-    line = proc.stdout.readline()
+    line = proc.stdout.readline() if ready else b""
     if not line:
-        raise RuntimeError(f"the AMI stream (pid {proc.pid}) ended ({proc.poll()})")
+        try:
+            proc.wait(2)
+        except subprocess.TimeoutExpired:
+            pass
+        said = log.read_text(errors="replace")[-1500:] if log and log.exists() else ""
+        raise RuntimeError(f"the AMI stream (pid {proc.pid}) did not answer within {timeout:g}s "
+                           f"(exit status {proc.poll()}){': ' + said if said else ''}")
     return json.loads(line)
 
 
-def start_feed(spawn, server: str, rate: float, tmp: Path, port: int) -> Feed:
-    """Starts the producer on ``port`` (``spawn`` is run.py's, so it is stopped with the rest)."""
+def start_feed(spawn, server: str, rate: float, tmp: Path) -> Feed:
+    """Starts the producer on a port the kernel picks (held for the whole run; ``spawn`` is
+    run.py's, so it is stopped with the rest)."""
     secret = secrets.token_urlsafe(12)
-    with open(tmp / f"amistream-{server}.log", "ab") as log:
-        proc = spawn([sys.executable, str(HERE / "amistream.py"), "--listen", f"127.0.0.1:{port}", "--rate",
+    log_path = tmp / f"amistream-{server}.log"
+    with open(log_path, "ab") as log:
+        proc = spawn([sys.executable, str(HERE / "amistream.py"), "--listen", "127.0.0.1:0", "--rate",
                       f"{rate:g}", "--username", "bench", "--secret", secret],
                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
-    first = read_line(proc, 60)
+    first = read_line(proc, 60, log_path)
     return Feed(server, proc, first["listening"], secret, tmp / f"follow-{server}.jsonl", first["scenarios"])
 
 

@@ -737,7 +737,7 @@ def main(argv=None) -> int:
             # deferred writes into the other's database.
             server_env = dict(env, RECORDING_JOURNAL_DIR=str(tmp / f"journal-{name}"))
             if streamed:
-                feed = amifollow.start_feed(spawn, name, args.ami_transfers, tmp, free_port())
+                feed = amifollow.start_feed(spawn, name, args.ami_transfers, tmp)
                 feeds.append(feed)
                 server_env.update(amifollow.server_env(feed))
                 cmd = amifollow.probe_command(cmd, feed)
