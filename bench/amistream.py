@@ -31,7 +31,8 @@ resumes) and ``stats`` answer the figures since the previous ``pause`` or ``stat
 on stdout is ``{"listening": PORT, ...}``.
 
 The process imports tests/ (the captures and the id rewriting) and nothing of the service but
-its AMI parser (for the self-test, through tests/capture_files.py).
+its AMI parser (through tests/capture_files.py); the self-test (amistream_check.py) also its
+AMI client, to hear the stream as the service does.
 """
 
 from __future__ import annotations
