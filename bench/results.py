@@ -51,6 +51,10 @@ class Row:
     round_no: int = 0
     # --probe: what stopped our server's event loop during the round (stalls.summarize)
     stalls: dict | None = None
+    # a +ami server's round: the AMI stream's figures (bench/amistream.py) and its follower's
+    # (bench/followprobe.py summarize)
+    stream: dict | None = None
+    follow: dict | None = None
 
 
 def _median(values) -> float:
@@ -115,7 +119,7 @@ def combine_breakdowns(parts: list[dict]) -> dict | None:
 
 COLUMNS = [
     # header, width
-    ("server", 10), ("conc", 5), ("sessions", 8), ("wall s", 6), ("sess/s", 7), ("p50 ms", 8), ("p99 ms", 8),
+    ("server", 13), ("conc", 5), ("sessions", 8), ("wall s", 6), ("sess/s", 7), ("p50 ms", 8), ("p99 ms", 8),
     ("p99.9 ms", 8), ("max ms", 8), ("cpu/sess ms", 11), ("rss MB", 6), ("errors", 6), ("lg cpu s", 8),
     ("other cpu s", 11), ("db cpu/sess ms", 14), ("thr/peer", 8), ("p50/peer", 8), ("p99/peer", 8),
     ("max/peer", 8), ("cpu/peer", 8), ("thr/ref3", 8), ("cpu/ref3", 8),
@@ -171,7 +175,7 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-ROUND_COLUMNS = [("server", 10), ("conc", 5), ("rnd", 3), ("load", 9), ("sessions", 8), ("sess/s", 7),
+ROUND_COLUMNS = [("server", 13), ("conc", 5), ("rnd", 3), ("load", 9), ("sessions", 8), ("sess/s", 7),
                  ("p50", 7), ("p99", 7), ("p99.9", 7), ("max", 7), ("cpu/sess", 8)] + [(n, 8) for n in TAIL_NAMES]
 
 
@@ -228,16 +232,16 @@ def format_breakdown(rows: list[Row]) -> str:
            "Means per session (they add up to the mean total; a busy machine delays a different step in each "
            "session, so the medians of the steps add up to less than the median total):",
            "",
-           f"{'server':10}  {'cmds':>4}  {'connect':>7}  {'env->1st cmd':>12}  {'later cmds':>10}  "
+           f"{'server':13}  {'cmds':>4}  {'connect':>7}  {'env->1st cmd':>12}  {'later cmds':>10}  "
            f"{'asterisk':>8}  {'->half-close':>12}  {'mean total':>10}  {'median total':>12}",
-           f"{'-' * 10}  {'-' * 4}  {'-' * 7}  {'-' * 12}  {'-' * 10}  {'-' * 8}  {'-' * 12}  {'-' * 10}  {'-' * 12}"]
+           f"{'-' * 13}  {'-' * 4}  {'-' * 7}  {'-' * 12}  {'-' * 10}  {'-' * 8}  {'-' * 12}  {'-' * 10}  {'-' * 12}"]
     for r in cells:
         b = r.breakdown
         cmds = b["commands"]
         first = cmds[0]["think_mean_ms"] if cmds else float("nan")
         later = sum(c["think_mean_ms"] for c in cmds[1:])
         answers = sum(c["answer_mean_ms"] for c in cmds)
-        out.append(f"{r.server:10}  {len(cmds):>4}  {b['connect_mean_ms']:7.2f}  {first:12.2f}  {later:10.2f}  "
+        out.append(f"{r.server:13}  {len(cmds):>4}  {b['connect_mean_ms']:7.2f}  {first:12.2f}  {later:10.2f}  "
                    f"{answers:8.2f}  {b['close_mean_ms']:12.2f}  {b['total_mean_ms']:10.2f}  {b['total_ms']:12.2f}")
     for r in cells:
         b = r.breakdown

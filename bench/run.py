@@ -46,6 +46,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import amifollow  # noqa: E402
 import stallprobe  # noqa: E402  (bench/ is not a package: run.py runs as a script)
 from results import (  # noqa: E402
     Row, combine, format_breakdown, format_rounds, format_stalls, format_table, log_excerpt, profile_summary,
@@ -60,6 +61,8 @@ SERVER_NAMES = ("ref", "ref3", "pyst2", "panoramisk", "pystrix", "sqlite", "pg",
 # subscription: +hook to a receiver in this process (every start's event written and delivered),
 # +trig with a tag prefix no leg has (the triggers write each event; nothing is delivered).
 DEFAULT_SERVERS = SERVER_NAMES[:7]
+# sqlite+ami, pg+ami: our server following the calls of an AMI stream (--ami-transfers).
+AMI_NAMES = ("sqlite+ami", "pg+ami")
 REFERENCES = {"ref": [], "ref3": ["--start3"]}
 # each peer: its script in bench/peers/ and the modules it needs (the bench extra)
 PEERS = {"pyst2": ("pyst2_server.py", ("asterisk.agi", "sqlalchemy")),
@@ -78,10 +81,11 @@ def log(message: str) -> None:
 _started: list[subprocess.Popen] = []
 
 
-def spawn(cmd: list[str], *, stdout=None, stderr=None, env=None, cwd=None) -> subprocess.Popen:
+def spawn(cmd: list[str], *, stdout=None, stderr=None, env=None, cwd=None, stdin=subprocess.DEVNULL
+          ) -> subprocess.Popen:
     """Starts ``cmd`` in its own process group (so it and its children can be stopped as one,
     and a Ctrl-C at the terminal reaches only this script, which then stops them)."""
-    proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, env=env, stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, env=env, stdin=stdin,
                             start_new_session=True, cwd=cwd or ROOT)
     _started.append(proc)
     return proc
@@ -287,6 +291,7 @@ class Server:
     failed: str | None = None
     db_comm: str | None = None  # the database server's process name, for its CPU
     probe: Path | None = None  # --probe: the file bench/stallprobe.py writes
+    feed: amifollow.Feed | None = None  # a +ami server's AMI stream
 
 
 def start_server(server: Server, cap: float) -> None:
@@ -599,19 +604,30 @@ def build_parser() -> argparse.ArgumentParser:
                         "event loop for 10 ms or more (the garbage collector, a busy machine, another thread, our "
                         "code) and their slowest sessions with what overlapped them; it costs a little CPU "
                         "(a wake-up every 2 ms); not with --workers")
+    p.add_argument("--ami-transfers", type=float, default=100.0, metavar="RATE",
+                   help="the servers sqlite+ami and pg+ami (named in --servers) follow the calls of an AMI stream of "
+                        "RATE captured transfers a second (bench/amistream.py), beside their FastAGI load (default 100)")
+    p.add_argument("--ami-ramp", type=float, default=26.0,
+                   help="seconds of stream before the idle measurement, so the calls in flight reach their steady "
+                        "number (default 26: the longest scenario)")
+    p.add_argument("--ami-idle", type=float, default=10.0,
+                   help="seconds of the stream alone measured on each +ami server before the rounds (default 10)")
+    p.add_argument("--ami-rss-cap", type=float, default=3000.0,
+                   help="MB: a +ami server holding more gets no more stream for the rest of the run (default 3000)")
     p.add_argument("--keep", action="store_true", help="keep the temp directory (server logs, SQLite file)")
     p.add_argument("--json-out", help="also write the rows as JSON to this file")
     return p
 
 
-def self_test() -> str | None:
-    """Runs ``loadgen.py --self-test`` (its MSet parser against the Asterisk captures); returns
-    its output if it failed."""
+def self_test(script: str = "loadgen.py") -> str | None:
+    """Runs ``loadgen.py --self-test`` (its MSet parser against the Asterisk captures), or
+    ``amistream.py``'s (its stream against the transfer captures); returns its output if it
+    failed."""
     try:
-        out = subprocess.run([sys.executable, str(HERE / "loadgen.py"), "--self-test"], capture_output=True,
+        out = subprocess.run([sys.executable, str(HERE / script), "--self-test"], capture_output=True,
                              text=True, timeout=120, cwd=ROOT)
     except subprocess.TimeoutExpired:
-        return "loadgen.py --self-test took more than 120 s"
+        return f"{script} --self-test took more than 120 s"
     return None if out.returncode == 0 else (out.stdout + out.stderr).strip()
 
 
@@ -625,10 +641,13 @@ def main(argv=None) -> int:
         args.quiet_wait = 0.0 if args.quick else 20.0
     levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
     wanted = [s.strip() for s in args.servers.split(",") if s.strip()]
-    if not levels or any(c < 1 for c in levels) or any(s not in SERVER_NAMES for s in wanted) or args.rounds < 1:
-        print(f"run.py: --concurrency takes positive integers, --servers names from {','.join(SERVER_NAMES)}, "
-              "--rounds at least 1", file=sys.stderr)
+    if not levels or any(c < 1 for c in levels) or any(s not in SERVER_NAMES + AMI_NAMES for s in wanted) \
+            or args.rounds < 1 or args.ami_transfers <= 0:
+        print(f"run.py: --concurrency takes positive integers, --servers names from "
+              f"{','.join(SERVER_NAMES + AMI_NAMES)}, --rounds at least 1, --ami-transfers above 0", file=sys.stderr)
         return 2
+    if args.probe and any(name in AMI_NAMES for name in wanted):
+        log("--probe: the +ami servers run under bench/followprobe.py, not under bench/stallprobe.py")
     if args.profile:
         found = shutil.which(args.profile)
         if not found:
@@ -636,8 +655,11 @@ def main(argv=None) -> int:
             return 2
         args.profile = found
     failed_check = self_test()
+    if not failed_check and any(name in AMI_NAMES for name in wanted):
+        failed_check = self_test("amistream.py")
     if failed_check:
-        print(f"run.py: the load generator's self-test failed, so its figures would not be Asterisk's:\n"
+        print(f"run.py: a self-test failed (the load generator's or the AMI stream's), so the figures would not "
+              f"be Asterisk's:\n"
               f"{failed_check}", file=sys.stderr)
         return 2
     status = 0
@@ -695,6 +717,10 @@ def main(argv=None) -> int:
     profiles: list[tuple[str, int, Path]] = []
     quiet_notes: list[float] = []
     floor: list[str] = []
+    feeds: list[amifollow.Feed] = []
+    idle: list[dict] = []
+    pg_ami: Postgres | None = None
+    pg_ami_url: str | None = None
     interrupted = False
     started_at = dt.datetime.now().astimezone()
     load_at_start = os.getloadavg()
@@ -710,12 +736,19 @@ def main(argv=None) -> int:
             pg = Postgres(args.pg_host, args.pg_port, args.pg_user)
             try:
                 pg_url = pg.create()
+                if "pg+ami" in wanted:  # a database of its own, as big as pg's at each level
+                    pg_ami = Postgres(args.pg_host, args.pg_port, args.pg_user)
+                    pg_ami.name += "_ami"
+                    pg_ami_url = pg_ami.create()
             except Exception as exc:
                 log(f"pg and the peers: skipped, the temp database could not be created: {exc}")
                 wanted = [n for n in wanted if not n.startswith("pg") and n not in PEERS]
                 pg, status = None, 1
         for name in wanted:
             port = free_port()
+            base, streamed = amifollow.split_name(name)
+            if streamed:
+                name = f"{name}{args.ami_transfers:g}"
             log_path = tmp / f"{name}.log"
             if name in REFERENCES:
                 cmd = [sys.executable, str(HERE / "reference_server.py"), "--listen", f"127.0.0.1:{port}"]
@@ -727,11 +760,11 @@ def main(argv=None) -> int:
                        "--dsn", dsn]
                 servers.append(Server(name, port, log_path, cmd, db_comm="postgres"))
                 continue
-            if name.startswith("sqlite"):
+            if base.startswith("sqlite"):
                 url = f"sqlite:///{tmp / (name.replace('+', '-') + '.sqlite3')}"
-            elif name == "pg":
-                url = pg_url
-            else:
+            elif base == "pg":
+                url = pg_ami_url if streamed else pg_url
+            else:  # pg+hook, pg+trig: a database of their own
                 hooked_pg = Postgres(args.pg_host, args.pg_port, args.pg_user)
                 extra_dbs.append(hooked_pg)
                 url = hooked_pg.create()
@@ -742,19 +775,26 @@ def main(argv=None) -> int:
                 prefix = ["--tag-prefix", "no-leg-has-this"] if name.endswith("+trig") else []
                 run_checked([cli, "--database-url", url, "webhooks", "add", receiver[1], *prefix], env=env, cwd=source)
             cmd = [cli, "--database-url", url, "serve", "--listen", f"127.0.0.1:{port}", *serve_extra]
-            probe = None
-            if args.probe:
-                probe = tmp / f"probe-{name}.jsonl"
-                cmd = [sys.executable, str(HERE / "stallprobe.py"), "--out", str(probe), "--", *cmd[1:]]
+            probe = feed = None
             # NOTE: each server its own journal: a shared one would replay one server's
             # deferred writes into the other's database.
             server_env = dict(env, RECORDING_JOURNAL_DIR=str(tmp / f"journal-{name}"))
-            server = Server(name, port, log_path, cmd, env=server_env, cwd=source, probe=probe)
-            server.db_comm = "postgres" if name.startswith("pg") else None
+            if streamed:
+                feed = amifollow.start_feed(spawn, name, args.ami_transfers, tmp)
+                feeds.append(feed)
+                server_env.update(amifollow.server_env(feed))
+                cmd = amifollow.probe_command(cmd, feed)
+            elif args.probe:
+                probe = tmp / f"probe-{name}.jsonl"
+                cmd = [sys.executable, str(HERE / "stallprobe.py"), "--out", str(probe), "--", *cmd[1:]]
+            server = Server(name, port, log_path, cmd, env=server_env, cwd=source, probe=probe, feed=feed)
+            server.db_comm = "postgres" if base.startswith("pg") else None
             servers.append(server)
         for server in servers:
             start_server(server, 60)
             log(f"{server.name}: pid {server.proc.pid} listening on 127.0.0.1:{server.port}")
+            if server.feed is not None:
+                server.feed.server_pid = server.proc.pid
 
         epoch = int(time.time())
         if args.warmup:
@@ -763,6 +803,18 @@ def main(argv=None) -> int:
                                 epoch, cap)
                 if row.errors:
                     log(f"{server.name}: warm-up had {row.errors} errors: {row.error_kinds} {row.note}")
+        for server in servers:
+            if server.feed is None:
+                continue
+            twin = next((s for s in servers if s.name == amifollow.split_name(server.name.rstrip("0123456789."))[0]),
+                        None)
+            log(f"{server.name}: the AMI stream alone, {args.ami_ramp:g}s of ramp and {args.ami_idle:g}s measured")
+            phase = amifollow.idle_phase(
+                server.feed, twin.proc.pid if twin else None, args.ami_ramp, args.ami_idle, tree_cpu_ticks,
+                (lambda: comm_cpu_ticks("postgres")) if server.db_comm else (lambda: None), TICK, args.ami_rss_cap)
+            idle.append(phase)
+            log(f"{server.name}: {phase['cores']:.2f} cores for {phase['stream']['sent']} events; follower "
+                f"{phase['follow']}")
         for concurrency in levels:
             level_rounds: dict[str, list[Row]] = {}
             for round_no in range(1, args.rounds + 1):
@@ -774,19 +826,36 @@ def main(argv=None) -> int:
                     busy_before = wait_for_quiet(args.quiet_wait) if args.quiet_wait else None
                     sessions = 1000 if args.quick and concurrency >= 1000 else args.sessions
                     profile_to = None
-                    if args.profile and server.name in OURS:
+                    if args.profile and amifollow.split_name(server.name.rstrip("0123456789."))[0] in OURS:
                         profile_to = tmp / f"profile-{server.name}-c{concurrency}-r{round_no}.txt"
                         profiles.append((server.name, concurrency, profile_to))
-                    row = run_level(server, concurrency, sessions, args, epoch, cap, profile_to)
+                    if server.feed is not None:
+                        server.feed.go()
+                        fed_from = time.monotonic()
+                    try:
+                        row = run_level(server, concurrency, sessions, args, epoch, cap, profile_to)
+                    finally:
+                        if server.feed is not None:
+                            row_stream = server.feed.pause(args.ami_rss_cap)["interval"]
+                    if server.feed is not None:
+                        row.stream = row_stream
+                        row.follow = amifollow.followprobe.summarize(str(server.feed.probe), fed_from,
+                                                                     time.monotonic(), server.feed.frozen_spans)
+                        if server.feed.halted:
+                            row.note = (row.note + "; " if row.note else "") + server.feed.halted
                     row.busy_before, row.round_no = busy_before, round_no
                     if busy_before is not None and busy_before >= 0.3:
                         quiet_notes.append(busy_before)
                     rounds.append(row)
                     level_rounds.setdefault(server.name, []).append(row)
-                    log(f"{server.name:10} c={concurrency:<5} round {round_no}: {row.sessions} sessions "
+                    follow = ""
+                    if row.follow:
+                        follow = (f" follower lag max {row.follow['lag_max_ms']:.0f} ms pending max "
+                                  f"{row.follow['pending_max']} rss {row.follow['rss_mb']:.0f} MB")
+                    log(f"{server.name:13} c={concurrency:<5} round {round_no}: {row.sessions} sessions "
                         f"{row.rate:.0f}/s p50 {row.p50:.1f} p99 {row.p99:.1f} p99.9 {row.p999:.1f} max "
                         f"{row.max:.1f} ms cpu/sess {row.cpu_ms:.2f} ms load {row.load_start:.1f} errors "
-                        f"{row.errors} {row.note}")
+                        f"{row.errors}{follow} {row.note}")
             cells.extend(combine(level_rounds[s.name]) for s in servers if s.name in level_rounds)
             if concurrency == 1:
                 floor = commit_floor(pg_url, tmp / "commit-probe.sqlite3")
@@ -799,8 +868,12 @@ def main(argv=None) -> int:
         status = 1
         log(f"failed: {exc}")
     finally:
+        for feed in feeds:
+            feed.thaw()  # a frozen server would not stop on SIGTERM
         stop_all()
-        for db in ([pg] if pg is not None else []) + extra_dbs:
+        for db in [pg, pg_ami] + extra_dbs:
+            if db is None:
+                continue
             try:
                 db.drop()
             except Exception as exc:
@@ -844,6 +917,16 @@ def main(argv=None) -> int:
         if breakdown:
             print()
             print(breakdown)
+        if feeds:
+            print()
+            print(amifollow.format_header(feeds, args.ami_transfers))
+            if idle:
+                print()
+                print(amifollow.format_idle(idle))
+            print()
+            print(amifollow.format_ratios(cells, args.ami_transfers))
+            print()
+            print(amifollow.format_rounds(rounds))
         if floor:
             print("\nOne durable commit from Python alone, right after the c=1 rounds (the floor under a "
                   "c=1 session's database step):")
@@ -868,7 +951,8 @@ def main(argv=None) -> int:
         print("\n".join(profile_summary(path)))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"cells": [r.__dict__ for r in cells],
-                                                   "rounds": [r.__dict__ for r in rounds]}, indent=1))
+                                                   "rounds": [r.__dict__ for r in rounds], "ami_idle": idle},
+                                                  indent=1))
     if args.keep:
         print(f"\nserver logs kept in {tmp}", file=sys.stderr)
     else:
