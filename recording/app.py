@@ -129,6 +129,7 @@ class Application:
         self.metrics = ServiceMetrics(
             journal_backlog=lambda: self.persister.backlog,
             ami_connected=(lambda: int(self.manager.connected)) if settings.ami_url else None,
+            ami_pending=(lambda: self.follower.pending) if settings.ami_url else None,
             known_routes=ROUTES, known_paths=[path for _, path, _ in RecordingAPI.ROUTES],
         )
         self.persister = Persister(

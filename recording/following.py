@@ -37,6 +37,7 @@ class Following:
         self.service = service
         self._channel = channel
         self.taken = 0  # part changes this process recorded (for tests and metrics)
+        self.asked = 0  # part changes the database was asked about
 
     async def part_changed(self, ended: PartEnded, began: PartBegan) -> LegView | None:
         """The call moved from part ``ended`` to part ``began``: if it is being recorded, the
@@ -59,6 +60,7 @@ class Following:
             linkedid=began.call, part=began.part,
         )
         async with service.call_turn(anchor):
+            self.asked += 1
             try:
                 taken = await service.read(partial(service.store.take_over, channels, leg, cause=ended.cause,
                                                    key=new_leg_id(), from_agent=ended.extension))

@@ -116,6 +116,10 @@ def parse_message(lines: list[bytes]) -> Message:
     return message
 
 
+# Messages read from the socket between two turns given back to the event loop.
+YIELD_EVERY = 32
+
+
 async def read_message(reader: asyncio.StreamReader) -> Message | None:
     """The next message from ``reader``, or None at end of stream (a message cut short by the
     end of the stream is dropped). Empty lines between messages are skipped. Raises
@@ -512,8 +516,15 @@ class AMIClient:
         self._ready.set()
         for hook in self._connect_hooks:
             self._call(hook)
+        read = 0
         while (message := await read_message(reader)) is not None:
             self._dispatch(message)
+            read += 1
+            if read % YIELD_EVERY == 0:
+                # NOTE: a socket read brings many messages at once, and reading them from the
+                # buffer never waits: without this, a burst of events (a busy PBX, a
+                # reconnection) would hold the event loop, and every call with it, until parsed.
+                await asyncio.sleep(0)
 
     async def _login(self, reader: asyncio.StreamReader) -> None:
         """Logs in with events on; raises AMILoginRefused when Asterisk says no."""

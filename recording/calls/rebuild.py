@@ -77,7 +77,7 @@ def rebuild(
         call.part = now
         out.append(PartBegan(call.linkedid, now.seq, anchor.uniqueid, anchor.name, now.peer_uniqueid,
                              now.peer_channel, now.extension, "seen", at))
-        log.info("call %s: %s -> %s -> %s", printable(call.linkedid),
+        log.debug("call %s: %s -> %s -> %s", printable(call.linkedid),
                  describe_part(known[0], known[1], None) if known else "-", "seen",
                  describe_part(now.seq, now.extension, now.peer_channel))
     return tracker, out

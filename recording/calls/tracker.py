@@ -232,11 +232,11 @@ class CallTracker:
             out.append(PartEnded(call.linkedid, part.seq, anchor.uniqueid, anchor.name, part.peer_uniqueid,
                                  part.peer_channel, part.extension, cause, ended_at))
         out.append(CallEnded(call.linkedid, anchor.uniqueid, anchor.name, cause, at))
-        log.info("call %s: %s -> %s -> ended", printable(call.linkedid),
+        log.debug("call %s: %s -> %s -> ended", printable(call.linkedid),
                  describe_part(part.seq, part.extension, part.peer_channel) if part else "-", cause)
         call.part, call.left_at, call.ended = None, None, True
 
     @staticmethod
     def _log(call: Call, old_seq, old_extension, old_peer, cause, new_seq, new_extension, new_peer) -> None:
-        log.info("call %s: %s -> %s -> %s", printable(call.linkedid), describe_part(old_seq, old_extension, old_peer),
+        log.debug("call %s: %s -> %s -> %s", printable(call.linkedid), describe_part(old_seq, old_extension, old_peer),
                  cause, describe_part(new_seq, new_extension, new_peer))

@@ -23,8 +23,14 @@ from ..service import RecordingService
 log = logging.getLogger("recording.follower")
 
 # The variable MixMonitor's i() sets for every leg (domain.mixmonitor_variable): its VarSet
-# event says which channel has a recording, whichever process started it.
+# event says which channel has a recording, whichever process started it. A leg handed on
+# paused runs no MixMonitor: the process that wrote it sets FOLLOWED on the channel instead.
 _ID_VARIABLE = "RECORDING_MIXMON_"
+FOLLOWED = "RECORDING_FOLLOWED"
+# Events waiting to be handled past which the follower stops queueing them, drops what waits,
+# and reads the calls again from Asterisk: memory stays bounded, and no call is followed from a
+# picture older than what Asterisk lists.
+MAX_PENDING = 50_000
 # Seconds after which a call whose caller left its agent with no event saying why is settled.
 SETTLE_AFTER = 1.0
 _REBUILD = object()
@@ -45,6 +51,7 @@ class Follower:
         self.recorded: set[str] = set()
         self._queue: asyncio.Queue = asyncio.Queue()
         self._busy = False
+        self.overflows = 0
         self._tasks: list[asyncio.Task] = []
         self._unsubscribe = None
         self.handled = 0
@@ -90,7 +97,18 @@ class Follower:
         return self._queue.qsize() + (1 if self._busy else 0)
 
     def _heard(self, event: dict) -> None:
-        self._queue.put_nowait((event, time.time()))
+        if self._queue.qsize() < MAX_PENDING:
+            self._queue.put_nowait((event, time.time()))
+            return
+        dropped = 0
+        while not self._queue.empty():
+            self._queue.get_nowait()
+            self._queue.task_done()
+            dropped += 1
+        self.overflows += 1
+        log.warning("the call follower fell %d AMI events behind: they are dropped and the calls read again from "
+                    "Asterisk (part changes meanwhile are seen as they are then)", dropped)
+        self._queue.put_nowait((_REBUILD, time.time()))
 
     def _connected(self) -> None:
         # NOTE: events may have been missed while the connection was down: the calls are read
@@ -124,22 +142,42 @@ class Follower:
         if name == "_Settle":
             await self._act(self.tracker.settle(at - self.settle_after))
             return
-        if name == "VarSet" and event.get("Variable", "").startswith(_ID_VARIABLE) and event.get("Value"):
+        if name == "VarSet" and event.get("Value") and event.get("Variable", "").startswith((_ID_VARIABLE, FOLLOWED)):
             self.recorded.add(event.get("Uniqueid", ""))
         await self._act(self.tracker.feed(event, at))
         if name == "Hangup":
             await self._hung_up(event.get("Uniqueid", ""))
 
-    async def _act(self, transitions) -> None:
+    async def _act(self, transitions, *, known: bool = False) -> None:
+        """Acts on the part changes of recorded calls. ``known``: the calls are known to be
+        recorded (read from the database), whatever this process heard."""
         ended = None
         for transition in transitions:
             if isinstance(transition, PartEnded):
                 ended = transition
             elif isinstance(transition, PartBegan) and ended is not None and ended.call == transition.call:
-                await self.following.part_changed(ended, transition)
+                if known or self._recorded(ended, transition):
+                    await self._part_changed(ended, transition)
                 ended = None
             elif isinstance(transition, CallEnded):
                 await self._hung_up(transition.anchor_uniqueid)
+
+    def _recorded(self, ended: PartEnded, began: PartBegan) -> bool:
+        """Whether a channel of the part that ended has a recording, as every process hears it
+        (or this one remembers): most calls have none, and their part changes cost nothing."""
+        channels = (began.anchor_uniqueid, ended.peer_uniqueid)
+        return any(c in self.recorded or (c and self.service.active(c) is not None) for c in channels)
+
+    async def _part_changed(self, ended: PartEnded, began: PartBegan) -> None:
+        before = await self.following.part_changed(ended, began)
+        if before is not None and before.state == "paused":
+            # NOTE: handed on paused, the new leg runs no MixMonitor whose id variable would tell
+            # the other processes that the caller's channel is recorded: this does.
+            try:
+                await self.manager.client.action("Setvar", Channel=began.anchor_channel, Variable=FOLLOWED,
+                                                 Value="1")
+            except Exception as exc:  # noqa: BLE001 - AMI gone: the next connection reads the database
+                log.info("%s was not marked as followed (%s)", began.anchor_channel, exc)
 
     def _orphans(self, active, live: set, changed: set, at: float) -> list:
         """For each call still going whose recording ran on a channel that is gone now (an
@@ -194,6 +232,8 @@ class Follower:
         live = {item.get("Uniqueid") for item in listed}
         self.recorded = {leg.unique_id for leg in active if leg.unique_id in live}
         taken = {t.call for t in changed if isinstance(t, PartEnded)}
-        await self._act(changed + self._orphans(active, live, taken, at))
+        recorded_calls = {leg.linkedid for leg in active if leg.linkedid}
+        await self._act([t for t in changed if t.call in recorded_calls], known=True)
+        await self._act(self._orphans(active, live, taken, at), known=True)
         log.info("following %d calls (%d channels with a recording) after connecting to Asterisk",
                  len(self.tracker.model.calls), len(self.recorded))

@@ -76,6 +76,7 @@ class ServiceMetrics:
         *,
         journal_backlog: Callable[[], float] | None = None,
         ami_connected: Callable[[], bool] | None = None,
+        ami_pending: Callable[[], float] | None = None,
         known_routes: Iterable[str] = (),
         known_paths: Iterable[str] = (),
     ):
@@ -141,8 +142,14 @@ class ServiceMetrics:
             multiprocess_mode="livemax", registry=into,
         )
         self.webhook_source: Callable[[], float] | None = None
+        # Summed over the live workers, each following every call from its own AMI connection.
+        self.ami_pending = Gauge(
+            "recording_ami_events_pending", "AMI events heard and not yet handled by the call follower",
+            multiprocess_mode="livesum", registry=into,
+        )
         self.journal_source = journal_backlog
         self.ami_source = ami_connected
+        self.ami_pending_source = ami_pending
         self.known_routes = frozenset(known_routes)
         self.known_paths = frozenset(known_paths)
 
@@ -172,6 +179,7 @@ class ServiceMetrics:
         for name, gauge, source, convert in (
             ("recording_journal_backlog", self.journal_backlog, self.journal_source, float),
             ("recording_ami_connected", self.ami_connected, self.ami_source, lambda up: 1.0 if up else 0.0),
+            ("recording_ami_events_pending", self.ami_pending, self.ami_pending_source, float),
             ("recording_webhook_oldest_pending_seconds", self.webhook_backlog_age, self.webhook_source, float),
         ):
             if source is None:

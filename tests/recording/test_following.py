@@ -168,7 +168,8 @@ def test_calls_nobody_records_are_followed_for_nothing(ami_service, fake_ami, st
     follow(ami_service, fake_ami)
 
     assert store.find_legs() == [] and fake_ami.received("MixMonitor") == []
-    assert ami_service.app.follower.following.taken == 0
+    # No channel of the call has a recording: its part changes never reach the database.
+    assert ami_service.app.follower.following.asked == 0
 
 
 def test_two_processes_on_one_database_record_each_part_once(store, settings, fake_ami, agents, tmp_path):
@@ -295,3 +296,18 @@ def test_the_dialplan_records_the_caller_before_dial(ami_service, fake_ami, stor
     legs = settled(store, "dialplan", len(path))
     assert [(v.owner, v.ownership, v.ended_by) for v in legs] == path
     assert all(v.channel == anchor for v in legs)
+
+
+def test_a_follower_far_behind_drops_what_waits_and_reads_the_calls_again(ami_service, fake_ami, store, agents,
+                                                                         monkeypatch, caplog):
+    from recording.doors import follower as followers
+
+    # (the AMI client hands over up to 32 events between two turns of the loop: more than 5)
+    monkeypatch.setattr(followers, "MAX_PENDING", 5)
+    listed = len(fake_ami.received("CoreShowChannels"))
+    fake_ami.replay(transfer_events("3")).play()  # about 300 events in one turn of the fake's loop
+    follow(ami_service, fake_ami)
+
+    assert ami_service.app.follower.overflows >= 1
+    assert len(fake_ami.received("CoreShowChannels")) > listed
+    assert "AMI events behind: they are dropped and the calls read again from Asterisk" in caplog.text

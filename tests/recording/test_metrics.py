@@ -25,6 +25,7 @@ FAMILIES = {
     "recording_database_seconds": ("histogram", set()),
     "recording_journal_backlog": ("gauge", set()),
     "recording_ami_connected": ("gauge", set()),
+    "recording_ami_events_pending": ("gauge", set()),
     "recording_http_requests": ("counter", {"path", "status"}),
     "recording_apikey_failures": ("counter", set()),
     "recording_webhook_deliveries": ("counter", {"outcome"}),

@@ -121,7 +121,9 @@ def test_nothing_is_left_once_every_channel_hung_up(capture_id):
 
 
 def test_one_log_line_per_transition(caplog):
-    caplog.set_level(logging.INFO, logger="recording.calls")
+    # NOTE: at DEBUG: most calls are recorded by nobody, and the following's own INFO lines say
+    # what it did for those that are.
+    caplog.set_level(logging.DEBUG, logger="recording.calls")
     replay(transfer_events("3"))
     assert [r.getMessage() for r in caplog.records] == [
         "call 1796434840.280: - -> start -> part 1 (no agent)",

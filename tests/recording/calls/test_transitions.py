@@ -25,7 +25,7 @@ def test_describe_part():
 
 
 def test_a_hostile_channel_name_reaches_the_log_escaped(caplog):
-    caplog.set_level(logging.INFO, logger="recording.calls")
+    caplog.set_level(logging.DEBUG, logger="recording.calls")
     s = Stream()
     caller = s.channel("trunk")
     agent = s.channel("4\x1b[31m10\nFAKE LINE", caller.linkedid)
