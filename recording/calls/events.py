@@ -156,13 +156,14 @@ class EventApplier:
         self.model.destroy_bridge(event.get("BridgeUniqueid", ""))
 
     def _on_bridgemerge(self, event, at, touched) -> None:
-        into, source = event.get("ToBridgeUniqueid"), event.get("FromBridgeUniqueid")
-        if into and source:
-            # NOTE: the merge of an attended transfer's bridges (capture 3) is the transfer.
+        # NOTE: the merge of an attended transfer's bridges (capture 3) is the transfer. The
+        # channels it moves each get their BridgeLeave and BridgeEnter after this event, and a
+        # channel already leaving (the transferer that hung up) is not moved at all: its
+        # BridgeLeave may come after the others' (bridge.c bridge_do_merge; seen on a real
+        # Asterisk 22.10.1). So the model moves nobody here.
+        if event.get("ToBridgeUniqueid") and event.get("FromBridgeUniqueid"):
             for call in touched.values():
                 self._hint_transfer(call, at, None)
-            self.model.merge(into, source)
-            self._touch_bridge(into, touched)
 
     def _on_hanguprequest(self, event, at, touched) -> None:
         channel = self._channel(event)

@@ -162,3 +162,19 @@ def test_settle_ends_a_part_no_event_explained():
         ("ended", 2, "411", "left", 39.2), ("began", 3, None, "left", 39.2)]
     assert tracker.waiting() == []
     assert tracker.settle(41.0) == []
+
+
+def test_an_attended_transfer_whose_merge_comes_before_the_transferers_leave():
+    # Capture 3 as a real Asterisk 22.10.1 also sends it (3 runs of 4 in
+    # tests/real_asterisk/test_following.py): BridgeMerge first, then the moved channel's
+    # BridgeLeave/BridgeEnter, and only then the BridgeLeave of 410's channel, which hung up
+    # and is not moved (bridge.c bridge_do_merge skips a channel already leaving). 410 must not
+    # become the caller's agent again for a moment.
+    events = transfer_events("3")
+    a1 = "Local/410@capx-agents-0000008d;1"
+    merge = next(i for i, (_, e) in enumerate(events) if e["Event"] == "BridgeMerge")
+    leave = max(i for i, (_, e) in enumerate(events) if i < merge and e["Event"] == "BridgeLeave"
+                and e["Channel"] == a1)
+    moved = next(i for i, (_, e) in enumerate(events) if i > merge and e["Event"] == "BridgeEnter")
+    reordered = events[:leave] + events[leave + 1:moved + 1] + [events[leave]] + events[moved + 1:]
+    assert [short(t) for t in replay(reordered)] == [short(t) for t in replay(events)]
