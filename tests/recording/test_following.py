@@ -191,3 +191,37 @@ def test_two_processes_on_one_database_record_each_part_once(store, settings, fa
     assert taken == 2
     anchor = legs[1].channel
     assert started_on(fake_ami, anchor) == [legs[1].file, legs[2].file]
+
+
+def test_the_previous_parts_recording_is_muted_at_the_change_before_the_database_decides(
+        ami_service, fake_ami, store, agents):
+    # On a real Asterisk the next agent can be talking with the caller while the database
+    # decides who records the next part (a blind transfer to a phone that answers at once, the
+    # agent's channel moved into a consultation): the process running the previous part's
+    # MixMonitor mutes it at once, so the previous leg holds none of the next part
+    # (tests/real_asterisk/test_following.py), then it is stopped as before.
+    replay = fake_ami.replay(transfer_events("1"))
+    replay.play(until=1.0)
+    follow(ami_service, fake_ami)
+    http = HTTPClient(ami_service.app.http_port)
+    started = http.post(START, extenOrUniqueId="410", apiKey=API_KEY, tag="muted")
+    assert started.status == 200, started.body
+    replay.play(until=10.0)
+    follow(ami_service, fake_ami)
+    replay.play()
+    follow(ami_service, fake_ami)
+
+    first, waiting, talk = settled(store, "muted", 3)
+    actions = [(a["Action"], a.get("Channel"), a.get("MixMonitorID") or a.get("File"), a.get("State"))
+               for a in fake_ami.received() if a["Action"] in ("MixMonitor", "MixMonitorMute", "StopMixMonitor")]
+    anchor = waiting.channel
+    # Each change: the running recording muted, the next part's started, the muted one stopped.
+    assert [a[:2] for a in actions] == [
+        ("MixMonitor", first.channel), ("MixMonitorMute", first.channel), ("MixMonitor", anchor),
+        ("StopMixMonitor", first.channel), ("MixMonitorMute", anchor), ("MixMonitor", anchor),
+        ("StopMixMonitor", anchor)]
+    assert [a[2] for a in actions if a[0] == "MixMonitor"] == [first.file, waiting.file, talk.file]
+    assert actions[1][2:] == (actions[3][2], "1") and actions[4][2:] == (actions[6][2], "1")
+    assert actions[1][2] and actions[4][2] and actions[1][2] != actions[4][2]
+    # The legs stay unpaused in the database: the mute is the head start of the stop.
+    assert [v.pauses for v in (first, waiting, talk)] == [(), (), ()]
