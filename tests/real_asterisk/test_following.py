@@ -48,8 +48,16 @@ SCENARIOS = {
     "redirect": (transfers.redirect, "45"),
     "paused": (transfers.paused_transfer, "46"),
     "workers": (transfers.blind_from_dialplan, "47"),
+    "attended-keys": (transfers.attended_by_keys, "48"),
 }
-MEASURED = ["blind-crm", "blind-dialplan", "attended", "queue", "redirect", "workers"]
+# NOTE: a product issue (reported): the CRM recorded the agent's channel (by extension); the
+# attended-transfer feature stops passing the caller's audio to the agent's channel when its code
+# is pressed, and the agent's part ends only when the agent leaves for the consultation, once the
+# target is typed: the caller's audio in between (seconds, as a person types) is in no leg.
+TYPED = pytest.mark.xfail(strict=True, reason="the caller's audio while the agent recorded by extension types an "
+                                              "attended transfer's target is in no leg (reported)")
+MEASURED = ["blind-crm", "blind-dialplan", "attended", "queue", "redirect", "workers",
+            pytest.param("attended-keys", marks=TYPED)]
 MOST = 0.8  # of a leg's 100-ms windows, in which its own agent's and the caller's tones are heard
 # The most of another agent's audio a leg may hold: the next agent may be talking with the caller
 # before the service has heard of the change and muted the previous part's recording (a phone
@@ -107,7 +115,7 @@ def outcome_of(followed, name: str) -> transfers.Outcome:
 
 # -- what every followed call must show ------------------------------------------------------
 
-def assert_followed(outcome: transfers.Outcome, expected: list[tuple]) -> None:
+def assert_followed(outcome: transfers.Outcome, expected: list[tuple], audio: bool = True) -> None:
     """The legs are ``expected`` (owner, ownership, ended_by, the agent's extension talking in
     it or None), each taking over from the one before at the moment it ended, every leg after
     the first on the caller's channel with the call's Linkedid, every leg with the tag; the
@@ -122,7 +130,8 @@ def assert_followed(outcome: transfers.Outcome, expected: list[tuple]) -> None:
     parts = [leg.part for leg in legs[1:]]
     assert parts == sorted(set(parts)), parts
     assert list(outcome.running_before_hangup.values()) == [legs[-1].file.removesuffix(".wav")]
-    assert_audio(outcome, [row[3] for row in expected])
+    if audio:
+        assert_audio(outcome, [row[3] for row in expected])
 
 
 def assert_audio(outcome: transfers.Outcome, extensions: list[str | None]) -> None:
@@ -195,6 +204,20 @@ def test_an_attended_transfer_by_atxfer_then_the_first_agent_hangs_up(followed, 
                               ("ann", "EXTENSION", "hangup", "431")])
     hold = outcome.legs[1]
     assert hold.caller >= MOST * hold.windows and hold.windows >= 10
+    assert_retrieval(with_ami, outcome)
+
+
+def test_an_attended_transfer_by_the_agents_phone_keys(followed, with_ami):
+    outcome = outcome_of(followed, "attended-keys")
+    first, hold, talk = outcome.legs
+
+    assert_followed(outcome, [("fred", "EXTENSION", "hold", "480"), (None, "DEFAULT", "transfer", None),
+                              ("ann", "EXTENSION", "hangup", "481")], audio=False)
+    assert_audio(replace(outcome, legs=[hold, talk]), [None, "481"])
+    # 480's leg: 480 all along, no 481, and the caller only until 480 pressed *2 (the issue
+    # the gap test shows: the caller is in no leg from then until 480 leaves for 481).
+    assert first.agents[400] >= MOST * first.windows and not first.others(400)
+    assert transfers.TALK <= max(s.end for s in first.spans) <= transfers.TALK + 1.0
     assert_retrieval(with_ami, outcome)
 
 

@@ -41,7 +41,7 @@ QUEUE_MEMBERS = ("440", "441")
 # By an extension's last digit: the agent's tone and the user attached to it.
 TONES = {"0": 400, "1": 600, "2": 800}
 USERS = {"0": "fred", "1": "ann", "2": "joe"}
-SCENARIOS = "41 42 43 44 45 46 47".split()
+SCENARIOS = "41 42 43 44 45 46 47 48".split()
 # A tone is heard in a 100-ms window at a tenth of its level (Playtones' default, 7219): about
 # 10 ms of it; a tone in part of a window reads that part of its level.
 LEVEL = 7219.0
@@ -313,6 +313,28 @@ def attended(pbx: Asterisk, service: Serve, prefix: str, tag: str) -> Outcome:
         call.at("transfer")
         pbx.hangup(a1)
         call.peer(f"{prefix}1")
+        time.sleep(TALK)
+        return finish(tag, call, service, 3)
+    finally:
+        call.hang_up()
+
+
+def attended_by_keys(pbx: Asterisk, service: Serve, prefix: str, tag: str) -> Outcome:
+    """(c) as an agent does it on the phone: the CRM records 4N0, whose phone presses the
+    attended-transfer code *2, then the extension 4N1 digit by digit (as a person types it),
+    talks with 4N1 and hangs up."""
+    typed = []
+    for digit in f"{prefix}1":
+        typed += [f"SendDTMF({digit})", "Playtones(400)", "Wait(0.8)"]
+    pbx.add_dialplan(FOLLOW_AGENTS, f"{prefix}0", ["Answer()", "Playtones(400)", f"Wait({TALK})", "SendDTMF(*2)",
+                                                  "Playtones(400)", "Wait(0.5)", *typed, "Wait(1.5)", "Hangup()"])
+    call = place(pbx, [f"Dial(Local/{prefix}0@{FOLLOW_AGENTS}/n,30,t)"])
+    try:
+        call.peer(f"{prefix}0")
+        call.at("start")
+        http(service, "start", f"{prefix}0", tag=tag)
+        call.peer(f"{prefix}1", timeout=20)
+        call.at("transferred")
         time.sleep(TALK)
         return finish(tag, call, service, 3)
     finally:
