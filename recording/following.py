@@ -15,6 +15,7 @@ the change and the new MixMonitor, one database write and an AMI round trip, is 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from functools import partial
 from datetime import datetime, timezone
@@ -63,17 +64,25 @@ class Following:
             linkedid=began.call, part=began.part,
         )
         async with service.call_turn(anchor):
-            muted = await self._mute_running(channels)
+            # NOTE: the mute runs beside the database's decision, not before it: it must not
+            # delay this process's claim (the process running the recording would otherwise
+            # always lose it to another one, and the legs' times come from different clocks).
+            muting = asyncio.ensure_future(self._mute_running(channels))
             try:
                 taken = await service.read(partial(service.store.take_over, channels, leg, cause=ended.cause,
                                                    key=new_leg_id()))
             except (StorageUnavailable, StorageRefused) as exc:
+                muted = await muting
                 log.error("call %s: part %d (%s) not recorded: its leg could not be written: %s", began.call,
                           began.part, extension or "no agent", exc)
                 # NOTE: nobody can decide who records the next part: the running recording goes
                 # on recording it (README, "Transfers and queues").
                 await self._unmute(muted)
                 return None
+            except BaseException:
+                muting.cancel()
+                raise
+            muted = await muting
             if taken is None:
                 await self._unmute_unless_taken_over(muted)
                 return None
