@@ -336,6 +336,10 @@ class StartOutcome:
     file: str
     leg: int
     deferred: bool = False
+    # The channel the leg records, when it is not the one the request named (a call followed
+    # through a transfer is recorded on its caller's channel): its unique id and name.
+    unique_id: str = ""
+    channel: str = ""
 
 
 @dataclass(slots=True)

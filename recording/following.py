@@ -6,18 +6,23 @@ The call tracker (``recording/calls``) says when a call's part changes; this mod
 the database decides which process records the new part (Store.take_over ends the call's active
 leg and writes the next one in one transaction, each leg taken over at most once), and that
 process starts the new part's MixMonitor on the call's anchor (the caller's channel, which every
-transfer keeps) before it stops the previous part's, so the two overlap rather than leave a gap.
+transfer keeps), then stops the previous part's. The process running the previous part's
+MixMonitor mutes it as soon as it hears of the change, before the database decides: meanwhile
+the anchor may already talk with the next agent, who must not be heard in the previous agent's
+leg (seen on a real Asterisk, tests/real_asterisk/test_following.py). The caller's audio between
+the change and the new MixMonitor, one database write and an AMI round trip, is in neither leg.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from functools import partial
 from datetime import datetime, timezone
 
 from .calls import PartBegan, PartEnded
 from .domain import Channel, LegView, NewLeg, mixmonitor_variable, new_leg_id
-from .errors import AsteriskFailure, StorageRefused, StorageUnavailable
+from .errors import AsteriskFailure, RecordingFailure, StorageRefused, StorageUnavailable
 from .ops.config import render_file
 from .service import ActiveLeg, RecordingService
 
@@ -61,17 +66,32 @@ class Following:
         )
         async with service.call_turn(anchor):
             self.asked += 1
+            # NOTE: the mute runs beside the database's decision, not before it: it must not
+            # delay this process's claim (the process running the recording would otherwise
+            # always lose it to another one, and the legs' times come from different clocks).
+            muting = asyncio.ensure_future(self._mute_running(channels))
             try:
                 taken = await service.read(partial(service.store.take_over, channels, leg, cause=ended.cause,
                                                    key=new_leg_id(), from_agent=ended.extension))
             except (StorageUnavailable, StorageRefused) as exc:
+                muted = await muting
                 log.error("call %s: part %d (%s) not recorded: its leg could not be written: %s", began.call,
                           began.part, extension or "no agent", exc)
+                # NOTE: nobody can decide who records the next part: the running recording goes
+                # on recording it (README, "Transfers and queues").
+                await self._unmute(muted)
                 return None
+            except BaseException:
+                muting.cancel()
+                raise
+            muted = await muting
             if taken is None:
+                await self._unmute_unless_taken_over(muted)
                 return None
             before, result = taken
             if result is None:
+                # The leg goes on into the new part: its recording is heard again.
+                await self._unmute(muted)
                 log.info("call %s: leg %s goes on into part %d (%s): it has the same owner, or the agent it was "
                          "given for answered", began.call, before.id, began.part, extension or "no agent")
                 return None
@@ -89,6 +109,44 @@ class Following:
                                "paused" if paused else "recording", "restart" if paused else None)
             service.remember(anchor, active.leg, active if mixmonitor_id or paused else None)
             return before
+
+    async def _mute_running(self, unique_ids: list[str]) -> ActiveLeg | None:
+        """Mutes the MixMonitor this process runs for the part that just ended (on the anchor,
+        or on the agent's channel a request recorded); returns its leg, or None when there is
+        none to mute here (another process runs it, the leg is paused, no AMI, or its channel
+        is gone and took it along)."""
+        muter = self.service.muter
+        if muter is None or not muter.connected:
+            return None
+        for unique_id in unique_ids:
+            running = self.service.active(unique_id)
+            if running is not None and running.state == "recording" and running.mixmonitor_id:
+                try:
+                    await muter.mute(running.channel, running.mixmonitor_id, True)
+                except AsteriskFailure:
+                    return None
+                return running
+        return None
+
+    async def _unmute(self, muted: ActiveLeg | None) -> None:
+        if muted is not None:
+            try:
+                await self.service.muter.mute(muted.channel, muted.mixmonitor_id, False)
+            except AsteriskFailure as exc:
+                log.warning("the recording of leg %s on %s stays muted: %s", muted.leg_id, muted.channel, exc)
+
+    async def _unmute_unless_taken_over(self, muted: ActiveLeg | None) -> None:
+        """No leg was written for the new part here: if another process took the muted leg
+        over, it stops it; otherwise (the call is not followed, or the leg's start has not
+        reached the database yet) the leg goes on as it was."""
+        if muted is None:
+            return
+        try:
+            now = await self.service.read(self.service.store.leg, muted.leg_id)
+        except RecordingFailure:
+            now = None
+        if now is None or now.state in ("recording", "paused"):
+            await self._unmute(muted)
 
     async def _start(self, leg: NewLeg, file: str) -> str | None:
         """Starts the new part's MixMonitor on the anchor; a leg whose MixMonitor did not start

@@ -105,6 +105,9 @@ class LegOutcome:
     file: str = ""
     leg: int = 0
     deferred: bool = False
+    # The channel the leg records (see StartOutcome).
+    unique_id: str = ""
+    channel: str = ""
 
 
 class Muter(Protocol):
@@ -376,7 +379,8 @@ class RecordingService:
         if tag is not None and tag != active.tag:
             deferred = (await self.persister.write(TagUpdate(unique_id, tag, utcnow()))).deferred
             self.remember(unique_id, active.leg, replace(active, tag=tag))
-        return StartOutcome("ALREADY_RECORDING", active.leg_id, active.file, active.leg, deferred)
+        return StartOutcome("ALREADY_RECORDING", active.leg_id, active.file, active.leg, deferred, unique_id,
+                            active.channel)
 
     async def _start_new(
         self, request: StartRequest, channel: Channel, agent: tuple[UserRef | None, str | None], tag: str | None
@@ -500,7 +504,7 @@ class RecordingService:
                                key=new_leg_id())
             deferred = await self._apply(change)
             self.remember(request.unique_id, leg.leg, None)
-            return LegOutcome("STOPPED", leg.leg_id, leg.file, leg.leg, deferred)
+            return LegOutcome("STOPPED", leg.leg_id, leg.file, leg.leg, deferred, request.unique_id, leg.channel)
 
     async def pause(self, request: LegRequest, channel: Channel) -> LegOutcome:
         """Pauses the call's active leg: muted over AMI when the manager is connected (the file
@@ -513,14 +517,14 @@ class RecordingService:
                 return LegOutcome("NOT_RECORDING")
             await self._check_actor(leg, request.actor, "pause")
             if leg.state == "paused":
-                return LegOutcome("PAUSED", leg.leg_id, leg.file, leg.leg)
+                return LegOutcome("PAUSED", leg.leg_id, leg.file, leg.leg, False, request.unique_id, leg.channel)
             leg = await self._with_id(leg, channel)
             method = await self._silence(leg, channel)
             change = LegChange(leg.leg_id, request.unique_id, "pause", utcnow(), by=request.by, method=method,
                                key=new_leg_id())
             deferred = await self._apply(change)
             self.remember(request.unique_id, leg.leg, replace(leg, state="paused", pause_method=method))
-            return LegOutcome("PAUSED", leg.leg_id, leg.file, leg.leg, deferred)
+            return LegOutcome("PAUSED", leg.leg_id, leg.file, leg.leg, deferred, request.unique_id, leg.channel)
 
     async def resume(self, request: LegRequest, channel: Channel) -> LegOutcome:
         """Resumes a paused leg the way it was paused (unmute, or a new MixMonitor appending to
@@ -534,14 +538,14 @@ class RecordingService:
                 return LegOutcome("NOT_RECORDING")
             await self._check_actor(leg, request.actor, "resume")
             if leg.state != "paused":
-                return LegOutcome("RESUMED", leg.leg_id, leg.file, leg.leg)
+                return LegOutcome("RESUMED", leg.leg_id, leg.file, leg.leg, False, request.unique_id, leg.channel)
             new_id = await self._sound(leg, channel)
             change = LegChange(leg.leg_id, request.unique_id, "resume", utcnow(), by=request.by,
                                mixmonitor_id=new_id, key=new_leg_id())
             deferred = await self._apply(change)
             resumed = replace(leg, state="recording", pause_method=None, mixmonitor_id=new_id or leg.mixmonitor_id)
             self.remember(request.unique_id, leg.leg, resumed)
-            return LegOutcome("RESUMED", leg.leg_id, leg.file, leg.leg, deferred)
+            return LegOutcome("RESUMED", leg.leg_id, leg.file, leg.leg, deferred, request.unique_id, leg.channel)
 
     async def _on_the_call(self, request: LegRequest, channel: Channel) -> tuple[LegRequest, Channel]:
         """Where a stop, pause or resume acts when the calls are followed: the named channel's

@@ -61,7 +61,10 @@ class EventApplier:
     def apply(self, event: Mapping[str, str], at: float) -> Applied:
         applied = Applied()
         self._hung_up = applied.hung_up
-        handler = getattr(self, f"_on_{event.get('Event', '').lower()}", None)
+        name = event.get("Event", "").lower()
+        handler = getattr(self, f"_on_{name}", None)
+        if name == "varset" and not (event.get("Variable") == "BLINDTRANSFER" and event.get("Value")):
+            handler = None  # the one variable a part depends on; the others are most events
         channels = self._apply_snapshots(event, applied)
         applied.relevant = applied.relevant or handler is not None
         if not applied.relevant:
@@ -156,13 +159,14 @@ class EventApplier:
         self.model.destroy_bridge(event.get("BridgeUniqueid", ""))
 
     def _on_bridgemerge(self, event, at, touched) -> None:
-        into, source = event.get("ToBridgeUniqueid"), event.get("FromBridgeUniqueid")
-        if into and source:
-            # NOTE: the merge of an attended transfer's bridges (capture 3) is the transfer.
+        # NOTE: the merge of an attended transfer's bridges (capture 3) is the transfer. The
+        # channels it moves each get their BridgeLeave and BridgeEnter after this event, and a
+        # channel already leaving (the transferer that hung up) is not moved at all: its
+        # BridgeLeave may come after the others' (bridge.c bridge_do_merge; seen on a real
+        # Asterisk 22.10.1). So the model moves nobody here.
+        if event.get("ToBridgeUniqueid") and event.get("FromBridgeUniqueid"):
             for call in touched.values():
                 self._hint_transfer(call, at, None)
-            self.model.merge(into, source)
-            self._touch_bridge(into, touched)
 
     def _on_hanguprequest(self, event, at, touched) -> None:
         channel = self._channel(event)
@@ -181,6 +185,21 @@ class EventApplier:
     def _on_blindtransfer(self, event, at, touched) -> None:
         if event.get("Result", "Success") == "Success":
             for call in touched.values():
+                # NOTE: the event may come after the caller's Newexten and BridgeLeave (seen on
+                # a real Asterisk 22.10.1, as with SIP phones): a part the transfer already
+                # ended (told by BLINDTRANSFER) is not hinted again, or the next agent's
+                # answer would read as a transfer.
+                if call.part is not None and call.part.extension is not None:
+                    self._hint_transfer(call, at, None)
+
+    def _on_varset(self, event, at, touched) -> None:
+        # NOTE: BLINDTRANSFER is set on the transferee and the transferer before the goto that
+        # takes the caller out of the bridge (bridge_basic.c), so before the caller's Newexten
+        # and BridgeLeave, which the BlindTransfer event may follow: it tells a blind transfer
+        # from an AMI Redirect (which sets nothing) in time. It is set to '' when the caller
+        # enters its next bridge (not passed here).
+        for call in touched.values():
+            if call.part is not None and call.part.extension is not None:
                 self._hint_transfer(call, at, None)
 
     def _on_attendedtransfer(self, event, at, touched) -> None:

@@ -194,15 +194,6 @@ class Model:
             bridge.members.remove(channel.uniqueid)
         channel.bridge = None
 
-    def merge(self, into: str, source: str) -> None:
-        """BridgeMerge: every channel of ``source`` moves into ``into``."""
-        moved = self.bridges.pop(source, Bridge(source)).members
-        for uniqueid in moved:
-            channel = self.channels.get(uniqueid)
-            if channel is not None:
-                channel.bridge = None
-                self.enter(channel, into)
-
     def destroy_bridge(self, bridge_id: str) -> None:
         bridge = self.bridges.pop(bridge_id, None)
         for uniqueid in bridge.members if bridge else ():

@@ -135,10 +135,13 @@ class ServerLog(logging.LoggerAdapter):
 
 
 def answer(outcome, channel) -> web.Response:
-    """200 with a service outcome (StartOutcome or LegOutcome) on ``channel``, as JSON."""
+    """200 with a service outcome (StartOutcome or LegOutcome) as JSON: the channel is the one
+    the leg records (``channel``, the one the request named, unless the outcome says another:
+    a followed call's leg runs on its caller's channel)."""
     return web.json_response({
-        "status": outcome.status, "recordingId": outcome.leg_id, "uniqueId": channel.unique_id,
-        "channel": channel.name, "leg": outcome.leg, "file": outcome.file, "deferred": outcome.deferred,
+        "status": outcome.status, "recordingId": outcome.leg_id,
+        "uniqueId": outcome.unique_id or channel.unique_id, "channel": outcome.channel or channel.name,
+        "leg": outcome.leg, "file": outcome.file, "deferred": outcome.deferred,
     })
 
 

@@ -642,8 +642,11 @@ class Store:
 
     def _hand_over(self, conn: Connection, before: LegView, leg: NewLeg, cause: str, key: str
                    ) -> tuple[LegView, CommitResult] | None:
-        """take_over's second half: ``before`` ends, ``leg`` follows it."""
-        at = leg.started_at
+        """take_over's second half: ``before`` ends, ``leg`` follows it. NOTE: never before
+        ``before`` began: the two may come from two processes' clocks (a part of a millisecond
+        between them, written by another process)."""
+        at = max(leg.started_at, before.start)
+        leg = replace(leg, started_at=at)
         ended = conn.execute(
             update(_legs).where(_legs.c.id == before.id, _legs.c.state.in_(ACTIVE_STATES))
             .values(state="ended", ended_at=at, ended_by=cause[:128], changed_at=at, seen_at=at)

@@ -30,9 +30,13 @@ class Manager:
         self.banner = self._file.readline().decode().strip()
         self._ids = itertools.count(1)
         self._cond = threading.Condition()
+        # NOTE: tests act from several threads at once (tests/real_asterisk/test_following.py):
+        # one action's bytes must not interleave with another's.
+        self._sending = threading.Lock()
         self._answers: dict[str, Message] = {}
         self._lists: dict[str, list[Message]] = {}
         self.events: list[Message] = []
+        self._received: dict[int, float] = {}  # id(event) -> when it arrived (time.time())
         self._closed = False
         self._sock.settimeout(None)
         self._reader = threading.Thread(target=self._read, name="test-ami", daemon=True)
@@ -63,9 +67,7 @@ class Manager:
 
     def list_action(self, name: str, timeout: float | None = None, **fields) -> list[Message]:
         """Sends a list action; the events up to its ``...Complete`` event (excluded)."""
-        action_id = self._send(name, fields)
-        with self._cond:
-            self._lists[action_id] = []
+        action_id = self._send(name, fields, listing=True)
         reply = self._wait(lambda: self._answers.pop(action_id, None), timeout, f"answer to {name}")
         if reply.get("Response") == "Error":
             raise ManagerError(reply)
@@ -101,19 +103,28 @@ class Manager:
 
         return self._wait(find, timeout, what or f"an AMI event {match}")
 
+    def received_at(self, event: Message) -> float:
+        """When ``event`` (one of :attr:`events`) arrived, in ``time.time()`` seconds."""
+        return self._received[id(event)]
+
     def find_events(self, match: dict, after: int = 0) -> list[Message]:
         with self._cond:
             return [e for e in self.events[after:] if all(e.get(k) == v for k, v in match.items())]
 
     # -- the wire --------------------------------------------------------------------------
 
-    def _send(self, name: str, fields: dict) -> str:
+    def _send(self, name: str, fields: dict, listing: bool = False) -> str:
         action_id = f"t{next(self._ids)}"
+        if listing:
+            # NOTE: before sending: the list's events may arrive before this thread runs again.
+            with self._cond:
+                self._lists[action_id] = []
         lines = [f"Action: {name}", f"ActionID: {action_id}"]
         for key, value in fields.items():
             for item in value if isinstance(value, (list, tuple)) else [value]:
                 lines.append(f"{key}: {item}")
-        self._sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        with self._sending:
+            self._sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         return action_id
 
     def _wait(self, probe, timeout: float | None, what: str):
@@ -162,5 +173,6 @@ class Manager:
             elif "Event" in message and action_id in self._lists:
                 self._lists[action_id].append(message)
             elif "Event" in message:
+                self._received[id(message)] = time.time()
                 self.events.append(message)
             self._cond.notify_all()

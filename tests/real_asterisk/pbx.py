@@ -43,13 +43,29 @@ QUIET = ("features.conf", "queues.conf", "cdr.conf", "cel.conf", "musiconhold.co
          "prometheus.conf", "amd.conf", "res_stun_monitor.conf", "alarmreceiver.conf")
 # The pause, resume and stop keys of the README ("For a pause key during the call"): the agent
 # (callee) presses them, and the route runs on the peer, the recorded caller's channel, whose
-# RECORDING_AGI variable names the service under test.
-FEATURES = """[featuremap]
+# RECORDING_AGI variable names the service under test. The attended-transfer code is what AMI
+# Atxfer sends (tests/real_asterisk/test_following.py); the transfers README's preconditions:
+# the code configured before the call, and no announcement (no sound files are installed here,
+# and the default prompt makes the transfer fail).
+FEATURES = """[general]
+transferdigittimeout => 3
+transferannouncesound =
+
+[featuremap]
+atxfer => *2
+
 [applicationmap]
 pause-recording => *7,peer/callee,AGI(${RECORDING_AGI}/recording/pause)
 resume-recording => *8,peer/callee,AGI(${RECORDING_AGI}/recording/resume)
 stop-recording => *9,peer/callee,AGI(${RECORDING_AGI}/recording/stop)
 """
+# The queue of tests/real_asterisk/test_following.py, as the transfers README's capture 5 had
+# it: ringall. Its members, Local channels to agents' phones whose dialplan the test adds at run
+# time, are added by the test (QueueAdd): a member configured here would be "Invalid" for good,
+# its context not existing yet when app_queue first asks for its state.
+FOLLOW_QUEUE = "follow-support"
+QUEUES = (f"[general]\n\n[{FOLLOW_QUEUE}]\nstrategy = ringall\ntimeout = 15\nretry = 1\njoinempty = yes\n"
+          "leavewhenempty = no\n")
 _names = itertools.count(1)
 
 
@@ -131,6 +147,7 @@ class Asterisk:
             "extensions.conf": "[general]\nstatic = yes\nwriteprotect = yes\n\n[globals]\n\n[default]\n\n"
                                + "".join(f'#include "{name}"\n' for name in self.includes),
             "features.conf": FEATURES,
+            "queues.conf": QUEUES,
             **self.includes,
             "http.conf": "[general]\nenabled = no\n",
         }
@@ -249,13 +266,17 @@ class Asterisk:
     # -- calls -----------------------------------------------------------------------------
 
     def originate(self, context: str, exten: str = "s", application: str = "Milliwatt", data: str = "",
-                  variables: dict[str, str] | None = None, timeout: float = 10) -> str:
+                  variables: dict[str, str] | None = None, timeout: float = 10, caller: str | None = None) -> str:
         """Calls ``Local/exten@context``, whose first half runs ``application`` (Milliwatt: a
-        1004 Hz tone) while the second runs the dialplan. Returns the second half's channel
-        name (``Local/s@ctx-00000001;2``), once it exists."""
+        1004 Hz tone), or the dialplan at ``s@caller`` when ``caller`` is given, while the
+        second runs the dialplan. Returns the second half's channel name
+        (``Local/s@ctx-00000001;2``), once it exists."""
         mark = self.ami.mark()
-        fields = {"Channel": f"Local/{exten}@{context}", "Application": application, "Data": data,
-                  "Async": "true", "Timeout": "30000"}
+        fields = {"Channel": f"Local/{exten}@{context}", "Async": "true", "Timeout": "30000"}
+        if caller is None:
+            fields |= {"Application": application, "Data": data}
+        else:
+            fields |= {"Context": caller, "Exten": "s", "Priority": "1"}
         if variables:
             fields["Variable"] = [f"{k}={v}" for k, v in variables.items()]
         self.ami.action("Originate", **fields)

@@ -138,7 +138,9 @@ def test_a_pause_is_handed_on_and_a_resume_by_the_new_agent_resumes_the_new_leg(
     # 411 resumes (the CRM names 411's extension): the call's current leg resumes, on the caller.
     resumed = http.post(RESUME, extenOrUniqueId="411", apiKey=API_KEY)
     assert resumed.status == 200, resumed.body
-    assert resumed.json["recordingId"] == talk.id
+    # The answer names the leg and the channel it records (the caller's), not 411's.
+    assert (resumed.json["recordingId"], resumed.json["channel"], resumed.json["uniqueId"]) == (
+        talk.id, talk.channel, talk.unique_id)
     assert started_on(fake_ami, anchor) == [talk.file]
     replay.play()
     follow(ami_service, fake_ami)
@@ -178,6 +180,11 @@ def test_two_processes_on_one_database_record_each_part_once(store, settings, fa
     with RunningService(configured[0]) as one, RunningService(configured[1]) as two:
         for service in (one, two):
             service.run(service.app.manager.client.wait_connected(5))
+        # NOTE: each process reads Asterisk's channels when it connects; one that reads them
+        # after the call began numbers the call's parts from what it sees then (a part "seen"),
+        # which the other does not (a limitation reported with the real-Asterisk tests): both
+        # have read them before the call here.
+        follow(one, fake_ami), follow(two, fake_ami)
         replay = fake_ami.replay(transfer_events("1"))
         replay.play(until=1.0)
         follow(one, fake_ami), follow(two, fake_ami)
@@ -189,7 +196,15 @@ def test_two_processes_on_one_database_record_each_part_once(store, settings, fa
         follow(one, fake_ami), follow(two, fake_ami)
         taken = one.app.follower.following.taken + two.app.follower.following.taken
 
-    legs = settled(store, "twice", 3)
+    # NOTE: in the order the legs took over from each other. A leg's start is when the process
+    # that wrote it heard the change; when the two processes each took one of two changes a
+    # millisecond apart (the caller rings 411 for 1 ms), the later leg can start before the
+    # earlier, which then ends before it starts and sorts after it (reported: Store.take_over
+    # does not keep a leg's end after its start).
+    stored = settled(store, "twice", 3)
+    legs = [next(v for v in stored if v.follows is None)]
+    while len(legs) < len(stored):
+        legs.append(next(v for v in stored if v.follows == legs[-1].id))
     assert [(v.owner, v.ended_by) for v in legs] == [("fred", "transfer"), (None, "answer"), ("ann", "hangup")]
     # Both heard every event and tried; the database let exactly one take each part over.
     assert taken == 2
@@ -245,6 +260,40 @@ def test_an_attended_transfer_leaves_the_consultation_out(ami_service, fake_ami,
 
     legs = settled(store, "atxfer", 3)
     assert [(v.owner, v.ended_by) for v in legs] == [("fred", "hold"), (None, "transfer"), ("ann", "hangup")]
+
+
+def test_the_previous_parts_recording_is_muted_at_the_change_before_the_database_decides(
+        ami_service, fake_ami, store, agents):
+    # On a real Asterisk the next agent can be talking with the caller while the database
+    # decides who records the next part (a blind transfer to a phone that answers at once, the
+    # agent's channel moved into a consultation): the process running the previous part's
+    # MixMonitor mutes it at once, so the previous leg holds none of the next part
+    # (tests/real_asterisk/test_following.py), then it is stopped as before.
+    replay = fake_ami.replay(transfer_events("1"))
+    replay.play(until=1.0)
+    follow(ami_service, fake_ami)
+    http = HTTPClient(ami_service.app.http_port)
+    started = http.post(START, extenOrUniqueId="410", apiKey=API_KEY, tag="muted")
+    assert started.status == 200, started.body
+    replay.play(until=10.0)
+    follow(ami_service, fake_ami)
+    replay.play()
+    follow(ami_service, fake_ami)
+
+    first, waiting, talk = settled(store, "muted", 3)
+    actions = [(a["Action"], a.get("Channel"), a.get("MixMonitorID") or a.get("File"), a.get("State"))
+               for a in fake_ami.received() if a["Action"] in ("MixMonitor", "MixMonitorMute", "StopMixMonitor")]
+    anchor = waiting.channel
+    # Each change: the running recording muted, the next part's started, the muted one stopped.
+    assert [a[:2] for a in actions] == [
+        ("MixMonitor", first.channel), ("MixMonitorMute", first.channel), ("MixMonitor", anchor),
+        ("StopMixMonitor", first.channel), ("MixMonitorMute", anchor), ("MixMonitor", anchor),
+        ("StopMixMonitor", anchor)]
+    assert [a[2] for a in actions if a[0] == "MixMonitor"] == [first.file, waiting.file, talk.file]
+    assert actions[1][2:] == (actions[3][2], "1") and actions[4][2:] == (actions[6][2], "1")
+    assert actions[1][2] and actions[4][2] and actions[1][2] != actions[4][2]
+    # The legs stay unpaused in the database: the mute is the head start of the stop.
+    assert [v.pauses for v in (first, waiting, talk)] == [(), (), ()]
 
 
 def test_a_start_on_another_channel_of_a_recorded_call_is_already_recording(ami_service, fake_ami, store, agents):

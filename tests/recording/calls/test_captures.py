@@ -43,9 +43,10 @@ EXPECTED = {
     "1b": call(0.001, ("410", 0.022), ("transfer", None, 4.561), ("end", 17.081, 17.081)),
     "2": call(0.001, ("410", 0.022), ("transfer", None, 5.569), ("answer", "411", 5.569), ("end", 18.096, 18.096)),
     # Atxfer: 410 holds the caller and leaves for the consultation (the caller waits alone: a
-    # part with no agent), the bridges merge when 410 hangs up (411's part begins: transfer),
-    # then the Local pair to 411 optimises away (same agent: no new part).
-    "3": call(0.006, ("410", 0.028), ("hold", None, 5.991), ("transfer", "411", 12.570),
+    # part with no agent), the bridges merge when 410 hangs up (411's part begins when the
+    # consultation's channel enters the caller's bridge: transfer), then the Local pair to 411
+    # optimises away (same agent: no new part).
+    "3": call(0.006, ("410", 0.028), ("hold", None, 5.991), ("transfer", "411", 12.571),
               ("peer", "optimisation", 12.587), ("end", 25.110, 25.110)),
     # The Atxfer that failed (Hold then Unhold, nothing else): one part until 410 hangs up.
     "3x": call(0.006, ("410", 0.028), ("hangup", None, 20.108), ("end", 20.109, 20.109)),
