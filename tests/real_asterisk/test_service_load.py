@@ -149,7 +149,8 @@ def test_serve_with_two_workers(pbx, database, tmp_path):
         code = service.stop()
 
     assert [s.status for s in seen] == ["STARTED"] * 20
-    assert served == {1, 2} and answered_by == {1, 2}
+    assert served == {1, 2} and answered_by == {1, 2}, f"served by {served}, answered by {answered_by}:\n" + "".join(
+        line for line in service.log if re.search(r"listening|Traceback|WARNING|ERROR|CRITICAL|recording\.workers", line))[-6000:]
     assert [a.status for a in stopped] == [200] * 20 and {a.json["status"] for a in stopped} == {"STOPPED"}
     assert not any(running)
     legs = [service.legs(unique_id=s.uid) for s in seen]

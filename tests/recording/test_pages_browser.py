@@ -77,8 +77,13 @@ def sign_in(driver, base: str, login: str) -> None:
     driver.find_element(By.ID, "login").send_keys(login)
     driver.find_element(By.ID, "password").send_keys(PASSWORDS[login])
     driver.find_element(By.ID, "sign-in").click()
-    wait(driver, lambda d: d.current_url.endswith("/recordings/legs"), "the list after signing in")
-    assert driver.find_element(By.ID, "who").text == login
+    # NOTE: the list's URL can be current before its page is in the DOM (under load, in CI): wait
+    # for the signed-in name itself, and show the page that came instead if it never does.
+    try:
+        wait(driver, lambda d: d.current_url.endswith("/recordings/legs") and d.find_element(By.ID, "who").text == login,
+             f"the list after signing in as {login}")
+    except Exception as exc:
+        raise AssertionError(f"{exc}\nat {driver.current_url}:\n{driver.page_source[:4000]}") from exc
 
 
 def lengthen(path: Path, times: int) -> None:
@@ -122,7 +127,8 @@ def test_sign_in_find_play_seek_hold_and_sign_out_in_chromium(site, store, brows
     assert len(rows) == 1 and "CRM-B1" in rows[0].text
     shoot(browser, "pages-list.png")
     rows[0].find_element(By.CSS_SELECTOR, "a.open").click()
-    wait(browser, lambda d: d.current_url.endswith(f"/recordings/legs/{freds.id}"), "the leg's page")
+    wait(browser, lambda d: d.current_url.endswith(f"/recordings/legs/{freds.id}") and d.find_element(By.ID, "player"),
+         "the leg's page")
 
     # Play: the element's time advances.
     started = browser.execute_async_script(
