@@ -6,6 +6,7 @@ times as much to make); they are treated as immutable all the same.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import uuid
@@ -77,6 +78,7 @@ def system_of(unique_id: str) -> str:
 _SEQUENCE = re.compile(r"[0-9]+\.[0-9]+")
 
 
+@functools.lru_cache(maxsize=16384)  # NOTE: asked for every AMI event's channels; names repeat
 def channel_extension(channel: str) -> str:
     """The extension of a channel name: the part between the technology and the last ``-``
     (``PJSIP/410-0000001a`` gives ``410``); for a Local channel its ``@context`` and ``;N``
