@@ -133,7 +133,10 @@ def test_pause_resume_and_stop_without_ami_stop_and_append_to_the_same_file(pbx,
     pbx.wait_hangup(keys.channel, 20)
     leg = leg_of(without_ami, keys.uniqueid, "stopped")
 
-    assert set(first) != set(second) and list(first.values()) == list(second.values()) == [str(file.with_suffix(""))]
+    # NOTE: two MixMonitors one after the other (none ran between them), on one file. Their ids
+    # may be equal: a MixMonitor's id is the address of its datastore (app_mixmonitor.c,
+    # ast_asprintf "%p"), and the second one's can reuse the freed first one's (CI saw it).
+    assert list(first.values()) == list(second.values()) == [str(file.with_suffix(""))]
     assert [p.method for p in leg.pauses] == ["restart"] and leg.pauses[0].resumed_at is not None
     paused = (leg.pauses[0].resumed_at - leg.pauses[0].paused_at).total_seconds()
     recorded = (leg.end - leg.start).total_seconds() - paused
