@@ -47,6 +47,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import amifollow  # noqa: E402
+from browsing import Browsing  # noqa: E402
 import stallprobe  # noqa: E402  (bench/ is not a package: run.py runs as a script)
 from results import (  # noqa: E402
     Row, combine, format_breakdown, format_rounds, format_stalls, format_table, log_excerpt, profile_summary,
@@ -56,10 +57,12 @@ TICK = os.sysconf("SC_CLK_TCK")
 # ref: the reference's 2 commands; ref3: the 3 commands of a correct start (ratios are to it);
 # the peers: recorders as users write them with other libraries; sqlite, pg: our server.
 SERVER_NAMES = ("ref", "ref3", "pyst2", "panoramisk", "pystrix", "sqlite", "pg", "sqlite+hook", "pg+hook",
-                "sqlite+trig", "pg+trig")
+                "sqlite+trig", "pg+trig", "sqlite+pages", "pg+pages")
 # What --servers runs by default. The others, run when named, are ours with a webhook
 # subscription: +hook to a receiver in this process (every start's event written and delivered),
-# +trig with a tag prefix no leg has (the triggers write each event; nothing is delivered).
+# +trig with a tag prefix no leg has (the triggers write each event; nothing is delivered);
+# +pages with the recordings pages browsed by a Recording Manager while it is measured
+# (bench/browsing.py; what it saw is in the round's note).
 DEFAULT_SERVERS = SERVER_NAMES[:7]
 # sqlite+ami, pg+ami: our server following the calls of an AMI stream (--ami-transfers).
 AMI_NAMES = ("sqlite+ami", "pg+ami")
@@ -68,8 +71,9 @@ REFERENCES = {"ref": [], "ref3": ["--start3"]}
 PEERS = {"pyst2": ("pyst2_server.py", ("asterisk.agi", "sqlalchemy")),
          "panoramisk": ("panoramisk_server.py", ("panoramisk", "psycopg_pool")),
          "pystrix": ("pystrix_server.py", ("pystrix", "psycopg_pool"))}
-OURS = ("sqlite", "pg", "sqlite+hook", "pg+hook", "sqlite+trig", "pg+trig")
+OURS = ("sqlite", "pg", "sqlite+hook", "pg+hook", "sqlite+trig", "pg+trig", "sqlite+pages", "pg+pages")
 HOOKED = ("sqlite+hook", "pg+hook", "sqlite+trig", "pg+trig")
+PAGED = ("sqlite+pages", "pg+pages")
 
 
 def log(message: str) -> None:
@@ -292,6 +296,7 @@ class Server:
     db_comm: str | None = None  # the database server's process name, for its CPU
     probe: Path | None = None  # --probe: the file bench/stallprobe.py writes
     feed: amifollow.Feed | None = None  # a +ami server's AMI stream
+    pages: Browsing | None = None  # a +pages server's visitor
 
 
 def start_server(server: Server, cap: float) -> None:
@@ -775,10 +780,20 @@ def main(argv=None) -> int:
                 prefix = ["--tag-prefix", "no-leg-has-this"] if name.endswith("+trig") else []
                 run_checked([cli, "--database-url", url, "webhooks", "add", receiver[1], *prefix], env=env, cwd=source)
             cmd = [cli, "--database-url", url, "serve", "--listen", f"127.0.0.1:{port}", *serve_extra]
-            probe = feed = None
+            probe = feed = pages = None
             # NOTE: each server its own journal: a shared one would replay one server's
             # deferred writes into the other's database.
             server_env = dict(env, RECORDING_JOURNAL_DIR=str(tmp / f"journal-{name}"))
+            if name in PAGED:
+                password = secrets.token_urlsafe(16)
+                run_checked([cli, "--database-url", url, "users", "add", "boss", "--group", "Recording Manager"],
+                            env=env, cwd=source)
+                subprocess.run([cli, "--database-url", url, "users", "passwd", "boss", "--password-stdin"],
+                               input=password + "\n", text=True, env=env, cwd=source, check=True,
+                               capture_output=True, timeout=120)
+                pages_port = free_port()
+                server_env["RECORDING_PAGES_LISTEN"] = f"127.0.0.1:{pages_port}"
+                pages = Browsing(f"http://127.0.0.1:{pages_port}", "boss", password)
             if streamed:
                 feed = amifollow.start_feed(spawn, name, args.ami_transfers, tmp)
                 feeds.append(feed)
@@ -787,7 +802,8 @@ def main(argv=None) -> int:
             elif args.probe:
                 probe = tmp / f"probe-{name}.jsonl"
                 cmd = [sys.executable, str(HERE / "stallprobe.py"), "--out", str(probe), "--", *cmd[1:]]
-            server = Server(name, port, log_path, cmd, env=server_env, cwd=source, probe=probe, feed=feed)
+            server = Server(name, port, log_path, cmd, env=server_env, cwd=source, probe=probe, feed=feed,
+                            pages=pages)
             server.db_comm = "postgres" if base.startswith("pg") else None
             servers.append(server)
         for server in servers:
@@ -832,11 +848,19 @@ def main(argv=None) -> int:
                     if server.feed is not None:
                         server.feed.go()
                         fed_from = time.monotonic()
+                    browsed = ""
+                    if server.pages is not None:
+                        server.pages.sign_in()
+                        server.pages.start()
                     try:
                         row = run_level(server, concurrency, sessions, args, epoch, cap, profile_to)
                     finally:
                         if server.feed is not None:
                             row_stream = server.feed.pause(args.ami_rss_cap)["interval"]
+                        if server.pages is not None:
+                            browsed = server.pages.stop()
+                    if browsed:
+                        row.note = (row.note + "; " if row.note else "") + browsed
                     if server.feed is not None:
                         row.stream = row_stream
                         row.follow = amifollow.followprobe.summarize(str(server.feed.probe), fed_from,
