@@ -1,5 +1,7 @@
-"""The only module that talks to the database: engines, transactions, and the translation of
-database errors into :class:`~recording.errors.StorageUnavailable`.
+"""The only module that opens database transactions: engines, transactions, and the translation
+of database errors into :class:`~recording.errors.StorageUnavailable`. :class:`Store` is made of
+this module's legs and users and of three parts kept beside it: ``parts.py`` (following a
+call), ``keeping.py`` (a leg after the call) and ``leases.py`` (one process at a time).
 
 Every method is synchronous and thread-safe; the asyncio side calls them from worker threads
 (see :mod:`recording.persist` for the grouped commits of the hot path).
@@ -12,12 +14,11 @@ import re
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from sqlalchemy import Engine, case, create_engine, delete, event, func, or_, select, update
+from sqlalchemy import Engine, case, create_engine, event, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import (
@@ -31,7 +32,6 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from ..domain import (
     ACTIVE_STATES,
-    ENDED_STATES,
     CommitResult,
     DirectorySnapshot,
     LegChange,
@@ -42,8 +42,11 @@ from ..domain import (
     UserRef,
     utcnow,
 )
-from ..errors import Conflict, ConfigError, Invalid, NotFound, StorageRefused, StorageUnavailable
+from ..errors import ConfigError, Invalid, StorageRefused, StorageUnavailable
 from .hotpath import HotPath
+from .keeping import Keeping
+from .leases import Leases
+from .parts import Parts
 from .models import (
     API_KEY_VARIABLE,
     CallRecord,
@@ -152,7 +155,7 @@ def _sqlite_connect(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-class Store:
+class Store(Parts, Keeping, Leases):
     """The database of call records, recording legs, users and the apiKey hash."""
 
     def __init__(self, url: str):
@@ -591,96 +594,6 @@ class Store:
                 return unchanged
         return CommitResult("CHANGED", change.unique_id, leg_id=change.leg_id)
 
-    def take_over(self, channels: Sequence[str], leg: NewLeg, *, cause: str, key: str,
-                  from_agent: str | None = None) -> tuple[LegView, CommitResult | None] | None:
-        """The next part of a followed call, as the database decides it, in one transaction.
-
-        The call's active leg is the one on one of the unique ids ``channels`` (its anchor, or
-        the agent's channel a request recorded) or of the call ``leg.linkedid``. When the new
-        part has the same owner as that leg (the user attached to the new agent's extension,
-        or nobody for both), or the leg was given an agentLoginName before the call's first
-        agent answered (``from_agent`` None, cause ``answer``: the agent it was given for),
-        or the agent hung up and left the caller alone (cause ``hangup``, no new agent: the caller
-        most often hangs up too), and it runs on the anchor, it goes on, now covering the new
-        part: the result is ``(leg, None)``. Otherwise it is ended by ``cause`` at ``leg``'s start, and ``leg`` is
-        written as taking over from it, with its tag, paused (method ``restart``: nothing
-        records until a resume) when that leg was paused: ``(leg taken over, as it was, the
-        new leg's CommitResult)``. ``key`` names the pause the new leg starts with.
-
-        None when no leg is active there (the call is not followed: never recorded, or a stop
-        was asked for it), or it records this part or a later one already (``leg.part``): the
-        change was another process's to record (the database lets exactly one).
-        """
-        at = leg.started_at
-        try:
-            with self._write() as conn:
-                mine = _legs.c.unique_id.in_(channels)
-                if leg.linkedid:
-                    mine = or_(mine, _legs.c.linkedid == leg.linkedid)
-                views = self._views(conn, conn.execute(
-                    self._leg_query().where(mine, _legs.c.state.in_(ACTIVE_STATES))
-                    .order_by(_legs.c.started_at.desc()).limit(1)
-                ))
-                if not views or (views[0].part is not None and leg.part is not None and views[0].part >= leg.part):
-                    return None
-                before = views[0]
-                owner = self._attached_owners(conn, [leg.extension]).get(leg.extension) if leg.extension else None
-                given = (cause == "answer" and from_agent is None and before.ownership == "AGENT"
-                         and before.source != "follow")
-                # NOTE: the agent hung up and the caller is alone, most often hanging up too: a
-                # leg for that moment would be an empty one on nearly every call.
-                left_alone = cause == "hangup" and not leg.extension
-                if before.unique_id == leg.unique_id and (before.owner_id == owner or given or left_alone):
-                    kept = conn.execute(
-                        update(_legs).where(_legs.c.id == before.id, _legs.c.state.in_(ACTIVE_STATES))
-                        .values(linkedid=leg.linkedid, part=leg.part)
-                    ).rowcount
-                    return (before, None) if kept == 1 else None
-                return self._hand_over(conn, before, leg, cause, key)
-        except IntegrityError:
-            return None  # that part was recorded by another process at the same moment
-
-    def _hand_over(self, conn: Connection, before: LegView, leg: NewLeg, cause: str, key: str
-                   ) -> tuple[LegView, CommitResult] | None:
-        """take_over's second half: ``before`` ends, ``leg`` follows it. NOTE: never before
-        ``before`` began: the two may come from two processes' clocks (a part of a millisecond
-        between them, written by another process)."""
-        at = max(leg.started_at, before.start)
-        leg = replace(leg, started_at=at)
-        ended = conn.execute(
-            update(_legs).where(_legs.c.id == before.id, _legs.c.state.in_(ACTIVE_STATES))
-            .values(state="ended", ended_at=at, ended_by=cause[:128], changed_at=at, seen_at=at)
-        ).rowcount
-        if ended != 1:
-            return None
-        conn.execute(update(_pauses).where(_pauses.c.leg_id == before.id, _pauses.c.resumed_at.is_(None))
-                     .values(resumed_at=at, resumed_by=cause[:128]))
-        paused = before.state == "paused"
-        leg = replace(leg, follows=before.id, tag=leg.tag or before.external_reference or before.tag,
-                      state="paused" if paused else leg.state)
-        (result,) = self._commit(conn, [leg], replay=False)
-        if paused and result.status == "STARTED":
-            conn.execute(_pauses.insert().values(leg_id=leg.id, paused_at=at, method="restart",
-                                                 paused_by=cause[:128], pause_key=key))
-        return before, result
-
-    def last_parts(self, linkedids: Sequence[str]) -> dict[str, tuple[int, str | None]]:
-        """For each of these calls that has a followed leg, the part of its newest one and that
-        part's agent extension (None: no agent): where a process that starts in the middle of
-        the calls goes on numbering them (calls.rebuild)."""
-        if not linkedids:
-            return {}
-        found: dict[str, tuple[int, str | None]] = {}
-        with self._read() as conn:
-            for start in range(0, len(linkedids), 500):
-                chunk = list(linkedids)[start:start + 500]
-                rows = conn.execute(select(_legs.c.linkedid, _legs.c.part, _legs.c.extension)
-                                    .where(_legs.c.linkedid.in_(chunk), _legs.c.part.is_not(None)))
-                for linkedid, part, extension in rows:
-                    if linkedid not in found or part > found[linkedid][0]:
-                        found[linkedid] = (part, extension or None)
-        return found
-
     def touch(self, leg_ids: Sequence[str], at: datetime) -> None:
         """Notes that these legs' channels were seen alive at ``at``."""
         if leg_ids:
@@ -762,199 +675,6 @@ class Store:
             rows = conn.execute(select(_legs.c.id, func.coalesce(_legs.c.seen_at, _legs.c.started_at))
                                 .where(_legs.c.id.in_(leg_ids)))
             return dict(rows.all())
-
-    # -- after the call: a leg's digest, legal hold and purge --------------------------------
-
-    def leg(self, leg_id: str) -> LegView | None:
-        """The leg with that id, or None."""
-        with self._read() as conn:
-            views = self._views(conn, conn.execute(self._leg_query().where(_legs.c.id == leg_id)))
-        return views[0] if views else None
-
-    def legs_ended_before(self, cutoff: datetime, after: tuple[datetime, str] | None = None, limit: int = 500
-                          ) -> list[LegView]:
-        """Ended legs whose audio is still kept and whose end is before ``cutoff``, oldest
-        first, the ``limit`` after the (end, id) ``after``; held ones and ones whose purge was
-        begun included (the caller tells them apart)."""
-        query = self._leg_query().where(_legs.c.state.in_(ENDED_STATES), _legs.c.ended_at < cutoff)
-        return self._page(query, _legs.c.ended_at, after, limit)
-
-    def unfinished_purges(self) -> list[LegView]:
-        """Legs whose purge was begun and not marked done: a purge that was interrupted."""
-        query = self._leg_query().where(_legs.c.purge_started_at.is_not(None), _legs.c.state != "purged")
-        with self._read() as conn:
-            return self._views(conn, conn.execute(query.order_by(_legs.c.purge_started_at, _legs.c.id)))
-
-    def begin_purges(self, leg_ids: Sequence[str], at: datetime, reason: str) -> set[str]:
-        """The first step of a purge, committed before any file is touched: the intent, its time
-        and reason, for each of ``leg_ids`` that may be purged (ended, not held, not begun
-        already). Returns the ids it was written for."""
-        if not leg_ids:
-            return set()
-        with self._write() as conn:
-            return set(conn.scalars(
-                update(_legs)
-                .where(_legs.c.id.in_(leg_ids), _legs.c.state.in_(ENDED_STATES), _legs.c.held_at.is_(None),
-                       _legs.c.purge_started_at.is_(None))
-                .values(purge_started_at=at, purge_reason=reason[:255])
-                .returning(_legs.c.id)
-            ))
-
-    def begin_purge(self, leg_id: str, at: datetime, reason: str) -> bool:
-        return leg_id in self.begin_purges([leg_id], at, reason)
-
-    def abandon_purge(self, leg_id: str) -> bool:
-        """Takes back a begun purge whose file could not be deleted (so the leg can be held)."""
-        with self._write() as conn:
-            changed = conn.execute(
-                update(_legs)
-                .where(_legs.c.id == leg_id, _legs.c.purge_started_at.is_not(None), _legs.c.state != "purged")
-                .values(purge_started_at=None, purge_reason=None)
-            )
-            return changed.rowcount == 1
-
-    def finish_purges(self, leg_ids: Sequence[str], at: datetime, then=None) -> set[str]:
-        """The last step, once the files are gone: the legs become ``purged``, keeping the state
-        they had ended in. Returns the ids finished now (not those never begun, or finished
-        already). ``then(conn, finished)`` runs in the same transaction (the audit's rows)."""
-        if not leg_ids:
-            return set()
-        with self._write() as conn:
-            finished = set(conn.scalars(
-                update(_legs)
-                .where(_legs.c.id.in_(leg_ids), _legs.c.purge_started_at.is_not(None),
-                       _legs.c.state.in_(ENDED_STATES))
-                .values(state="purged", purged_at=at, state_before_purge=_legs.c.state)
-                .returning(_legs.c.id)
-            ))
-            if then is not None:
-                then(conn, finished)
-            return finished
-
-    def finish_purge(self, leg_id: str, at: datetime) -> bool:
-        return leg_id in self.finish_purges([leg_id], at)
-
-    def set_hold(self, leg_id: str, *, held: bool, by: str, at: datetime, reason: str | None = None, then=None
-                 ) -> tuple[LegView, bool]:
-        """Places (``held``) or releases a legal hold. Returns the leg and whether anything
-        changed (holding a held leg, or releasing one that is not, changes nothing). Raises
-        NotFound for an unknown leg and Conflict for a leg with no audio left to hold.
-        ``then(conn, leg, changed)`` runs in the same transaction (the audit's row)."""
-        with self._write() as conn:
-            row = conn.execute(select(_legs).where(_legs.c.id == leg_id)).first()
-            if row is None:
-                raise NotFound(f"no recording leg has the id {leg_id!r}")
-            changed = False
-            if held and row.held_at is None:
-                if row.state == "purged":
-                    raise Conflict(f"the audio of leg {leg_id} was purged at {row.purged_at.isoformat()}: "
-                                   "there is nothing left to hold")
-                if row.state == "failed":
-                    raise Conflict(f"leg {leg_id} recorded nothing (its MixMonitor did not start): nothing to hold")
-                if row.purge_started_at is not None:
-                    raise Conflict(f"the purge of leg {leg_id} began at {row.purge_started_at.isoformat()} "
-                                   f"({row.purge_reason}): it can no longer be held")
-                # NOTE: the condition is checked again by the UPDATE itself, so a purge that
-                # began meanwhile (another process) wins cleanly instead of both going ahead.
-                changed = conn.execute(
-                    update(_legs).where(_legs.c.id == leg_id, _legs.c.purge_started_at.is_(None))
-                    .values(held_at=at, held_by=by[:128], hold_reason=reason[:255] if reason else None)
-                ).rowcount == 1
-                if not changed:
-                    raise Conflict(f"the purge of leg {leg_id} began just now: it can no longer be held")
-            elif not held and row.held_at is not None:
-                conn.execute(update(_legs).where(_legs.c.id == leg_id)
-                             .values(held_at=None, held_by=None, hold_reason=None))
-                changed = True
-            view = self._views(conn, conn.execute(self._leg_query().where(_legs.c.id == leg_id)))[0]
-            if then is not None:
-                then(conn, view, changed)
-        return view, changed
-
-    def unhashed_legs(self, since: datetime, limit: int) -> list[LegView]:
-        """Ended legs since ``since`` whose file has no digest yet (and no purge begun), the
-        most recently ended first."""
-        query = self._leg_query().where(
-            _legs.c.state.in_(ENDED_STATES), _legs.c.file_sha256.is_(None), _legs.c.purge_started_at.is_(None),
-            _legs.c.ended_at >= since,
-        ).order_by(_legs.c.ended_at.desc(), _legs.c.id).limit(limit)
-        with self._read() as conn:
-            return self._views(conn, conn.execute(query))
-
-    def store_digest(self, leg_id: str, size: int, sha256: str, at: datetime) -> bool:
-        """Stores a complete file's size and SHA-256 with its leg, once: a digest is never
-        overwritten. False when the leg had one already, or is being purged."""
-        with self._write() as conn:
-            changed = conn.execute(
-                update(_legs)
-                .where(_legs.c.id == leg_id, _legs.c.file_sha256.is_(None), _legs.c.state.in_(ENDED_STATES),
-                       _legs.c.purge_started_at.is_(None))
-                .values(file_size=size, file_sha256=sha256, hashed_at=at)
-            )
-            return changed.rowcount == 1
-
-    def ended_legs_page(self, since: datetime | None, after: tuple[datetime, str] | None, limit: int
-                        ) -> list[LegView]:
-        """Ended legs whose audio is kept, started at ``since`` or later, in the order of their
-        start, the ``limit`` after the (start, id) ``after``: a page of a long walk."""
-        query = self._leg_query().where(_legs.c.state.in_(ENDED_STATES))
-        if since is not None:
-            query = query.where(_legs.c.started_at >= since)
-        return self._page(query, _legs.c.started_at, after, limit)
-
-    def _page(self, query, column, after: tuple[datetime, str] | None, limit: int) -> list[LegView]:
-        """The ``limit`` legs of ``query`` after ``after`` in (``column``, id) order: one page
-        of a walk that holds no transaction open between pages."""
-        if after is not None:
-            query = query.where(or_(column > after[0], (column == after[0]) & (_legs.c.id > after[1])))
-        query = query.order_by(column, _legs.c.id).limit(limit)
-        with self._read() as conn:
-            return self._views(conn, conn.execute(query))
-
-    def lease(self, name: str, owner: str, ttl: timedelta, now: datetime, *, take_from: str | None = None) -> bool:
-        """True when ``owner`` holds the lease ``name`` now: it held it within ``ttl`` (and
-        renews it), or nobody did, or ``take_from`` held it (a holder known to be dead). One
-        process at a time does what the lease stands for; when it stops renewing, another takes
-        over after ``ttl``."""
-        value = f"{_stamp(now)} {owner}"
-        stamp = func.substr(_variables.c.value, 1, STAMP_WIDTH)
-        holder = func.substr(_variables.c.value, STAMP_WIDTH + 2)
-        takes = or_(holder == owner, stamp <= _stamp(now - ttl))
-        if take_from is not None:
-            takes = or_(takes, holder == take_from)
-        stmt = self._insert(_variables).values(name=name, value=value, updated_at=now)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["name"], set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
-            where=takes,
-        ).returning(_variables.c.name)
-        with self._write() as conn:
-            return conn.scalar(stmt) is not None
-
-    def lease_holder(self, name: str) -> str | None:
-        """Who holds (or last held) the lease ``name``; None if nobody does."""
-        with self._read() as conn:
-            value = conn.scalar(select(_variables.c.value).where(_variables.c.name == name))
-        return value[STAMP_WIDTH + 1:] if value else None
-
-    def release_lease(self, name: str, owner: str) -> None:
-        """Gives up the lease ``name`` if ``owner`` holds it, so the next caller need not wait
-        out its time."""
-        holder = func.substr(_variables.c.value, STAMP_WIDTH + 2)
-        with self._write() as conn:
-            conn.execute(delete(_variables).where(_variables.c.name == name, holder == owner))
-
-    def take_turn(self, name: str, every: timedelta, now: datetime) -> bool:
-        """True for exactly one caller per ``every`` among all the processes that share this
-        database (``serve --workers``, several hosts): the one that moves the time stored under
-        ``name`` forward. A process that crashed during its turn waits for the next one."""
-        stamp, due = _stamp(now), _stamp(now - every)
-        stmt = self._insert(_variables).values(name=name, value=stamp, updated_at=now)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["name"], set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
-            where=_variables.c.value <= due,
-        ).returning(_variables.c.name)
-        with self._write() as conn:
-            return conn.scalar(stmt) is not None
 
     # -- transactions -------------------------------------------------------------------------
 
@@ -1073,7 +793,6 @@ def _is_outage(exc: Exception) -> bool:
     return "FATAL:" not in text or any(reason in text for reason in _PASSING_REFUSALS)
 
 
-STAMP_WIDTH = len("2026-11-30T10:00:00.000000Z")
 # Seconds a kept connection may sit unused before it is checked before its next batch.
 KEPT_IDLE = 5.0
 
@@ -1081,10 +800,6 @@ KEPT_IDLE = 5.0
 def autocommitting(conn: Connection) -> bool:
     return conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
 
-
-def _stamp(when: datetime) -> str:
-    """A UTC time as fixed-width text, so that two of them compare as the times do."""
-    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def first_line(exc: BaseException) -> str:

@@ -58,8 +58,9 @@ def start_mixmonitor(session: ProbeSession, file: Path, options: str, variable: 
     mixmonitor_id = value(session.send(f"GET VARIABLE {variable}"))
     assert mixmonitor_id and mixmonitor_id.startswith("0x")
     # NOTE: MixMonitor's own thread opens the file (and only then does `mixmonitor list` show
-    # it), a moment after the application returned.
-    wait_until(file.exists, 2, f"{file.name} appears")
+    # it), a moment after the application returned; the file is empty for another moment, until
+    # its header is written (CI read it at 0 bytes once).
+    wait_until(lambda: file.exists() and size(file) >= wav.HEADER_BYTES, 2, f"{file.name} and its header appear")
     return mixmonitor_id
 
 
