@@ -125,9 +125,11 @@ def test_pause_resume_and_stop_without_ami_stop_and_append_to_the_same_file(pbx,
 
     started = wait_report(pbx, keys.label("start"))
     file = Path(started.file)
-    first = wait_until(lambda: pbx.mixmonitors(keys.channel), 5, "the first MixMonitor")
+    # NOTE: a MixMonitor is listed before its thread has opened the file, with no file name yet.
+    named = lambda: (running := pbx.mixmonitors(keys.channel)) and all(running.values()) and running  # noqa: E731
+    first = wait_until(named, 5, "the first MixMonitor")
     wait_until(lambda: not pbx.mixmonitors(keys.channel), 10, "the pause stops it")
-    second = wait_until(lambda: pbx.mixmonitors(keys.channel), 10, "the resume starts another")
+    second = wait_until(named, 10, "the resume starts another")
     wait_until(lambda: not pbx.mixmonitors(keys.channel), 10, "the stop stops it")
     closed = complete(file)
     pbx.wait_hangup(keys.channel, 20)
