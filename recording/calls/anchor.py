@@ -21,15 +21,19 @@ class AmbiguousAnchor(LookupError):
     """The extension is on more than one call; the message names their anchors."""
 
 
-def find_anchor(model: Model, target: str) -> Channel:
+def find_anchor(model: Model, target: str, *, by_extension: bool = True) -> Channel:
     """The anchor of the call of the channel ``target`` names: by unique id, by channel name,
     else by extension. For an extension, the calls in which that extension is the current
     agent come first (the agent talks with the caller now); among several channels of the
     extension on one call (Local halves, a transfer in progress) that call's anchor is the
-    answer. Raises NoAnchor, or AmbiguousAnchor when the extension is on several calls."""
+    answer. Raises NoAnchor, or AmbiguousAnchor when the extension is on several calls.
+    Not ``by_extension``: a unique id or name only, two lookups (a FastAGI start asks this, and
+    the extension's search reads every channel heard)."""
     channel = model.channels.get(target) or model.by_name(target)
     if channel is not None:
         return _anchor(model, model.call_of(channel), f"channel {printable(channel.name)}")
+    if not by_extension:
+        raise NoAnchor(f"no live channel has the unique id or name {printable(target)!r}")
     candidates = {c.uniqueid: c for c in model.channels.values() if c.extension == target and not c.gone}
     if not candidates:
         raise NoAnchor(f"no live channel has the unique id, name or extension {printable(target)!r}")

@@ -16,7 +16,7 @@ import time
 from functools import partial
 
 from ..asterisk.manager import AMIChannel, LiveChannel, Manager
-from ..calls import CallEnded, CallTracker, PartBegan, PartEnded, rebuild
+from ..calls import CallEnded, CallTracker, NoAnchor, PartBegan, PartEnded, find_anchor, rebuild
 from ..errors import RecordingFailure, StorageUnavailable
 from ..following import Following
 from ..service import RecordingService
@@ -63,16 +63,14 @@ class Follower:
     # -- what the service asks (service.CallDirectory) -----------------------------------
 
     def anchor_of(self, unique_id: str) -> tuple[str, str] | None:
-        # NOTE: by unique id only, a dictionary lookup: every FastAGI start asks this, and
-        # find_anchor's fallback (an extension: a scan of every channel heard) cost a start
-        # 20 % of its time with 8,000 channels tracked (bench, --ami-transfers 100).
-        model = self.tracker.model
-        channel = model.channels.get(unique_id)
-        if channel is None:
+        # NOTE: by unique id only: every FastAGI start asks this, and the extension's search
+        # (a scan of every channel heard) cost a start 20 % of its time with 8,000 channels
+        # tracked (bench, --ami-transfers 100).
+        try:
+            anchor = find_anchor(self.tracker.model, unique_id, by_extension=False)
+        except NoAnchor:
             return None
-        call = model.call_of(channel)
-        anchor = model.channels.get(call.anchor) if call is not None and call.anchor and not call.ended else None
-        return (anchor.uniqueid, anchor.name) if anchor is not None else None
+        return anchor.uniqueid, anchor.name
 
     def call_of(self, unique_id: str) -> str | None:
         channel = self.tracker.model.channels.get(unique_id)

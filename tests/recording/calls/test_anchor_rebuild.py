@@ -36,6 +36,11 @@ def test_the_anchor_of_every_channel_of_the_call_and_of_the_agents_extension():
     for target in (caller, table[caller][0], agent, table[agent][0], "Local/410@capx-agents-00000083;2",
                    "Local/s1@capx-in-00000082;1", "410"):
         assert find_anchor(tracker.model, target).name == caller, target
+    # Not by extension (the FastAGI start's question): a unique id or a name, never "410".
+    for target in (caller, table[caller][0], agent):
+        assert find_anchor(tracker.model, target, by_extension=False).name == caller, target
+    with pytest.raises(NoAnchor, match="unique id or name '410'"):
+        find_anchor(tracker.model, "410", by_extension=False)
     with pytest.raises(NoAnchor, match="'411'"):
         find_anchor(tracker.model, "411")
     replay([(at, e) for at, e in transfer_events("1") if 2.03 < at <= 9.0], tracker)
