@@ -52,6 +52,8 @@ import termios
 import threading
 import time
 
+from stallprobe import split_at_dashes  # bench/ is the script's folder, first on the path
+
 _STAMP = re.compile(rb"\nTimestamp: (\d+\.\d+)\r?\n")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -260,11 +262,7 @@ def _share(lines: list[dict], key: str) -> float | None:
 
 
 def main() -> int:
-    argv = sys.argv[1:]
-    rest: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, rest = argv[:cut], argv[cut + 1:]
+    argv, rest = split_at_dashes(sys.argv[1:])
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="the probe file to write (append)")
     p.add_argument("--every", type=float, default=0.05, help="seconds between samples (default 0.05)")

@@ -332,12 +332,16 @@ def report(path: str, over_ms: float, sessions: list[str]) -> None:
                 print(f"      stack at +{1000 * (s['at'] - stall['start']):.1f} ms: " + " < ".join(reversed(s["stack"][-6:])))
 
 
+def split_at_dashes(argv: list[str]) -> tuple[list[str], list[str]]:
+    """A probe's own arguments, and the command it runs (what follows ``--``; empty if none)."""
+    if "--" not in argv:
+        return argv, []
+    cut = argv.index("--")
+    return argv[:cut], argv[cut + 1:]
+
+
 def main() -> int:
-    argv = sys.argv[1:]
-    rest: list[str] = []
-    if "--" in argv:
-        cut = argv.index("--")
-        argv, rest = argv[:cut], argv[cut + 1:]
+    argv, rest = split_at_dashes(sys.argv[1:])
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", help="the probe file to write (append)")
     p.add_argument("--beat", type=float, default=2.0, help="ms the beat sleeps (default 2)")
